@@ -1,0 +1,8 @@
+"""A peer simulator for the Session Supervisor: the catalog, Blob Service, User Service and
+User Manager of /work/shared/CONTRACT.md over real HTTP and a real kombu broker, with
+simulated render users. It imports nothing from `app`, `supervisor` or `tasks`."""
+
+from simulator.config import SimulatorConfig
+from simulator.core import Simulator, SimulatorError
+
+__all__ = ["Simulator", "SimulatorConfig", "SimulatorError"]

@@ -1,0 +1,100 @@
+"""The catalog (the "MongoDB service"): which .blend each customer object has, and the
+rendered images the supervisor reports, kept in memory and appended to a JSON-lines file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulator.blobs import BLEND_BUCKET, BlobStore
+
+logger = logging.getLogger(__name__)
+
+RECORD_FIELDS = ("objectId", "customerId", "frameNumber", "imageFilePath")
+_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+@dataclass(frozen=True)
+class BlendObject:
+    customer_id: str
+    object_id: str
+    blend_path: str
+    blend_hash: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"blendFilePath": self.blend_path, "blendFileHash": self.blend_hash}
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        for chunk in iter(lambda: source.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Catalog:
+    """Objects by (customer, object) and the add-rendered-image records, thread-safe."""
+
+    def __init__(self, blobs: BlobStore, records_file: Path) -> None:
+        self._blobs = blobs
+        self._records_file = records_file
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str], BlendObject] = {}
+        self._records: list[dict[str, Any]] = []
+
+    def add_object(self, customer_id: str, object_id: str, blend_file: Path) -> str:
+        """Copy `blend_file` into the blend-files bucket and register it; return its key."""
+        for name, value in (("customer_id", customer_id), ("object_id", object_id)):
+            if not _ID.fullmatch(value) or value in (".", ".."):
+                raise ValueError(f"{name} must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        blend_file = Path(blend_file)
+        key = f"{customer_id}/{object_id}/{blend_file.name}"
+        stored = self._blobs.copy_in(BLEND_BUCKET, key, blend_file)
+        entry = BlendObject(customer_id, object_id, key, _file_hash(stored))
+        with self._lock:
+            self._objects[(customer_id, object_id)] = entry
+        logger.info(
+            "object added",
+            extra={"event": "object-added", "customer_id": customer_id, "object_id": object_id},
+        )
+        return key
+
+    def lookup(self, customer_id: str, object_id: str) -> BlendObject | None:
+        with self._lock:
+            return self._objects.get((customer_id, object_id))
+
+    def blend_for_hash(self, blend_hash: str) -> Path | None:
+        """The stored .blend with this hash, for real rendering."""
+        with self._lock:
+            found = [o for o in self._objects.values() if o.blend_hash == blend_hash]
+        return self._blobs.path(BLEND_BUCKET, found[0].blend_path) if found else None
+
+    def objects(self) -> list[dict[str, str]]:
+        with self._lock:
+            return [
+                {"customer_id": o.customer_id, "object_id": o.object_id, **o.as_json()}
+                for o in self._objects.values()
+            ]
+
+    def record(self, body: dict[str, Any]) -> None:
+        """Keep one add-rendered-image body as received (fields checked by the caller)."""
+        line = json.dumps(body, sort_keys=True)
+        with self._lock:
+            self._records.append(dict(body))
+            with self._records_file.open("a", encoding="utf-8") as out:
+                out.write(line + "\n")
+        logger.info(
+            "rendered image recorded",
+            extra={"event": "catalog-record", "frame": body.get("frameNumber")},
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._records]

@@ -1,0 +1,95 @@
+"""The simulator's knobs, in one dataclass shared by the in-process API and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_QUEUE = "USER_MANAGER_QUEUE"
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "blend" / "blender-5.0"
+DEFAULT_DEMO_BLEND = "range_10_20.blend"
+RENDER_MODES = ("placeholder", "real")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Everything a test or a demo may turn. Shares are in 0..1; times are in seconds.
+
+    `port=0` picks a free port (read it back from `Simulator.base_url`). `data_dir=None` uses
+    a temporary directory removed by `stop()`. `private_queue=True` consumes from a queue of
+    its own (`<user_manager_queue>.<random>`, exclusive, auto-delete) instead of the shared
+    durable one, so several simulators on one broker each see every demand. `reorder` delays
+    every event to SESSION_SUPERVISOR_EXCHANGE (each copy of a duplicate on its own) by a
+    uniform random time in [0, reorder], so events arrive shuffled.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    data_dir: Path | None = None
+    broker_url: str = DEFAULT_BROKER_URL
+    users: int = 5
+    frame_time: float = 0.5
+    jitter: float = 0.0
+    join_delay: float = 0.0
+    join_batch: int = 0
+    disconnect_share: float = 0.0
+    fail_share: float = 0.0
+    early_complete_share: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    quirks: bool = False
+    seed: int | None = None
+    demo_blend: str | None = DEFAULT_DEMO_BLEND
+    render: str = "placeholder"
+    user_manager_queue: str = DEFAULT_QUEUE
+    private_queue: bool = False
+    workers: int = 4
+    broker_ready_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("disconnect_share", "fail_share", "early_complete_share", "duplicate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1")
+        for name in ("frame_time", "jitter", "join_delay", "reorder", "broker_ready_timeout"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if self.users < 0 or self.join_batch < 0:
+            problems.append("users and join_batch must not be negative")
+        if self.workers < 1:
+            problems.append("workers must be at least 1")
+        if not 0 <= self.port <= 65535:
+            problems.append("port must be 0..65535")
+        if self.render not in RENDER_MODES:
+            problems.append(f"render must be one of {', '.join(RENDER_MODES)}")
+        if not self.user_manager_queue:
+            problems.append("user_manager_queue must not be empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.data_dir is not None and not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    def demo_blend_path(self) -> Path | None:
+        """The demo .blend: a path as given, or a name among the project's 5.0 fixtures."""
+        if not self.demo_blend:
+            return None
+        given = Path(self.demo_blend)
+        return given if given.is_absolute() or given.exists() else FIXTURES / given
+
+    def public(self) -> dict[str, Any]:
+        """The knobs as JSON-friendly values, for the state endpoint (no broker credentials)."""
+        values = asdict(self)
+        values["data_dir"] = str(self.data_dir) if self.data_dir else None
+        values["broker_url"] = _without_password(self.broker_url)
+        return values
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

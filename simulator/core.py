@@ -1,0 +1,292 @@
+"""`Simulator`: wires the blob store, catalog, users, User Manager and HTTP server together and
+gives tests a start/stop lifecycle and inspection helpers."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from simulator.amqp import EventPublisher
+from simulator.blobs import FRAMES_BUCKET, TEMP_BUCKET, BlobStore
+from simulator.catalog import Catalog
+from simulator.config import SimulatorConfig
+from simulator.faults import Faults
+from simulator.render import RenderFrame, real_renderer, render_frame
+from simulator.scheduler import Scheduler
+from simulator.user_manager import UserManager, UserManagerConsumer
+from simulator.users import UserPool
+from simulator.web import HttpServer
+
+logger = logging.getLogger(__name__)
+
+DEMO_CUSTOMER = "demo-customer"
+DEMO_OBJECT = "demo-object"
+RECENT = 50
+T = TypeVar("T")
+_FRAME_NAME = re.compile(r"(-?\d+)\.[A-Za-z0-9]+")
+
+
+class SimulatorError(RuntimeError):
+    """The simulator could not start (broker unreachable, port taken, bad renderer...)."""
+
+
+class Simulator:
+    """Every peer of the supervisor in one process. Use as a context manager, or call
+    `start()` and `stop()`. Attributes other than the documented methods are for the
+    simulator's own modules."""
+
+    data_dir: Path
+    blobs: BlobStore
+    catalog: Catalog
+    users: UserPool
+    user_manager: UserManager
+
+    def __init__(
+        self, config: SimulatorConfig | None = None, *, renderer: RenderFrame | None = None
+    ) -> None:
+        self.config = config or SimulatorConfig()
+        self._renderer = renderer
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self._http: HttpServer | None = None
+        self._consumer: UserManagerConsumer | None = None
+        self._scheduler: Scheduler | None = None
+        self._publisher: EventPublisher | None = None
+        self._started = False
+        self.faults = Faults()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> Simulator:
+        """Bring every component up; on failure, tear down what started and raise."""
+        if self._started:
+            return self
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info(
+            "simulator started",
+            extra={"event": "started", "base_url": self.base_url, "users": self.config.users},
+        )
+        return self
+
+    def _start(self) -> None:
+        config = self.config
+        if config.data_dir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="simulator-")
+            self.data_dir = Path(self._tempdir.name)
+        else:
+            self.data_dir = config.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.data_dir)
+        self.catalog = Catalog(self.blobs, self.data_dir / "catalog-records.jsonl")
+        self._seed_demo()
+        renderer = self._renderer or self._pick_renderer()
+        self._scheduler = Scheduler(config.workers)
+        self._scheduler.start()
+        self._publisher = EventPublisher(
+            config.broker_url,
+            duplicate=config.duplicate,
+            quirks=config.quirks,
+            seed=config.seed,
+            reorder=config.reorder,
+            scheduler=self._scheduler,
+        )
+        self.users = UserPool(
+            config,
+            blobs=self.blobs,
+            publisher=self._publisher,
+            scheduler=self._scheduler,
+            renderer=renderer,
+            blend_lookup=self.catalog.blend_for_hash,
+        )
+        self.user_manager = UserManager(
+            self.users,
+            self._publisher,
+            self._scheduler,
+            join_delay=config.join_delay,
+            join_batch=config.join_batch,
+        )
+        self._consumer = UserManagerConsumer(
+            config.broker_url,
+            config.user_manager_queue,
+            self.user_manager,
+            private=config.private_queue,
+        )
+        if not self._consumer.start(config.broker_ready_timeout):
+            raise SimulatorError(
+                f"broker not ready within {config.broker_ready_timeout}s "
+                f"({self.config.public()['broker_url']})"
+            )
+        try:
+            self._http = HttpServer(self, config.host, config.port)
+        except OSError as exc:
+            raise SimulatorError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
+        self._http.start()
+
+    def _pick_renderer(self) -> RenderFrame:
+        if self.config.render == "placeholder":
+            return render_frame
+        try:
+            return real_renderer()
+        except ImportError as exc:
+            raise SimulatorError("--render real needs Blender's `bpy` module") from exc
+
+    def _seed_demo(self) -> None:
+        blend = self.config.demo_blend_path()
+        if blend is None:
+            return
+        if not blend.is_file():
+            logger.warning("demo .blend not found: %s", blend, extra={"event": "demo-missing"})
+            return
+        self.add_object(DEMO_CUSTOMER, DEMO_OBJECT, blend)
+
+    def stop(self) -> None:
+        """Stop serving, consuming and rendering; join threads, close connections. Idempotent."""
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        if self._consumer is not None:
+            self._consumer.stop()
+            self._consumer = None
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+        if self._started:
+            logger.info("simulator stopped", extra={"event": "stopped"})
+        self._started = False
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ API for tests and humans
+
+    @property
+    def base_url(self) -> str:
+        """What MONGODB_SERVICE, BLOB_SERVICE, USER_SERVICE and USER_MANAGER_SERVICE take."""
+        if self._http is None:
+            raise SimulatorError("the simulator is not running")
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self._http.port}"
+
+    def add_object(self, customer_id: str, object_id: str, blend_path: Path | str) -> str:
+        """Register a customer object backed by a local .blend; return its blendFilePath."""
+        return self.catalog.add_object(customer_id, object_id, Path(blend_path))
+
+    def stored_frames(self, customer_id: str, object_id: str) -> dict[int, bytes]:
+        """Final frames stored by store-image for one object, by frame number."""
+        prefix = f"{customer_id}/{object_id}/"
+        frames = {}
+        for key in self.blobs.keys(FRAMES_BUCKET):
+            name = key[len(prefix) :] if key.startswith(prefix) else ""
+            match = _FRAME_NAME.fullmatch(name)
+            if match:
+                frames[int(match.group(1))] = self.blobs.read(FRAMES_BUCKET, key)
+        return frames
+
+    def catalog_records(self) -> list[dict[str, Any]]:
+        """add-rendered-image bodies received since start, in order."""
+        return self.catalog.records()
+
+    def temp_keys(self) -> list[str]:
+        """Keys still in the temp bucket (users' uploads not yet deleted by the supervisor)."""
+        return self.blobs.keys(TEMP_BUCKET)
+
+    def published(self) -> dict[str, int]:
+        """Messages sent to SESSION_SUPERVISOR_EXCHANGE so far, by topic (duplicates count)."""
+        return self._publisher.stats()["published"] if self._publisher else {}
+
+    def uploaded_digests(self, session_id: str | None = None) -> dict[int, set[str]]:
+        """SHA-256 (hex) of every image a user uploaded to the temp bucket, by frame number:
+        every user's and every re-render's, kept after the temp copy is deleted. One session's,
+        or with `session_id=None` all sessions' merged."""
+        if not self._started:
+            raise SimulatorError("the simulator is not running")
+        return self.users.uploaded_digests(session_id)
+
+    def inject_fault(self, service: str, mode: str, seconds: float) -> None:
+        """Make one HTTP peer fail for `seconds` (monotonic): `service` is `catalog`, `blob`,
+        `user-service` or `user-manager` (its HTTP registration only, never its AMQP side);
+        `mode` is `error` (500 `{"message": "injected fault"}`, nothing done) or `down` (the
+        connection is dropped without a response). Replaces that service's current fault;
+        ValueError on an unknown service or mode or a non-positive duration."""
+        self.faults.inject(service, mode, seconds)
+
+    def clear_faults(self) -> None:
+        """End every injected fault now."""
+        self.faults.clear()
+
+    def wait_until(
+        self, predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02
+    ) -> T:
+        """Poll `predicate` until it returns something truthy and return that;
+        TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"condition not met within {timeout}s")
+            time.sleep(interval)
+
+    def state(self) -> dict[str, Any]:
+        """What `GET /simulator/state` answers."""
+        if not self._started:
+            raise SimulatorError("the simulator is not running")
+        events = self._publisher.stats() if self._publisher else {}
+        demand = self.user_manager.stats()
+        records = self.catalog.records()
+        return {
+            "base_url": self.base_url if self._http else None,
+            "config": self.config.public(),
+            "sessions": self.user_manager.state(),
+            "idle_users": self.users.idle(),
+            "users": self.users.snapshot(),
+            "catalog": {
+                "objects": self.catalog.objects(),
+                "records_count": len(records),
+                "records": records[-RECENT:],
+            },
+            "broker": {
+                "queue": self._consumer.queue.name if self._consumer else None,
+                "consumer_connects": self._consumer.connects if self._consumer else 0,
+            },
+            "rendered_frames": self.blobs.keys(FRAMES_BUCKET),
+            "temp_keys": self.temp_keys(),
+            "published": events.get("published", {}),
+            "published_duplicates": events.get("duplicates", 0),
+            "publish_failures": events.get("failures", 0),
+            "recent_events": events.get("recent", [])[-RECENT:],
+            "demand_received": demand["received"],
+            "ignored_messages": {
+                "count": demand["ignored_count"],
+                "by_reason": demand["ignored_by_reason"],
+                "recent": demand["ignored_recent"],
+            },
+            "dropped_user_messages": self.users.dropped_stats(),
+            "faults": self.faults.snapshot(),
+        }

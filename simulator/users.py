@@ -1,0 +1,378 @@
+"""Simulated render nodes ("users"): they take messages from the User Service, "render" frames
+into the temp bucket and report through the User Manager's exchange.
+
+Each user renders one frame at a time on the shared scheduler, so many users cost heap
+entries, not threads. A generation counter per user makes timers scheduled before a
+`stop-work` or a new `start-rendering` fall silent. Behaviour knobs (disconnect, failures,
+early completion) are decided per user from the seed, so a seeded run is reproducible per
+user whatever the thread interleaving.
+
+Every upload to the temp bucket is remembered as the SHA-256 of its bytes by session and frame
+(32 bytes each, kept after the supervisor deletes the temp copy), so a test can tell whether
+the supervisor stored exactly what a user uploaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulator.amqp import EventPublisher
+from simulator.blobs import TEMP_BUCKET, BlobStore
+from simulator.config import SimulatorConfig
+from simulator.render import RenderFrame
+from simulator.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+USER_TOPICS = ("start-rendering", "stop-work", "retrieve-frames-from-frame-list", "retrieve-frame")
+RECENT = 100
+FRAME_LIST_TOPICS = ("start-rendering", "retrieve-frames-from-frame-list")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class BadMessage(ValueError):
+    """A User Service message whose topic or data does not follow the contract."""
+
+
+def _segment(value: str) -> str:
+    """A value made safe to be one segment of a blob key."""
+    cleaned = _UNSAFE.sub("_", value)[:100]
+    return cleaned if cleaned not in ("", ".", "..") else "_"
+
+
+def _frame_number(value: Any) -> int:
+    """A frame number, tolerating the numeric strings peers are known to send."""
+    if isinstance(value, bool):
+        raise BadMessage("a frame number must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,12}", value.strip()):
+        return int(value)
+    raise BadMessage("a frame number must be an integer")
+
+
+def _frame_list(data: dict[str, Any]) -> list[int]:
+    frames = data.get("frame_list")
+    if not isinstance(frames, list):
+        raise BadMessage("frame_list must be a list of frame numbers")
+    return [_frame_number(f) for f in frames]
+
+
+def _share(count: int, share: float) -> int:
+    """How many of `count` users a share means, rounding halves up (0.2 of 5 users is 1)."""
+    return int(share * count + 0.5)
+
+
+@dataclass
+class SimUser:
+    """One render node. Fields are guarded by `lock`; the pool's lock guards assignment."""
+
+    user_id: str
+    rng: random.Random
+    disconnect_after: int | None = None
+    early_complete: bool = False
+    session_id: str | None = None
+    disconnected: bool = False
+    blend_hash: str | None = None
+    queue: deque[int] = field(default_factory=deque)
+    rendered: dict[int, str] = field(default_factory=dict)
+    owed: list[int] = field(default_factory=list)
+    frames_done: int = 0
+    generation: int = 0
+    busy: bool = False
+    report_due: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def status(self) -> str:
+        if self.disconnected:
+            return "disconnected"
+        if self.session_id is None:
+            return "idle"
+        return "rendering" if self.queue else "assigned"
+
+    def reset(self) -> None:
+        """Forget the current work; pending timers become stale."""
+        self.generation += 1
+        self.busy = False
+        self.report_due = False
+        self.queue.clear()
+        self.owed.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "status": self.status(),
+            "session_id": self.session_id,
+            "blend_file_hash": self.blend_hash,
+            "queue": list(self.queue)[:50],
+            "queue_length": len(self.queue),
+            "rendered_frames": sorted(self.rendered),
+            "owed_frames": list(self.owed),
+            "frames_done": self.frames_done,
+            "disconnects_after": self.disconnect_after,
+            "early_complete": self.early_complete,
+        }
+
+
+class UserPool:
+    """All simulated users, the idle pool the User Manager hands out, and their rendering."""
+
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        *,
+        blobs: BlobStore,
+        publisher: EventPublisher,
+        scheduler: Scheduler,
+        renderer: RenderFrame,
+        blend_lookup: Callable[[str], Path | None],
+    ) -> None:
+        self._config = config
+        self._blobs = blobs
+        self._publisher = publisher
+        self._scheduler = scheduler
+        self._renderer = renderer
+        self._blend_lookup = blend_lookup
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._users: dict[str, SimUser] = {}
+        self._idle: deque[str] = deque()
+        self.dropped: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.dropped_counts: Counter[str] = Counter()
+        self._uploads: dict[str, dict[int, set[bytes]]] = {}
+        self._create(config)
+
+    def _create(self, config: SimulatorConfig) -> None:
+        master = random.Random(config.seed)
+        ids = [f"sim-user-{index:03d}" for index in range(1, config.users + 1)]
+        disconnecting = set(master.sample(ids, _share(len(ids), config.disconnect_share)))
+        early = set(master.sample(ids, _share(len(ids), config.early_complete_share)))
+        for user_id in ids:
+            seed = f"{config.seed}/{user_id}" if config.seed is not None else None
+            user = SimUser(user_id, random.Random(seed), early_complete=user_id in early)
+            if user_id in disconnecting:
+                user.disconnect_after = master.randint(1, 3)
+            self._users[user_id] = user
+            self._idle.append(user_id)
+
+    # ------------------------------------------------------------ User Manager side
+
+    def take_idle(self, count: int, session_id: str) -> list[str]:
+        """Hand up to `count` idle users to a session."""
+        taken = []
+        with self._lock:
+            while self._idle and len(taken) < count:
+                user = self._users[self._idle.popleft()]
+                with user.lock:
+                    user.reset()
+                    user.rendered.clear()
+                    user.session_id = session_id
+                taken.append(user.user_id)
+        return taken
+
+    def release(self, session_id: str, user_ids: list[str]) -> list[str]:
+        """Return a session's users to the idle pool (they stop rendering); return those moved."""
+        moved = []
+        with self._lock:
+            for user_id in user_ids:
+                user = self._users.get(user_id)
+                if user is None:
+                    continue
+                with user.lock:
+                    if user.session_id != session_id or user.disconnected:
+                        continue
+                    user.reset()
+                    user.rendered.clear()
+                    user.session_id = None
+                self._idle.append(user_id)
+                moved.append(user_id)
+        return moved
+
+    def users_of(self, session_id: str) -> list[str]:
+        with self._lock:
+            users = list(self._users.values())
+        return sorted(u.user_id for u in users if u.session_id == session_id and not u.disconnected)
+
+    def idle(self) -> list[str]:
+        with self._lock:
+            return list(self._idle)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            users = list(self._users.values())
+        result = {}
+        for user in users:
+            with user.lock:
+                result[user.user_id] = user.snapshot()
+        return result
+
+    # ------------------------------------------------------------ User Service side
+
+    def deliver(self, user_id: str, topic: str, data: dict[str, Any]) -> bool | None:
+        """Hand one message to a user: None if it is unknown or gone, else whether it
+        acknowledged (only `retrieve-frame` can answer False). BadMessage on a bad body."""
+        if topic not in USER_TOPICS:
+            raise BadMessage(f"unknown topic {topic!r}")
+        frames = _frame_list(data) if topic in FRAME_LIST_TOPICS else []
+        frame = _frame_number(data.get("frame-number")) if topic == "retrieve-frame" else 0
+        user = self._users.get(user_id)
+        if user is None:
+            return None
+        with user.lock:
+            if user.disconnected:
+                return None
+            if user.session_id is None and topic != "stop-work":
+                self._drop(user_id, topic, "user is in the idle pool")
+                return False
+            logger.info(
+                "user message", extra={"event": "user-message", "user_id": user_id, "topic": topic}
+            )
+            if topic == "start-rendering":
+                self._start(user, frames, data)
+            elif topic == "stop-work":
+                user.reset()
+            elif topic == "retrieve-frames-from-frame-list":
+                self._retrieve_list(user, frames, data)
+            else:
+                return self._retrieve_frame(user, frame)
+        return True
+
+    def _drop(self, user_id: str, topic: str, reason: str) -> None:
+        logger.warning(
+            "user message dropped",
+            extra={"event": "user-message-dropped", "user_id": user_id, "topic": topic},
+        )
+        with self._stats_lock:
+            self.dropped_counts[reason] += 1
+            self.dropped.append({"user_id": user_id, "topic": topic, "reason": reason})
+
+    def dropped_stats(self) -> dict[str, Any]:
+        """Messages to users in the idle pool, which no session would ever hear about."""
+        with self._stats_lock:
+            return {"count": sum(self.dropped_counts.values()), "recent": list(self.dropped)}
+
+    def _remember_upload(self, session_id: str, frame: int, image: bytes) -> None:
+        digest = hashlib.sha256(image).digest()
+        with self._stats_lock:
+            self._uploads.setdefault(session_id, {}).setdefault(frame, set()).add(digest)
+
+    def uploaded_digests(self, session_id: str | None = None) -> dict[int, set[str]]:
+        """Hex SHA-256 of every temp upload by frame, for one session or all merged."""
+        with self._stats_lock:
+            if session_id is None:
+                sessions = list(self._uploads.values())
+            else:
+                sessions = [self._uploads.get(session_id, {})]
+            result: dict[int, set[str]] = {}
+            for frames in sessions:
+                for frame, digests in frames.items():
+                    result.setdefault(frame, set()).update(d.hex() for d in digests)
+        return result
+
+    def _start(self, user: SimUser, frames: list[int], data: dict[str, Any]) -> None:
+        user.reset()
+        user.blend_hash = str(data.get("blend_file_hash") or "")
+        if user.early_complete and frames:
+            skipped = user.rng.randint(1, min(2, len(frames)))
+            user.owed = frames[-skipped:]
+            frames = frames[:-skipped]
+        user.queue.extend(frames)
+        user.report_due = True
+        self._schedule(user)
+
+    def _retrieve_list(self, user: SimUser, frames: list[int], data: dict[str, Any]) -> None:
+        if data.get("blend_file_hash"):
+            user.blend_hash = str(data["blend_file_hash"])
+        queued = set(user.queue)
+        user.queue.extend(f for f in frames if f not in queued)
+        user.report_due = True
+        self._schedule(user)
+
+    def _retrieve_frame(self, user: SimUser, frame: int) -> bool:
+        key = user.rendered.get(frame)
+        if key is None or not self._blobs.exists(TEMP_BUCKET, key):
+            return False
+        return self._publish_frame(user, frame, key)
+
+    # ------------------------------------------------------------ rendering
+
+    def _schedule(self, user: SimUser) -> None:
+        if user.busy or not (user.queue or user.report_due):
+            return
+        user.busy = True
+        generation = user.generation
+        delay = self._config.frame_time
+        if self._config.jitter:
+            delay += user.rng.uniform(-self._config.jitter, self._config.jitter)
+        self._scheduler.call_later(max(0.0, delay), lambda: self._step(user, generation))
+
+    def _step(self, user: SimUser, generation: int) -> None:
+        with user.lock:
+            if generation != user.generation or user.disconnected or user.session_id is None:
+                return
+            user.busy = False
+            if user.queue:
+                self._render_one(user, user.queue.popleft())
+                if user.disconnected:
+                    return
+            if user.queue:
+                self._schedule(user)
+            elif user.report_due:
+                user.report_due = False
+                self._publish(user, "user-rendering-completed", {"user-id": user.user_id})
+
+    def _render_one(self, user: SimUser, frame: int) -> None:
+        session_id = user.session_id or ""
+        if frame in user.owed:
+            user.owed.remove(frame)
+        if user.rng.random() < self._config.fail_share:
+            user.rendered.pop(frame, None)
+            self._publish(
+                user,
+                "user-error-sending-frame",
+                {
+                    "user-id": user.user_id,
+                    "frame-number": frame,
+                    "blend-file-hash": user.blend_hash,
+                },
+            )
+        else:
+            image = self._renderer(self._blend_lookup(user.blend_hash or ""), frame)
+            key = (
+                f"temp/{_segment(session_id)}/{_segment(user.user_id)}/"
+                f"{frame}-{user.rng.getrandbits(32):08x}.png"
+            )
+            self._blobs.write(TEMP_BUCKET, key, image)
+            self._remember_upload(session_id, frame, image)
+            user.rendered[frame] = key
+            self._publish_frame(user, frame, key)
+        user.frames_done += 1
+        if user.disconnect_after is not None and user.frames_done >= user.disconnect_after:
+            self._publish(user, "user-disconnected", {"user_id": user.user_id})
+            user.reset()
+            user.disconnected = True
+            logger.info(
+                "user disconnected", extra={"event": "user-disconnected", "user_id": user.user_id}
+            )
+
+    def _publish_frame(self, user: SimUser, frame: int, key: str) -> bool:
+        data = {
+            "user-id": user.user_id,
+            "frame-number": frame,
+            "image-extension": "png",
+            "image-binary-path": key,
+        }
+        return self._publish(user, "user-frame-rendered", data)
+
+    def _publish(self, user: SimUser, topic: str, data: dict[str, Any]) -> bool:
+        if user.session_id is None:
+            return False
+        return self._publisher.publish(user.session_id, topic, data)

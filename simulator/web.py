@@ -1,0 +1,380 @@
+"""One HTTP server for the four HTTP peers (catalog, Blob Service, User Service, User Manager
+registration) under their contract prefixes, plus `/simulator/...` pages for inspection and
+fault injection.
+
+Bodies are streamed: downloads in 1 MiB chunks from disk, multipart uploads parsed by
+werkzeug straight into a spool file that is then renamed into its bucket.
+
+Injected faults are decided once per request, by the request handler, before any of the
+request's body is read: `down` closes the connection there without any response, `error`
+reaches the application as `environ["simulator.fault"]` and is answered 500 untouched.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import wrap_file
+
+from simulator.blobs import (
+    BLEND_BUCKET,
+    CHUNK_BYTES,
+    FRAMES_BUCKET,
+    TEMP_BUCKET,
+    BadKey,
+    check_key,
+)
+from simulator.faults import INJECTED_MESSAGE, SERVICE_PREFIXES, Faults, check_fault
+from simulator.users import BadMessage
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from simulator.core import Simulator
+
+logger = logging.getLogger(__name__)
+
+CATALOG = "/api/mongodb-service/blender-objects"
+BLOB = "/api/blob-service"
+USER_SERVICE = "/api/user-service/user"
+USER_MANAGER = "/api/user-manager/session-supervisor"
+MAX_ID_CHARS = 256
+FAULT_KEY = "simulator.fault"
+_FINAL_NAME = re.compile(r"(-?\d+)\.([A-Za-z0-9]{1,10})")
+_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "exr": "image/x-exr"}
+
+URL_MAP = Map(
+    [
+        Rule(f"{CATALOG}/get-blend-file-name/<object_id>", methods=["GET"], endpoint="blend_name"),
+        Rule(f"{CATALOG}/add-rendered-image", methods=["POST"], endpoint="add_rendered_image"),
+        Rule(f"{BLOB}/retrieve-blend", methods=["GET"], endpoint="retrieve_blend"),
+        Rule(f"{BLOB}/retrieve-temp", methods=["GET"], endpoint="retrieve_temp"),
+        Rule(f"{BLOB}/delete-temp", methods=["DELETE"], endpoint="delete_temp"),
+        Rule(f"{BLOB}/store-image", methods=["POST"], endpoint="store_image"),
+        Rule(f"{USER_SERVICE}/send-msg-to-user", methods=["POST"], endpoint="send"),
+        Rule(
+            f"{USER_SERVICE}/send-msg-to-user-with-acknowledgment",
+            methods=["POST"],
+            endpoint="send_with_ack",
+        ),
+        Rule(f"{USER_MANAGER}/new-session", methods=["POST"], endpoint="new_session"),
+        Rule("/simulator/state", methods=["GET"], endpoint="state"),
+        Rule("/simulator/faults", methods=["GET"], endpoint="faults"),
+        Rule("/simulator/faults", methods=["POST"], endpoint="inject_fault"),
+        Rule("/simulator/faults", methods=["DELETE"], endpoint="clear_faults"),
+        Rule("/simulator/frames/<path:key>", methods=["GET"], endpoint="frame"),
+        Rule("/simulator/", methods=["GET"], endpoint="gallery"),
+    ],
+    merge_slashes=False,
+)
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json(status, {"message": message})
+
+
+def _final_key_problem(key: str, kind: str) -> str | None:
+    """Why `key` is not `<customer_id>/<object_id>/<frame>.<type>` with the frame formatted
+    as `{:03d}` (CONTRACT.md section 3), or None. Stricter than the real service on purpose:
+    a supervisor that passes here sends what the catalog's readers expect."""
+    parts = key.split("/")
+    match = _FINAL_NAME.fullmatch(parts[-1])
+    if len(parts) != 3 or match is None:
+        return "key must be <customer_id>/<object_id>/<frame>.<ext>"
+    frame, ext = match.groups()
+    if f"{int(frame):03d}" != frame:
+        return "the frame in the key must be zero-padded to at least 3 digits"
+    if not kind or kind != ext:
+        return "type must be the key's extension"
+    return None
+
+
+class UploadRequest(Request):
+    """A request whose uploaded files are parsed straight into spool files on the data disk."""
+
+    def __init__(self, environ: WSGIEnvironment, spool: Path) -> None:
+        super().__init__(environ)
+        self._spool = spool
+        self.spooled: list[tuple[IO[bytes], Path]] = []
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by close()
+            prefix="upload-", suffix=".part", dir=self._spool, delete=False
+        )
+        self.spooled.append((handle, Path(handle.name)))
+        return handle
+
+    def spool_path(self, stream: IO[bytes]) -> Path:
+        return next(path for handle, path in self.spooled if handle is stream)
+
+    def close(self) -> None:
+        super().close()
+        for handle, path in self.spooled:
+            handle.close()
+            path.unlink(missing_ok=True)
+
+
+class SimulatorApp:
+    """The WSGI application; every handler reads and changes state through the Simulator."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.faults: Faults = sim.faults
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get(FAULT_KEY) == "error":
+            return _error(500, INJECTED_MESSAGE)(environ, start_response)
+        request = UploadRequest(environ, self.sim.blobs.spool)
+        try:
+            response = self._dispatch(request)
+        finally:
+            request.close()
+        return response(environ, start_response)
+
+    def _dispatch(self, request: UploadRequest) -> Response:
+        adapter = URL_MAP.bind_to_environ(request.environ)
+        try:
+            endpoint, args = adapter.match()
+            handler: Callable[..., Response] = getattr(self, f"on_{endpoint}")
+            return handler(request, **args)
+        except HTTPException as exc:
+            return _error(exc.code or 500, exc.description or exc.name)
+        except BadKey as exc:
+            return _error(400, f"bad key: {exc}")
+        except Exception:
+            logger.exception("request failed", extra={"event": "http-error", "path": request.path})
+            return _error(500, "Internal server error")
+
+    # ---------------------------------------------------------------- catalog
+
+    def on_blend_name(self, request: Request, object_id: str) -> Response:
+        found = self.sim.catalog.lookup(request.args.get("customer_id", ""), object_id)
+        if found is None:
+            return _error(404, "Object not found")
+        return _json(200, found.as_json())
+
+    def on_add_rendered_image(self, request: Request) -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or any(
+            body.get(name) in (None, "") for name in ("objectId", "customerId", "imageFilePath")
+        ):
+            return _error(400, "objectId, customerId, frameNumber and imageFilePath are required")
+        if isinstance(body.get("frameNumber"), bool) or not isinstance(
+            body.get("frameNumber"), int | str
+        ):
+            return _error(400, "frameNumber must be a number")
+        self.sim.catalog.record(body)
+        return _json(200, {"message": "Rendered image added"})
+
+    # ---------------------------------------------------------------- blob service
+
+    def _send_blob(self, request: Request, bucket: str, key: str | None) -> Response:
+        path = self.sim.blobs.path(bucket, check_key(key))
+        try:
+            handle = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            return _error(404, "No such blob")
+        size = path.stat().st_size
+        mimetype = _TYPES.get(path.suffix.lstrip(".").lower(), "application/octet-stream")
+        body = wrap_file(request.environ, handle, buffer_size=CHUNK_BYTES)
+        response = Response(body, mimetype=mimetype, direct_passthrough=True)
+        response.content_length = size
+        return response
+
+    def on_retrieve_blend(self, request: Request) -> Response:
+        if request.args.get("bucket") != BLEND_BUCKET:
+            return _error(400, f"bucket must be {BLEND_BUCKET}")
+        return self._send_blob(request, BLEND_BUCKET, request.args.get("key"))
+
+    def on_retrieve_temp(self, request: Request) -> Response:
+        return self._send_blob(request, TEMP_BUCKET, request.args.get("key"))
+
+    def on_delete_temp(self, request: Request) -> Response:
+        if not self.sim.blobs.delete(TEMP_BUCKET, check_key(request.args.get("key"))):
+            return _error(404, "No such blob")
+        return _json(200, {"message": "Deleted"})
+
+    def on_store_image(self, request: UploadRequest) -> Response:
+        form, image = request.form, request.files.get("image")
+        if form.get("bucket") != FRAMES_BUCKET:
+            return _error(400, f"bucket must be {FRAMES_BUCKET}")
+        key = check_key(form.get("key"))
+        problem = _final_key_problem(key, form.get("type", ""))
+        if problem:
+            return _error(400, problem)
+        if image is None:
+            return _error(400, "file field 'image' is required")
+        image.stream.flush()
+        self.sim.blobs.adopt(FRAMES_BUCKET, key, request.spool_path(image.stream))
+        logger.info("frame stored", extra={"event": "frame-stored", "key": key})
+        return _json(200, {"message": "Image stored"})
+
+    # ---------------------------------------------------------------- user service
+
+    def _message(self, request: Request) -> tuple[str, str, dict[str, Any]] | Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object")
+        user_id, topic, data = body.get("user_id"), body.get("topic"), body.get("data")
+        if not isinstance(user_id, str) or not isinstance(topic, str) or not isinstance(data, dict):
+            return _error(400, "user_id and topic must be strings, data an object")
+        return user_id, topic, data
+
+    def _deliver(self, request: Request) -> bool | Response:
+        parsed = self._message(request)
+        if isinstance(parsed, Response):
+            return parsed
+        try:
+            outcome = self.sim.users.deliver(*parsed)
+        except BadMessage as exc:
+            return _error(400, str(exc))
+        if outcome is None:
+            return _error(404, "User not connected")
+        return outcome
+
+    def on_send(self, request: Request) -> Response:
+        outcome = self._deliver(request)
+        return outcome if isinstance(outcome, Response) else _json(200, {"message": "Sent"})
+
+    def on_send_with_ack(self, request: Request) -> Response:
+        outcome = self._deliver(request)
+        return outcome if isinstance(outcome, Response) else _json(200, {"acknowledged": outcome})
+
+    # ---------------------------------------------------------------- user manager
+
+    def on_new_session(self, request: Request) -> Response:
+        session_id = request.form.get("session_supervisor_id", "")
+        count = request.form.get("user_count", "")
+        if not session_id or len(session_id) > MAX_ID_CHARS or not count.isdigit():
+            return _error(400, "session_supervisor_id and a numeric user_count are required")
+        self.sim.user_manager.register(session_id, int(count))
+        return _json(200, {"message": "Session registered"})
+
+    # ---------------------------------------------------------------- inspection
+
+    def on_state(self, request: Request) -> Response:
+        return _json(200, self.sim.state())
+
+    def on_faults(self, request: Request) -> Response:
+        return _json(200, self.faults.snapshot())
+
+    def on_inject_fault(self, request: Request) -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object with service, mode and seconds")
+        service, mode, seconds = body.get("service"), body.get("mode"), body.get("seconds")
+        try:
+            check_fault(service, mode, seconds)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        self.sim.inject_fault(service, mode, seconds)
+        fault = {"service": service, "mode": mode, "seconds": seconds}
+        return _json(200, {"message": "Fault injected", "fault": fault})
+
+    def on_clear_faults(self, request: Request) -> Response:
+        service = request.args.get("service")
+        if service is not None and service not in SERVICE_PREFIXES:
+            return _error(400, f"service must be one of {', '.join(SERVICE_PREFIXES)}")
+        return _json(200, {"message": "Faults cleared", "cleared": self.faults.clear(service)})
+
+    def on_frame(self, request: Request, key: str) -> Response:
+        return self._send_blob(request, FRAMES_BUCKET, key)
+
+    def on_gallery(self, request: Request) -> Response:
+        items = "".join(
+            f'<figure><img src="/simulator/frames/{html.escape(key)}">'
+            f"<figcaption>{html.escape(key)}</figcaption></figure>"
+            for key in self.sim.blobs.keys(FRAMES_BUCKET)
+        )
+        page = (
+            "<!doctype html><title>Simulator frames</title>"
+            '<p><a href="/simulator/state">state</a></p>'
+            f'<div style="display:flex;flex-wrap:wrap;gap:8px">{items}</div>'
+        )
+        return Response(page, mimetype="text/html")
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Access lines at DEBUG through our logger instead of werkzeug's INFO lines; applies
+    injected faults before the application sees the request."""
+
+    _fault: str | None = None
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        logger.debug(message, *args, extra={"event": "http", "level_hint": type})
+
+    def run_wsgi(self) -> None:
+        faults: Faults | None = getattr(self.server.app, "faults", None)
+        self._fault = faults.refuse(urlsplit(self.path).path) if faults else None
+        if self._fault == "down":
+            self._drop()
+            return
+        super().run_wsgi()
+
+    def make_environ(self) -> WSGIEnvironment:
+        environ = super().make_environ()
+        environ[FAULT_KEY] = self._fault
+        return environ
+
+    def _drop(self) -> None:
+        """Close the connection without a byte of response (SO_LINGER 0: no lingering, any
+        unread body is reset), so the client gets what an unreachable peer gives: a connection
+        error, never a status."""
+        logger.debug(
+            "connection dropped by fault", extra={"event": "fault-drop", "path": self.path}
+        )
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            logger.debug("cannot set SO_LINGER", exc_info=True)
+
+
+class HttpServer:
+    """The WSGI server in a thread; `stop()` shuts it down and closes its socket."""
+
+    def __init__(self, sim: Simulator, host: str, port: int) -> None:
+        self._server: BaseWSGIServer = make_server(
+            host, port, SimulatorApp(sim), threaded=True, request_handler=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sim-http"
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(10)
+        self._server.server_close()

@@ -1,0 +1,608 @@
+"""What the supervisor does with each User Manager event (CONTRACT.md §6).
+
+Handlers are safe under at-least-once delivery and any number of worker processes:
+- every state change is a conditional statement, so a repeated event changes nothing;
+- everything that touches a workload's assignments first locks its row (`FOR UPDATE`),
+  so two workers never hand the same frames to different users;
+- messages to peers are written to the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from supervisor import outbox, scheduling
+from supervisor.errors import PeerError
+from supervisor.intake import Event
+from supervisor.models import (
+    ACTIVE_STATUSES,
+    Frame,
+    FrameState,
+    UserState,
+    Workload,
+    WorkloadStatus,
+    WorkloadUser,
+)
+from supervisor.peers import final_frame_key
+from supervisor.workloads import (
+    release_all_users,
+    release_users,
+    send_outbox_soon,
+    unbind_after_grace,
+)
+
+if TYPE_CHECKING:
+    from supervisor.service import Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+class EventRefused(Exception):
+    """The event is well formed but does not fit our state (not our user, frame, session)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def _log(message: str, event: Event, **fields: Any) -> None:
+    logger.info(
+        message,
+        extra={
+            "workload_id": event.session_id,
+            "user_id": event.user_id,
+            "frame": event.frame_number,
+            "topic": event.topic,
+            **fields,
+        },
+    )
+
+
+def lock_workload(session: Session, workload_id: str) -> Workload | None:
+    return session.scalars(
+        select(Workload).where(Workload.id == workload_id).with_for_update()
+    ).one_or_none()
+
+
+def _touch_user(session: Session, workload_id: str, user_id: str) -> None:
+    session.execute(
+        update(WorkloadUser)
+        .where(WorkloadUser.workload_id == workload_id, WorkloadUser.user_id == user_id)
+        .values(last_seen_at=func.now())
+    )
+
+
+# --- distribution -----------------------------------------------------------------------
+
+
+def _held_by_active_users(session: Session, workload_id: str) -> dict[str, int]:
+    held = func.count(Frame.number)
+    rows = session.execute(
+        select(WorkloadUser.user_id, held)
+        .outerjoin(
+            Frame,
+            and_(
+                Frame.workload_id == WorkloadUser.workload_id,
+                Frame.user_id == WorkloadUser.user_id,
+                Frame.state == FrameState.ASSIGNED,
+            ),
+        )
+        .where(
+            WorkloadUser.workload_id == workload_id,
+            WorkloadUser.state == UserState.ACTIVE,
+        )
+        .group_by(WorkloadUser.user_id)
+    ).all()
+    return {user_id: count for user_id, count in rows}
+
+
+def _queues(session: Session, workload_id: str, user_ids: Iterable[str]) -> dict[str, list[int]]:
+    queues: dict[str, list[int]] = {user_id: [] for user_id in user_ids}
+    if not queues:
+        return queues
+    rows = session.execute(
+        select(Frame.user_id, Frame.number)
+        .where(
+            Frame.workload_id == workload_id,
+            Frame.state == FrameState.ASSIGNED,
+            Frame.user_id.in_(list(queues)),
+        )
+        .order_by(Frame.user_id, Frame.number)
+    )
+    for user_id, number in rows:
+        queues[user_id].append(number)
+    return queues
+
+
+def _assign(session: Session, workload_id: str, plan: dict[str, list[int]]) -> None:
+    numbers = [n for frames in plan.values() for n in frames]
+    owners = [user for user, frames in plan.items() for _ in frames]
+    if not numbers:
+        return
+    session.execute(
+        text(
+            "UPDATE frames AS f SET state = 'assigned', user_id = a.user_id, "
+            "assigned_at = now(), attempts = f.attempts + 1 "
+            "FROM unnest(CAST(:numbers AS integer[]), CAST(:owners AS varchar[])) "
+            "AS a(number, user_id) "
+            "WHERE f.workload_id = :workload_id AND f.number = a.number "
+            "AND f.state IN ('pending', 'assigned')"
+        ),
+        {"workload_id": workload_id, "numbers": numbers, "owners": owners},
+    )
+
+
+def _send_lists(session: Session, workload: Workload, users: Iterable[str]) -> int:
+    """Send each user its whole current list; `start-rendering` replaces a user's queue."""
+    queues = _queues(session, workload.id, sorted(users))
+    blend_hash = workload.blend_file_hash or ""
+    outbox.to_users(
+        session,
+        workload.id,
+        [user for user, frames in queues.items() if frames],
+        "start-rendering",
+        lambda user: {"blend_file_hash": blend_hash, "frame_list": queues[user]},
+    )
+    return sum(len(frames) for frames in queues.values())
+
+
+def distribute(
+    session: Session, workload: Workload, cap: int, *, skip: Iterable[str] = ()
+) -> dict[str, int]:
+    """Give pending frames to active users up to a fair share (idle ones first); when
+    nothing is pending, move unstarted tails from long queues to idle users. Users in
+    `skip` (silent ones) get nothing this time. The caller holds the workload row lock."""
+    if workload.status != WorkloadStatus.RUNNING:
+        return {}
+    held = _held_by_active_users(session, workload.id)
+    for user_id in skip:
+        held.pop(user_id, None)
+    if not held:
+        return {}
+    pending = workload.total_frames - workload.rendered_frames - sum(held.values())
+    if pending > 0:
+        grants = scheduling.top_ups(pending, held, cap)
+        wanted = sum(grants.values())
+        frames = session.scalars(
+            select(Frame.number)
+            .where(Frame.workload_id == workload.id, Frame.state == FrameState.PENDING)
+            .order_by(Frame.number)
+            .limit(wanted)
+        ).all()
+        plan = scheduling.split_runs(frames, grants)
+        _assign(session, workload.id, plan)
+        _send_lists(session, workload, plan)
+        return {user: len(frames) for user, frames in plan.items()}
+    idle = sorted(user for user, count in held.items() if count == 0)
+    if not idle:
+        return {}
+    busy = [user for user, count in held.items() if count > 0]
+    moves = scheduling.steal_plan(idle, _queues(session, workload.id, busy), min_queue=2)
+    plan: dict[str, list[int]] = {}
+    for _donor, receiver, frames in moves:
+        plan[receiver] = frames
+    _assign(session, workload.id, plan)
+    touched = {donor for donor, _, _ in moves} | set(plan)
+    _send_lists(session, workload, touched)
+    if moves:
+        logger.info(
+            "frames moved to idle users",
+            extra={"workload_id": workload.id, "moves": len(moves)},
+        )
+    return {user: len(frames) for user, frames in plan.items()}
+
+
+def demand_missing_users(session: Session, workload: Workload) -> int:
+    """Ask for the users the workload lacks beyond what is already asked for."""
+    active = session.scalar(
+        select(func.count())
+        .select_from(WorkloadUser)
+        .where(WorkloadUser.workload_id == workload.id, WorkloadUser.state == UserState.ACTIVE)
+    )
+    missing = workload.target_user_count - (active or 0) - workload.users_demanded
+    if missing > 0:
+        outbox.to_user_manager(session, workload.id, "more-users", {"user_count": missing})
+        workload.users_demanded += missing
+        workload.demanded_at = func.now()
+    return max(missing, 0)
+
+
+# --- new-users --------------------------------------------------------------------------
+
+
+def add_users(sv: Supervisor, event: Event) -> dict[str, Any]:
+    """Take the users; users banned from this workload (and not yet forgiven) go back."""
+    forgiven_before = datetime.now(UTC) - timedelta(seconds=sv.settings.forgive_user_seconds)
+    with sv.db.transaction() as session:
+        workload = lock_workload(session, event.session_id)
+        if workload is None:
+            raise EventRefused("unknown-session", event.session_id)
+        if workload.status not in ACTIVE_STATUSES:
+            outbox.to_user_manager(
+                session, workload.id, "users-released", {"user_list": list(event.user_ids)}
+            )
+            _log("users returned: workload has ended", event, users=len(event.user_ids))
+            return {"added": 0, "returned": len(event.user_ids)}
+        statement = insert(WorkloadUser).values(
+            [{"workload_id": workload.id, "user_id": user} for user in event.user_ids]
+        )
+        existing = WorkloadUser.__table__.c
+        statement = statement.on_conflict_do_update(
+            index_elements=["workload_id", "user_id"],
+            set_={
+                "state": UserState.ACTIVE,
+                "left_at": None,
+                "last_seen_at": func.now(),
+                "failed_frames": 0,
+            },
+            where=or_(
+                existing.state.in_([UserState.RELEASED, UserState.DISCONNECTED]),
+                and_(existing.state == UserState.BANNED, existing.left_at < forgiven_before),
+            ),
+        ).returning(WorkloadUser.user_id)
+        added = list(session.scalars(statement))
+        refused = _still_banned(session, workload.id, event.user_ids, set(added))
+        if refused:
+            outbox.to_user_manager(session, workload.id, "users-released", {"user_list": refused})
+        workload.users_demanded = max(0, workload.users_demanded - len(added))
+        granted = distribute(session, workload, sv.settings.max_frames_per_assignment)
+    _log("users added", event, added=len(added), refused=len(refused), assigned=granted)
+    send_outbox_soon(sv)
+    return {"added": len(added), "refused": refused, "assigned": granted}
+
+
+def _still_banned(
+    session: Session, workload_id: str, user_ids: Iterable[str], added: set[str]
+) -> list[str]:
+    candidates = [user for user in user_ids if user not in added]
+    if not candidates:
+        return []
+    return list(
+        session.scalars(
+            select(WorkloadUser.user_id).where(
+                WorkloadUser.workload_id == workload_id,
+                WorkloadUser.user_id.in_(candidates),
+                WorkloadUser.state == UserState.BANNED,
+            )
+        )
+    )
+
+
+# --- user-frame-rendered ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FrameView:
+    customer_id: str
+    object_id: str
+    workload_status: str
+    frame_state: str | None
+    frame_user: str | None
+    user_state: str | None
+
+
+def _frame_view(sv: Supervisor, event: Event) -> _FrameView:
+    with sv.db.session() as session:
+        row = session.execute(
+            select(
+                Workload.customer_id,
+                Workload.object_id,
+                Workload.status,
+                Frame.state,
+                Frame.user_id,
+                WorkloadUser.state,
+            )
+            .select_from(Workload)
+            .outerjoin(
+                Frame,
+                and_(Frame.workload_id == Workload.id, Frame.number == event.frame_number),
+            )
+            .outerjoin(
+                WorkloadUser,
+                and_(
+                    WorkloadUser.workload_id == Workload.id,
+                    WorkloadUser.user_id == event.user_id,
+                ),
+            )
+            .where(Workload.id == event.session_id)
+        ).one_or_none()
+    if row is None:
+        raise EventRefused("unknown-session", event.session_id)
+    view = _FrameView(*row)
+    if view.user_state is None:
+        raise EventRefused("not-our-user", str(event.user_id))
+    if view.frame_state is None:
+        raise EventRefused("frame-outside-workload", str(event.frame_number))
+    return view
+
+
+def record_rendered_frame(sv: Supervisor, event: Event) -> str:
+    """Move the image to its final key, then mark the frame rendered exactly once.
+
+    The copy comes first and is idempotent (same bytes, same key), so a crash anywhere
+    leaves either an assigned frame to copy again or a rendered frame with its image.
+    The catalog record and the temp deletion leave through the outbox after the commit."""
+    if event.frame_number is None or not event.temp_key or not event.extension:
+        raise EventRefused("incomplete-event", event.topic)
+    view = _frame_view(sv, event)
+    if view.frame_state == FrameState.RENDERED:
+        _discard_temp(sv, event)
+        _log("frame already rendered; its upload is discarded", event)
+        return "duplicate"
+    if view.workload_status != WorkloadStatus.RUNNING:
+        _discard_temp(sv, event)
+        raise EventRefused("workload-not-running", view.workload_status)
+    if view.frame_state != FrameState.ASSIGNED or view.frame_user != event.user_id:
+        _discard_temp(sv, event)
+        raise EventRefused("frame-not-assigned-to-user", f"frame {event.frame_number}")
+
+    final_key = final_frame_key(
+        view.customer_id, view.object_id, event.frame_number, event.extension
+    )
+    try:
+        size = sv.peers.blob.transfer_temp_to_final(
+            temp_key=event.temp_key,
+            final_key=final_key,
+            extension=event.extension,
+            max_bytes=sv.settings.max_frame_bytes,
+        )
+    except PeerError as exc:
+        if exc.transient:
+            raise
+        return _transfer_failed(sv, event, str(exc))
+
+    with sv.db.transaction() as session:
+        workload = lock_workload(session, event.session_id)
+        if workload is None or workload.status != WorkloadStatus.RUNNING:
+            return "workload-ended"
+        marked = session.execute(
+            update(Frame)
+            .where(*_held_by_sender(event))
+            .values(
+                state=FrameState.RENDERED,
+                final_key=final_key,
+                rendered_at=func.now(),
+                last_error=None,
+            )
+            .returning(Frame.number)
+        ).scalar_one_or_none()
+        if marked is None:
+            return "duplicate"
+        workload.rendered_frames += 1
+        _touch_user(session, workload.id, event.user_id or "")
+        outbox.record_in_catalog(
+            session,
+            workload.id,
+            object_id=workload.object_id,
+            customer_id=workload.customer_id,
+            frame_number=event.frame_number,
+            image_file_path=final_key,
+        )
+        outbox.delete_temp_blob(session, workload.id, event.temp_key)
+        completed = workload.rendered_frames >= workload.total_frames
+        if completed:
+            _complete(session, workload)
+    _log("frame stored", event, final_key=final_key, bytes=size, completed=completed)
+    send_outbox_soon(sv)
+    if completed:
+        unbind_after_grace(sv, event.session_id)
+    return "completed" if completed else "stored"
+
+
+def _held_by_sender(event: Event) -> tuple[Any, ...]:
+    """The frame of the event, still assigned to the user who sent it."""
+    return (
+        Frame.workload_id == event.session_id,
+        Frame.number == event.frame_number,
+        Frame.state == FrameState.ASSIGNED,
+        Frame.user_id == event.user_id,
+    )
+
+
+def _discard_temp(sv: Supervisor, event: Event) -> None:
+    """The user is ours but its upload is not wanted (or was already copied): remove it so
+    no temp file is left. Deleting a key already gone is harmless (delete-temp is idempotent)."""
+    with sv.db.transaction() as session:
+        outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
+    send_outbox_soon(sv)
+
+
+def _transfer_failed(sv: Supervisor, event: Event, reason: str) -> str:
+    """A permanent transfer error: the frame goes back to be rendered, the reason kept."""
+    with sv.db.transaction() as session:
+        workload = lock_workload(session, event.session_id)
+        if workload is None:
+            return "workload-ended"
+        returned = session.execute(
+            update(Frame)
+            .where(*_held_by_sender(event))
+            .values(state=FrameState.PENDING, user_id=None, assigned_at=None, last_error=reason)
+            .returning(Frame.number)
+        ).scalar_one_or_none()
+        if returned is not None:
+            count_failure(session, workload, event.user_id or "", sv.settings.max_user_failures)
+            distribute(session, workload, sv.settings.max_frames_per_assignment)
+    logger.warning(
+        "frame transfer failed for good; frame will be rendered again",
+        extra={
+            "workload_id": event.session_id,
+            "user_id": event.user_id,
+            "frame": event.frame_number,
+            "reason": reason[:300],
+        },
+    )
+    send_outbox_soon(sv)
+    return "requeued"
+
+
+def give_up_on_frame(sv: Supervisor, event: Event, reason: str) -> str:
+    """Retries are spent: the frame goes back to be rendered, with the reason recorded."""
+    return _transfer_failed(sv, event, reason)
+
+
+def _complete(session: Session, workload: Workload) -> None:
+    workload.status = WorkloadStatus.COMPLETED
+    workload.finished_at = func.now()
+    release_all_users(session, workload, notify_demand=True)
+    logger.info(
+        "workload completed",
+        extra={"workload_id": workload.id, "total_frames": workload.total_frames},
+    )
+
+
+# --- user-rendering-completed -----------------------------------------------------------
+
+
+def user_finished_list(sv: Supervisor, event: Event) -> dict[str, Any]:
+    """A user says it is done: ask for what it still owes, or give it more work."""
+    with sv.db.transaction() as session:
+        workload = lock_workload(session, event.session_id)
+        if workload is None:
+            raise EventRefused("unknown-session", event.session_id)
+        user_state = session.scalar(
+            select(WorkloadUser.state).where(
+                WorkloadUser.workload_id == workload.id,
+                WorkloadUser.user_id == event.user_id,
+            )
+        )
+        if user_state is None:
+            raise EventRefused("not-our-user", str(event.user_id))
+        if user_state != UserState.ACTIVE or workload.status != WorkloadStatus.RUNNING:
+            return {"ignored": True}
+        _touch_user(session, workload.id, event.user_id or "")
+        owed = _queues(session, workload.id, [event.user_id or ""])[event.user_id or ""]
+        if owed:
+            blend_hash = workload.blend_file_hash or ""
+            outbox.to_users(
+                session,
+                workload.id,
+                [event.user_id or ""],
+                "retrieve-frames-from-frame-list",
+                lambda _user: {"blend_file_hash": blend_hash, "frame_list": owed},
+            )
+            granted: dict[str, int] = {}
+        else:
+            granted = distribute(session, workload, sv.settings.max_frames_per_assignment)
+    _log("user finished its list", event, owed=len(owed), assigned=granted)
+    send_outbox_soon(sv)
+    return {"owed": owed, "assigned": granted}
+
+
+# --- user-disconnected ------------------------------------------------------------------
+
+
+def user_disconnected(sv: Supervisor, event: Event) -> dict[str, Any]:
+    """Drop the user; its frames go to the others, or users are demanded if none are left."""
+    with sv.db.transaction() as session:
+        workload = lock_workload(session, event.session_id)
+        if workload is None:
+            raise EventRefused("unknown-session", event.session_id)
+        dropped = session.execute(
+            update(WorkloadUser)
+            .where(
+                WorkloadUser.workload_id == workload.id,
+                WorkloadUser.user_id == event.user_id,
+                WorkloadUser.state == UserState.ACTIVE,
+            )
+            .values(state=UserState.DISCONNECTED, left_at=func.now())
+            .returning(WorkloadUser.user_id)
+        ).scalar_one_or_none()
+        if dropped is None:
+            known = session.scalar(
+                select(WorkloadUser.state).where(
+                    WorkloadUser.workload_id == workload.id,
+                    WorkloadUser.user_id == event.user_id,
+                )
+            )
+            if known is None:
+                raise EventRefused("not-our-user", str(event.user_id))
+            return {"ignored": True}
+        freed = _unassign_user(session, workload.id, event.user_id or "")
+        granted = distribute(session, workload, sv.settings.max_frames_per_assignment)
+        demanded = 0
+        if workload.status == WorkloadStatus.RUNNING and not _held_by_active_users(
+            session, workload.id
+        ):
+            demanded = demand_missing_users(session, workload)
+    _log("user disconnected", event, freed=freed, assigned=granted, demanded=demanded)
+    send_outbox_soon(sv)
+    return {"freed": freed, "assigned": granted, "demanded": demanded}
+
+
+def _unassign_user(session: Session, workload_id: str, user_id: str) -> int:
+    result = session.execute(
+        update(Frame)
+        .where(
+            Frame.workload_id == workload_id,
+            Frame.user_id == user_id,
+            Frame.state == FrameState.ASSIGNED,
+        )
+        .values(state=FrameState.PENDING, user_id=None, assigned_at=None)
+    )
+    return result.rowcount or 0
+
+
+# --- user-error-sending-frame -----------------------------------------------------------
+
+
+def user_could_not_send(sv: Supervisor, event: Event) -> str:
+    """Ask the user for the frame again; if it no longer has it, render it again."""
+    view = _frame_view(sv, event)
+    if view.frame_state == FrameState.RENDERED:
+        return "already-rendered"
+    if view.frame_state != FrameState.ASSIGNED or view.frame_user != event.user_id:
+        raise EventRefused("frame-not-assigned-to-user", f"frame {event.frame_number}")
+    with sv.db.session() as session:
+        blend_hash = session.scalar(
+            select(Workload.blend_file_hash).where(Workload.id == event.session_id)
+        )
+    acknowledged = sv.peers.users.send_with_ack(
+        event.user_id or "",
+        "retrieve-frame",
+        {"frame-number": event.frame_number, "blend-file-hash": blend_hash or ""},
+    )
+    if acknowledged:
+        _log("user will send the frame again", event)
+        return "retrying"
+    return _transfer_failed(sv, event, "user no longer has the frame")
+
+
+def count_failure(session: Session, workload: Workload, user_id: str, limit: int) -> bool:
+    """Count a failed frame against the user; past the limit it is released and banned."""
+    failures = session.execute(
+        update(WorkloadUser)
+        .where(WorkloadUser.workload_id == workload.id, WorkloadUser.user_id == user_id)
+        .values(failed_frames=WorkloadUser.failed_frames + 1)
+        .returning(WorkloadUser.failed_frames, WorkloadUser.state)
+    ).one_or_none()
+    if failures is None or failures.state != UserState.ACTIVE or failures.failed_frames <= limit:
+        return False
+    release_users(session, workload.id, [user_id])
+    session.execute(
+        update(WorkloadUser)
+        .where(WorkloadUser.workload_id == workload.id, WorkloadUser.user_id == user_id)
+        .values(state=UserState.BANNED, left_at=func.now())
+    )
+    logger.warning(
+        "user failed too many frames; released and banned from this workload",
+        extra={"workload_id": workload.id, "user_id": user_id, "failures": failures[0]},
+    )
+    return True
+
+
+HANDLERS = {
+    "new-users": add_users,
+    "user-frame-rendered": record_rendered_frame,
+    "user-rendering-completed": user_finished_list,
+    "user-disconnected": user_disconnected,
+    "user-error-sending-frame": user_could_not_send,
+}

@@ -1,0 +1,110 @@
+"""The inbox: User Manager events recorded in Postgres before their message is acked.
+
+The intake writes one row per event (the session must exist: one conditional INSERT) and
+dispatches a task with the row's id; the task handles the event and deletes the row. Rows
+whose task was lost are dispatched again by beat, so an event survives a killed worker or
+a flushed Redis. Handlers are idempotent, so a second run of one changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import Session
+
+from supervisor.db import Database
+from supervisor.intake import Event
+from supervisor.models import InboxEvent
+
+logger = logging.getLogger(__name__)
+
+GIVE_UP_AFTER_DISPATCHES = 20
+
+
+def record(db: Database, event: Event) -> int | None:
+    """Record an event of a known session; None when the session is unknown."""
+    with db.transaction() as session:
+        return session.execute(
+            text(
+                "INSERT INTO inbox (workload_id, topic, body) "
+                "SELECT CAST(:workload_id AS varchar), :topic, CAST(:body AS jsonb) "
+                "WHERE EXISTS (SELECT 1 FROM workloads WHERE id = CAST(:workload_id AS varchar)) "
+                "RETURNING id"
+            ),
+            {
+                "workload_id": event.session_id,
+                "topic": event.topic,
+                "body": _json(event),
+            },
+        ).scalar_one_or_none()
+
+
+def _json(event: Event) -> str:
+    return json.dumps(event.to_task())
+
+
+def claim(db: Database, inbox_id: int) -> Event | None:
+    """The event to handle now, or None when it was handled already; marks the attempt so
+    beat does not dispatch it again while this one runs."""
+    with db.transaction() as session:
+        body = session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id == inbox_id)
+            .values(dispatched_at=func.now(), attempts=InboxEvent.attempts + 1)
+            .returning(InboxEvent.body)
+        ).scalar_one_or_none()
+    return Event.from_task(body) if body is not None else None
+
+
+def done(db: Database, inbox_id: int) -> None:
+    with db.transaction() as session:
+        session.execute(delete(InboxEvent).where(InboxEvent.id == inbox_id))
+
+
+def note_failure(db: Database, inbox_id: int, error: str) -> None:
+    with db.transaction() as session:
+        session.execute(
+            update(InboxEvent).where(InboxEvent.id == inbox_id).values(last_error=error[:500])
+        )
+
+
+def due_again(
+    db: Database, *, older_than: float, now: datetime | None = None, limit: int = 500
+) -> list[tuple[int, str]]:
+    """Rows no task has picked up for `older_than` seconds: (id, topic) to dispatch again.
+    Rows dispatched too many times are returned with topic '' so the caller refuses them."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than)
+    with db.transaction() as session:
+        rows = _take_due(session, cutoff, limit)
+    if rows:
+        logger.warning("inbox events dispatched again", extra={"events": len(rows)})
+    return rows
+
+
+def _take_due(session: Session, cutoff: datetime, limit: int) -> list[tuple[int, str]]:
+    due = (
+        select(InboxEvent.id)
+        .where(InboxEvent.dispatched_at < cutoff)
+        .order_by(InboxEvent.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(InboxEvent)
+        .where(InboxEvent.id.in_(due))
+        .values(dispatched_at=func.now())
+        .returning(InboxEvent.id, InboxEvent.topic, InboxEvent.attempts)
+    ).all()
+    return [
+        (row.id, row.topic if row.attempts < GIVE_UP_AFTER_DISPATCHES else "")
+        for row in sorted(rows)
+    ]
+
+
+def pending(db: Database) -> int:
+    with db.session() as session:
+        return session.scalar(select(func.count()).select_from(InboxEvent)) or 0

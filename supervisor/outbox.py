@@ -1,0 +1,300 @@
+"""Transactional outbox: messages are written with the state change that decided them and
+sent only after that commit. A failed send stays in the table and is retried with backoff."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from redis import Redis
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from supervisor.db import Database
+from supervisor.errors import PeerError
+from supervisor.messaging import user_manager_body
+from supervisor.models import OutboxMessage
+
+logger = logging.getLogger(__name__)
+
+USER_MANAGER = "user-manager"
+USER_SERVICE = "user-service"
+CATALOG = "catalog"
+BLOB_TEMP = "blob-temp"
+
+OUTBOX_DRAIN_LOCK_ID = 0x5E55_0B0C
+MAX_BACKOFF = timedelta(seconds=30)
+
+
+class BodyPublisher(Protocol):
+    def publish(self, body: dict[str, Any]) -> None: ...
+
+
+class PeerClients(Protocol):
+    """The slice of supervisor.peers.Peers the outbox sends through."""
+
+    users: Any
+    catalog: Any
+    blob: Any
+
+
+def to_user_manager(session: Session, workload_id: str, topic: str, data: dict[str, Any]) -> None:
+    """Queue a message for USER_MANAGER_EXCHANGE in the caller's transaction."""
+    session.add(
+        OutboxMessage(
+            workload_id=workload_id,
+            destination=USER_MANAGER,
+            topic=topic,
+            body=user_manager_body(topic, workload_id, data),
+        )
+    )
+
+
+def to_users(
+    session: Session,
+    workload_id: str,
+    user_ids: Iterable[str],
+    topic: str,
+    data_for: Callable[[str], dict[str, Any]],
+) -> None:
+    """Queue one User Service message per user in the caller's transaction."""
+    session.add_all(
+        OutboxMessage(
+            workload_id=workload_id,
+            destination=USER_SERVICE,
+            topic=topic,
+            body={"user_id": user_id, "topic": topic, "data": data_for(user_id)},
+        )
+        for user_id in user_ids
+    )
+
+
+def record_in_catalog(
+    session: Session,
+    workload_id: str,
+    *,
+    object_id: str,
+    customer_id: str,
+    frame_number: int,
+    image_file_path: str,
+) -> None:
+    """Queue the catalog record of a stored frame, in the transaction that marks it rendered."""
+    session.add(
+        OutboxMessage(
+            workload_id=workload_id,
+            destination=CATALOG,
+            topic="add-rendered-image",
+            body={
+                "object_id": object_id,
+                "customer_id": customer_id,
+                "frame_number": frame_number,
+                "image_file_path": image_file_path,
+            },
+        )
+    )
+
+
+def delete_temp_blob(session: Session, workload_id: str, key: str) -> None:
+    """Queue the removal of an uploaded temporary image; removal is idempotent."""
+    session.add(
+        OutboxMessage(
+            workload_id=workload_id, destination=BLOB_TEMP, topic="delete-temp", body={"key": key}
+        )
+    )
+
+
+@dataclass
+class DrainResult:
+    locked: bool = False
+    sent: int = 0
+    failed: int = 0
+    remaining: int = 0
+
+
+def drain(
+    db: Database,
+    publisher: BodyPublisher,
+    peers: PeerClients,
+    *,
+    batch_size: int = 500,
+    wait_seconds: float = 0.0,
+) -> DrainResult:
+    """Send what is due, oldest first. One drainer at a time keeps the order per destination;
+    the first transient failure of a destination stops it until its backoff expires, and a
+    permanent one (the peer refused the message) drops that message with a log line.
+    With `wait_seconds`, a drainer waits that long for one already at work; by default it
+    returns at once with `locked` False (see drain_until_quiet)."""
+    result = DrainResult()
+    with db.session() as session:
+        locked = _wait_for_drain_lock(session, wait_seconds)
+        session.commit()
+        if not locked:
+            return result
+        result.locked = True
+        try:
+            _drain_locked(session, publisher, peers, batch_size, result)
+        finally:
+            session.rollback()
+            session.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID})
+            session.commit()
+    return result
+
+
+def _drain_locked(
+    session: Session,
+    publisher: BodyPublisher,
+    peers: PeerClients,
+    batch_size: int,
+    result: DrainResult,
+) -> None:
+    """Each row is deleted in its own commit right after its send succeeds, so a crash
+    resends at most the one message in flight, not the whole batch."""
+    rows = session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.available_at <= func.now())
+        .order_by(OutboxMessage.id)
+        .limit(batch_size)
+    ).all()
+    session.commit()
+    blocked: set[str] = set()
+    for row in rows:
+        if row.destination in blocked:
+            continue
+        try:
+            _send(row, publisher, peers)
+        except PeerError as exc:
+            if exc.transient:
+                blocked.add(row.destination)
+                result.failed += 1
+                _postpone(session, row, exc)
+                session.commit()
+                continue
+            _log_dropped(row, exc)
+        except Exception as exc:  # noqa: BLE001 (any other send failure is kept and retried)
+            blocked.add(row.destination)
+            result.failed += 1
+            _postpone(session, row, exc)
+            session.commit()
+            continue
+        session.execute(delete(OutboxMessage).where(OutboxMessage.id == row.id))
+        session.commit()
+        result.sent += 1
+    result.remaining = len(rows) - result.sent
+
+
+def _wait_for_drain_lock(session: Session, wait_seconds: float) -> bool:
+    """A session-level advisory lock: it outlives the per-row commits of the drain."""
+    if wait_seconds <= 0:
+        return bool(
+            session.execute(
+                text("SELECT pg_try_advisory_lock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID}
+            ).scalar_one()
+        )
+    session.execute(text(f"SET LOCAL lock_timeout = '{int(wait_seconds * 1000)}ms'"))
+    try:
+        with session.begin_nested():
+            session.execute(text("SELECT pg_advisory_lock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID})
+    except OperationalError:
+        return False
+    return True
+
+
+DRAIN_AGAIN_KEY = "supervisor:outbox:drain-again"
+DRAIN_SCHEDULED_KEY = "supervisor:outbox:drain-scheduled"
+
+
+def request_drain(redis: Redis) -> bool:
+    """Note that rows were committed; True when the caller should dispatch a drain (none is
+    scheduled yet). Coalesces a burst of commits into one drain instead of one each."""
+    redis.set(DRAIN_AGAIN_KEY, 1, ex=60)
+    return bool(redis.set(DRAIN_SCHEDULED_KEY, 1, nx=True, ex=5))
+
+
+def drain_until_quiet(
+    db: Database, publisher: BodyPublisher, peers: PeerClients, redis: Redis, *, rounds: int = 50
+) -> int:
+    """Drain while there is work or commits arrived meanwhile. A drainer that finds the
+    lock taken asks the holder (through the flag) to go round once more, and leaves."""
+    redis.delete(DRAIN_SCHEDULED_KEY)
+    sent = 0
+    for _ in range(rounds):
+        redis.delete(DRAIN_AGAIN_KEY)
+        result = drain(db, publisher, peers)
+        if not result.locked:
+            redis.set(DRAIN_AGAIN_KEY, 1, ex=60)
+            return sent
+        sent += result.sent
+        if result.failed:
+            return sent
+        if result.remaining == 0 and not redis.get(DRAIN_AGAIN_KEY):
+            return sent
+    return sent
+
+
+def _send(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> None:
+    body = row.body
+    if row.destination == USER_MANAGER:
+        publisher.publish(body)
+    elif row.destination == USER_SERVICE:
+        peers.users.send(body["user_id"], body["topic"], body["data"])
+    elif row.destination == CATALOG:
+        peers.catalog.add_rendered_image(**body)
+    elif row.destination == BLOB_TEMP:
+        peers.blob.delete_temp(body["key"])
+    else:
+        raise ValueError(f"unknown outbox destination {row.destination!r}")
+    logger.info(
+        "outbox message sent",
+        extra={
+            "workload_id": row.workload_id,
+            "destination": row.destination,
+            "topic": row.topic,
+            "user_id": body.get("user_id"),
+        },
+    )
+
+
+def _log_dropped(row: OutboxMessage, exc: PeerError) -> None:
+    logger.warning(
+        "outbox message refused by its peer, dropped",
+        extra={
+            "workload_id": row.workload_id,
+            "destination": row.destination,
+            "topic": row.topic,
+            "user_id": row.body.get("user_id"),
+            "error": str(exc)[:200],
+        },
+    )
+
+
+def _postpone(session: Session, row: OutboxMessage, exc: Exception) -> None:
+    attempts = row.attempts + 1
+    backoff = min(timedelta(seconds=2 ** min(attempts, 10)), MAX_BACKOFF)
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == row.id)
+        .values(
+            attempts=attempts,
+            last_error=str(exc)[:500],
+            available_at=func.now() + backoff,
+        )
+    )
+    logger.warning(
+        "outbox send failed, will retry",
+        extra={
+            "workload_id": row.workload_id,
+            "destination": row.destination,
+            "topic": row.topic,
+            "attempts": attempts,
+            "retry_in_s": backoff.total_seconds(),
+            "error": str(exc)[:200],
+        },
+    )
+
+
+def pending_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(OutboxMessage)) or 0

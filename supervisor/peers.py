@@ -1,0 +1,856 @@
+"""Synchronous HTTP clients for the peers in CONTRACT.md sections 2-5.
+
+All clients of one `Peers` bundle share one `requests.Session`, so connections are
+reused. Retries happen in urllib3 (`Retry` on the session's adapters), decided per
+method and endpoint:
+
+* GET and DELETE (get-blend-file-name, retrieve-blend, retrieve-temp, delete-temp) are
+  idempotent: retried on connection errors, timeouts and HTTP 500/502/503/504.
+* POST store-image writes a fixed key (a repeat overwrites the same object) and POST
+  new-session registers the same supervisor id again, which the User Manager treats
+  idempotently: an adapter mounted on exactly these two URLs retries them on connection
+  errors, timeouts and 502/503/504. The upload body can be rewound, so a retry resends
+  it whole.
+* Every other POST (add-rendered-image, send-msg-to-user[-with-acknowledgment]) is
+  retried only when no connection could be made, when nothing reached the peer yet.
+  After that, a repeat could record an image twice or deliver a message twice, so the
+  failure goes to the caller as a transient `PeerError` to decide.
+* Retry-After is ignored so that a peer cannot stall a worker past `backoff_max`;
+  longer waits belong to the caller (Celery's task retry).
+
+Failures raise `PeerError` naming the peer and operation. Connection errors, timeouts,
+5xx, 408 and 429 are transient, other statuses are not. Details are clipped and never
+carry whole bodies. One bundle may serve several threads: urllib3's pools are
+thread-safe and the session keeps no cookies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, BinaryIO, ClassVar
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests_toolbelt import MultipartEncoder
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import MaxRetryError, NewConnectionError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.util.retry import Retry
+
+from supervisor.config import Settings
+from supervisor.errors import InvalidInput, ObjectNotRenderable, PeerError
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+MAX_KEY_BYTES = 1024
+MAX_ID_CHARS = 256
+MAX_JSON_BYTES = 1024 * 1024
+DETAIL_CHARS = 200
+
+Timeout = float | tuple[float, float]
+
+_EXTENSION = re.compile(r"[A-Za-z0-9]{1,10}")
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
+_TRANSIENT_STATUSES = frozenset({408, 429})
+_CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "exr": "image/x-exr",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
+    "bmp": "image/bmp",
+    "webp": "image/webp",
+    "tga": "image/x-tga",
+    "hdr": "image/vnd.radiance",
+}
+_ACK_KEYS = ("acknowledged", "acknowledgement", "acknowledgment", "ack", "success", "ok")
+_ACK_WORDS = frozenset(
+    {"true", "yes", "ok", "ack", "acked", "acknowledged", "success", "received", "delivered", "1"}
+)
+_NOT_JSON = object()
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
+def validate_blob_key(key: str) -> str:
+    """Return `key` if it is a plain relative path; a key must never escape its folder."""
+    if not isinstance(key, str) or not key:
+        raise InvalidInput("blob key must be a non-empty string")
+    if _has_control(key):
+        raise InvalidInput("blob key contains control characters")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidInput(f"blob key is longer than {MAX_KEY_BYTES} bytes")
+    if "\\" in key:
+        raise InvalidInput("blob key contains a backslash")
+    if "://" in key:
+        raise InvalidInput("blob key looks like a URL")
+    if any(char in key for char in "%?#"):
+        raise InvalidInput("blob key contains '%', '?' or '#' (URL syntax, never in a key)")
+    if key.startswith("/"):
+        raise InvalidInput("blob key is an absolute path")
+    for segment in key.split("/"):
+        if not segment:
+            raise InvalidInput("blob key has an empty path segment")
+        if segment in (".", ".."):
+            raise InvalidInput("blob key has a '.' or '..' segment")
+    return key
+
+
+def validate_extension(extension: str) -> str:
+    """Return the image extension lower-cased; it ends up in keys and the `type` field."""
+    if not isinstance(extension, str) or not _EXTENSION.fullmatch(extension):
+        raise InvalidInput("image extension must be 1-10 letters or digits")
+    return extension.lower()
+
+
+def _check_text(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{name} must be a non-empty string")
+    if len(value) > MAX_ID_CHARS or _has_control(value):
+        raise InvalidInput(f"{name} is too long or contains control characters")
+    return value
+
+
+def _check_id(name: str, value: str) -> str:
+    """An id that becomes one path segment (of a URL or a blob key)."""
+    _check_text(name, value)
+    if "/" in value or "\\" in value or value in (".", ".."):
+        raise InvalidInput(f"{name} must not contain '/' or '\\' or be '.' or '..'")
+    return value
+
+
+def _check_int(name: str, value: int, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an integer")
+    if minimum is not None and value < minimum:
+        raise InvalidInput(f"{name} must be at least {minimum}")
+    return value
+
+
+def final_frame_key(customer_id: str, object_id: str, frame_number: int, extension: str) -> str:
+    """Key of a finished frame: `<customer>/<object>/<frame>.<ext>`.
+
+    The frame is formatted with `{:03d}`: at least three digits, so 7 -> "007" and
+    1234 -> "1234"; the sign counts as a digit, so -7 -> "-07" and -123 -> "-123".
+    """
+    _check_id("customer_id", customer_id)
+    _check_id("object_id", object_id)
+    _check_int("frame_number", frame_number)
+    ext = validate_extension(extension)
+    return validate_blob_key(f"{customer_id}/{object_id}/{frame_number:03d}.{ext}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _clip(text: str, limit: int = DETAIL_CHARS) -> str:
+    """One line, no control characters, at most `limit` characters."""
+    cleaned = " ".join("".join(" " if _has_control(ch) else ch for ch in text).split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """Say what went wrong in transport terms, without URLs or object reprs."""
+    root: BaseException = exc
+    for _ in range(6):
+        if isinstance(root, MaxRetryError) and root.reason is not None:
+            root = root.reason
+        elif root.args and isinstance(root.args[0], BaseException):
+            root = root.args[0]
+        else:
+            break
+    if isinstance(root, NewConnectionError):
+        kind = "connection failed"
+    elif isinstance(exc, requests.Timeout) or isinstance(root, (Urllib3Timeout, TimeoutError)):
+        kind = "timed out"
+    else:
+        kind = "connection failed"
+    name = type(root).__name__
+    message = _OBJECT_REPR.sub("", str(root))
+    return _clip(f"{kind}: {name}: {message}" if message else f"{kind}: {name}")
+
+
+def _is_ack_value(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        return value.strip().lower() in _ACK_WORDS
+    return False
+
+
+def _is_ack(payload: Any, *, nested: bool = False) -> bool:
+    """Read an acknowledgment from a 2xx body whose shape the contract leaves open.
+
+    `true`, "ok"-like strings, or an object with a truthy `acknowledged`,
+    `acknowledgement`, `acknowledgment`, `ack`, `success` or `ok` (first found wins),
+    else an ok-like `status`, else the same looked up once under `data`, `result` or
+    `response`. Anything else is "not acknowledged": the frame is then rendered again,
+    which costs time, whereas a false "yes" would wait for a frame that never comes.
+    """
+    if isinstance(payload, str):
+        return payload.strip().lower() in _ACK_WORDS
+    if not isinstance(payload, Mapping):
+        return isinstance(payload, bool) and payload
+    for key in _ACK_KEYS:
+        if key in payload:
+            return _is_ack_value(payload[key])
+    if "status" in payload:
+        return _is_ack_value(payload["status"])
+    if not nested:
+        for key in ("data", "result", "response"):
+            if key in payload:
+                return _is_ack(payload[key], nested=True)
+    return False
+
+
+def _drain(resp: requests.Response, limit: int = 64 * 1024) -> None:
+    """Read what is left of a short body, so that closing keeps the connection alive."""
+    read = 0
+    try:
+        for chunk in resp.iter_content(16 * 1024):
+            read += len(chunk)
+            if read > limit:
+                return
+    except (requests.RequestException, Urllib3Error):
+        return
+
+
+class _SizedReader:
+    """The rest of a file, from its current offset, with the `len` MultipartEncoder asks for.
+
+    Handing the encoder this instead of the file keeps it from copying a BytesIO whole
+    (it calls `getvalue()`) and from sizing a real file from offset 0 (`fstat`).
+    """
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._fileobj = fileobj
+        start = fileobj.tell()
+        self.len = fileobj.seek(0, os.SEEK_END) - start
+        fileobj.seek(start)
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.len if size < 0 else min(size, self.len)
+        data = self._fileobj.read(want) if want else b""
+        if want and not data:
+            raise OSError("the upload source shrank while being sent")
+        self.len -= len(data)
+        return data
+
+
+class _RewindableMultipart:
+    """A streaming multipart body that urllib3 can rewind (seek(0)) to resend on a retry.
+
+    `MultipartEncoder` cannot seek; this rebuilds it over the same file, from the file's
+    starting offset and with the same boundary (already sent in Content-Type).
+    """
+
+    def __init__(
+        self,
+        fields: list[tuple[str, str]],
+        *,
+        file_field: str,
+        filename: str,
+        content_type: str,
+        fileobj: BinaryIO,
+    ) -> None:
+        self._fields = fields
+        self._file_field = file_field
+        self._filename = filename
+        self._file_type = content_type
+        self._fileobj = fileobj
+        self._start = fileobj.tell()
+        self._boundary = uuid.uuid4().hex
+        self._pos = 0
+        self._encoder = self._build()
+
+    def _build(self) -> MultipartEncoder:
+        file_part = (self._filename, _SizedReader(self._fileobj), self._file_type)
+        return MultipartEncoder(
+            fields=[*self._fields, (self._file_field, file_part)], boundary=self._boundary
+        )
+
+    @property
+    def content_type(self) -> str:
+        return str(self._encoder.content_type)
+
+    @property
+    def len(self) -> int:
+        return int(self._encoder.len)
+
+    def read(self, size: int = -1) -> bytes:
+        data = bytes(self._encoder.read(size))
+        self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset != 0 or whence != 0:
+            raise OSError("the upload can only be rewound to its start")
+        self._fileobj.seek(self._start)
+        self._encoder = self._build()
+        self._pos = 0
+        return 0
+
+
+# ---------------------------------------------------------------- session
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry; tests pass tiny backoffs.
+
+    urllib3 waits 0 before the first retry, then `backoff_factor * 2**(n-1)` plus up to
+    `backoff_jitter` seconds at random, capped at `backoff_max`.
+    """
+
+    retries: int = 3
+    backoff_factor: float = 0.25
+    backoff_max: float = 5.0
+    backoff_jitter: float = 0.25
+
+    def _retry(self, methods: frozenset[str], statuses: frozenset[int]) -> Retry:
+        return Retry(
+            total=self.retries,
+            connect=self.retries,
+            read=self.retries,
+            status=self.retries,
+            other=0,
+            redirect=0,
+            allowed_methods=methods,
+            status_forcelist=statuses,
+            backoff_factor=self.backoff_factor,
+            backoff_max=self.backoff_max,
+            backoff_jitter=self.backoff_jitter,
+            raise_on_status=False,
+            raise_on_redirect=False,
+            respect_retry_after_header=False,
+        )
+
+    def default_retry(self) -> Retry:
+        """GET/DELETE fully retried; any other method only when it never connected."""
+        return self._retry(frozenset({"GET", "HEAD", "DELETE"}), frozenset({500, 502, 503, 504}))
+
+    def idempotent_post_retry(self) -> Retry:
+        """For the POST endpoints a repeat cannot harm (store-image, new-session)."""
+        return self._retry(frozenset({"POST"}), frozenset({502, 503, 504}))
+
+
+def make_session(policy: RetryPolicy | None = None) -> requests.Session:
+    """A session whose default adapter carries `policy.default_retry()`; no cookies kept."""
+    policy = policy or RetryPolicy()
+    session = requests.Session()
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    adapter = HTTPAdapter(max_retries=policy.default_retry())
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "session-supervisor"
+    return session
+
+
+# ---------------------------------------------------------------- clients
+
+
+class _PeerClient:
+    """What every peer client shares: URL building, sending, error mapping, logging."""
+
+    peer: ClassVar[str] = ""
+    idempotent_posts: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        base_url: str,
+        session: requests.Session,
+        *,
+        timeout: Timeout = 10.0,
+        policy: RetryPolicy | None = None,
+        on_failure: Callable[[PeerError], None] | None = None,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = session
+        self._timeout = timeout
+        self._on_failure = on_failure
+        if self.idempotent_posts:
+            adapter = HTTPAdapter(max_retries=(policy or RetryPolicy()).idempotent_post_retry())
+            for path in self.idempotent_posts:
+                session.mount(self._base + path, adapter)
+
+    def close(self) -> None:
+        """Close the (shared) session; harmless to call more than once."""
+        self._session.close()
+
+    def _fail(
+        self, operation: str, detail: str, *, status: int | None, transient: bool
+    ) -> PeerError:
+        detail = _clip(detail)
+        logger.warning(
+            "%s %s failed (status=%s, transient=%s): %s",
+            self.peer,
+            operation,
+            status,
+            transient,
+            detail,
+            extra={
+                "peer": self.peer,
+                "peer_operation": operation,
+                "peer_status": status,
+                "peer_transient": transient,
+            },
+        )
+        error = PeerError(self.peer, operation, detail, status=status, transient=transient)
+        if transient and self._on_failure is not None:
+            self._on_failure(error)
+        return error
+
+    @contextmanager
+    def _exchange(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Iterator[requests.Response]:
+        """One request (retries are the adapter's); transport failures are transient.
+
+        On a normal exit a short unread body is drained so the connection goes back to
+        the pool; otherwise the connection is closed with the response.
+        """
+        try:
+            resp = self._session.request(
+                method,
+                self._base + path,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+        except (requests.RequestException, Urllib3Error) as exc:
+            raise self._fail(
+                operation, _describe_exception(exc), status=None, transient=True
+            ) from exc
+        with resp:
+            yield resp
+            _drain(resp)
+
+    def _post_json(
+        self, operation: str, path: str, body: Mapping[str, Any]
+    ) -> AbstractContextManager[requests.Response]:
+        try:
+            payload = json.dumps(body, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"{operation}: body is not JSON-serialisable") from exc
+        return self._exchange(
+            operation, "POST", path, data=payload, headers={"Content-Type": "application/json"}
+        )
+
+    def _read_limited(self, resp: requests.Response, operation: str, limit: int) -> bytes | None:
+        """The body, or None when it is longer than `limit` bytes."""
+        buf = bytearray()
+        try:
+            for chunk in resp.iter_content(64 * 1024):
+                buf += chunk
+                if len(buf) > limit:
+                    return None
+        except (requests.RequestException, Urllib3Error) as exc:
+            raise self._fail(
+                operation, _describe_exception(exc), status=resp.status_code, transient=True
+            ) from exc
+        return bytes(buf)
+
+    def _read_json(self, resp: requests.Response, operation: str) -> Any:
+        """Parsed JSON body, or `_NOT_JSON` if it is not JSON or too large to be ours."""
+        body = self._read_limited(resp, operation, MAX_JSON_BYTES)
+        if body is None:
+            return _NOT_JSON
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            return _NOT_JSON
+
+    def _status_error(self, resp: requests.Response, operation: str) -> PeerError:
+        """A PeerError for an unwanted status, quoting at most a clipped error message."""
+        status = resp.status_code
+        snippet = ""
+        try:
+            head = next(resp.iter_content(1024), b"")
+        except (requests.RequestException, Urllib3Error):
+            head = b""
+        if head:
+            text = head.decode("utf-8", errors="replace")
+            try:
+                parsed = json.loads(head)
+            except (ValueError, RecursionError):
+                parsed = None
+            if isinstance(parsed, Mapping):
+                message = parsed.get("message") or parsed.get("detail") or parsed.get("error")
+                if isinstance(message, str):
+                    text = message
+            snippet = text
+        detail = f"unexpected HTTP {status}" + (f": {snippet}" if snippet else "")
+        transient = status >= 500 or status in _TRANSIENT_STATUSES
+        return self._fail(operation, detail, status=status, transient=transient)
+
+
+@dataclass(frozen=True)
+class BlendFileRef:
+    """Where the catalog says an object's .blend file is, and its hash."""
+
+    path: str
+    hash: str
+
+
+class CatalogClient(_PeerClient):
+    """The MongoDB service: knows each customer object's .blend file."""
+
+    peer = "catalog"
+    _prefix = "/api/mongodb-service/blender-objects"
+
+    def get_blend_file(self, object_id: str, customer_id: str) -> BlendFileRef:
+        """Look the object up; refuse any answer that does not point inside its own folder."""
+        _check_id("object_id", object_id)
+        _check_id("customer_id", customer_id)
+        operation = "get-blend-file-name"
+        path = f"{self._prefix}/get-blend-file-name/{quote(object_id, safe='')}"
+        with self._exchange(operation, "GET", path, params={"customer_id": customer_id}) as resp:
+            status = resp.status_code
+            if status >= 500 or status in _TRANSIENT_STATUSES:
+                raise self._status_error(resp, operation)
+            if status != 200:
+                raise self._not_renderable(object_id, f"the catalog answered HTTP {status}", status)
+            body = self._read_json(resp, operation)
+        return self._parse_blend_ref(body, object_id=object_id, customer_id=customer_id)
+
+    def _not_renderable(
+        self, object_id: str, reason: str, status: int | None = 200
+    ) -> ObjectNotRenderable:
+        logger.warning(
+            "catalog get-blend-file-name refused object (status=%s): %s",
+            status,
+            reason,
+            extra={
+                "peer": self.peer,
+                "peer_operation": "get-blend-file-name",
+                "peer_status": status,
+                "peer_transient": False,
+            },
+        )
+        return ObjectNotRenderable(f"object {object_id} cannot be rendered: {reason}")
+
+    def _parse_blend_ref(self, body: Any, *, object_id: str, customer_id: str) -> BlendFileRef:
+        if not isinstance(body, Mapping):
+            raise self._not_renderable(object_id, "the catalog answer is not a JSON object")
+        blend_path = body.get("blendFilePath")
+        if not isinstance(blend_path, str) or not blend_path:
+            raise self._not_renderable(object_id, "the catalog gives no blendFilePath")
+        try:
+            validate_blob_key(blend_path)
+        except InvalidInput as exc:
+            raise self._not_renderable(object_id, f"unsafe blendFilePath ({exc})") from None
+        parts = blend_path.split("/")
+        if len(parts) != 3 or not parts[2].lower().endswith(".blend") or len(parts[2]) <= 6:
+            raise self._not_renderable(
+                object_id, "blendFilePath is not customer_id/object_id/<name>.blend"
+            )
+        if parts[0] != customer_id or parts[1] != object_id:
+            raise self._not_renderable(
+                object_id, "blendFilePath belongs to another customer or object"
+            )
+        blend_hash = body.get("blendFileHash")
+        if not isinstance(blend_hash, str) or not blend_hash:
+            raise self._not_renderable(object_id, "the catalog gives no blendFileHash")
+        if len(blend_hash) > MAX_ID_CHARS or _has_control(blend_hash):
+            raise self._not_renderable(object_id, "blendFileHash is malformed")
+        return BlendFileRef(path=blend_path, hash=blend_hash)
+
+    def add_rendered_image(
+        self, *, object_id: str, customer_id: str, frame_number: int, image_file_path: str
+    ) -> None:
+        """Tell the catalog a frame is stored; not retried once sent (may not be idempotent)."""
+        body = {
+            "objectId": _check_id("object_id", object_id),
+            "customerId": _check_id("customer_id", customer_id),
+            "frameNumber": _check_int("frame_number", frame_number),
+            "imageFilePath": validate_blob_key(image_file_path),
+        }
+        operation = "add-rendered-image"
+        with self._post_json(operation, f"{self._prefix}/add-rendered-image", body) as resp:
+            if not 200 <= resp.status_code < 300:
+                raise self._status_error(resp, operation)
+
+
+class BlobClient(_PeerClient):
+    """The Blob Service: .blend files, temporary uploads from users, final frames."""
+
+    peer = "blob-service"
+    _prefix = "/api/blob-service"
+    idempotent_posts = ("/api/blob-service/store-image",)
+
+    def download_blend(self, key: str, dest: Path, *, max_bytes: int) -> int:
+        """Stream a .blend file to `dest`; return its size."""
+        params = {"bucket": "blend-files", "key": validate_blob_key(key)}
+        return self._download("retrieve-blend", "/retrieve-blend", params, dest, max_bytes)
+
+    def download_temp(self, key: str, dest: Path, *, max_bytes: int) -> int:
+        """Stream a user's temporary upload to `dest`; return its size."""
+        params = {"key": validate_blob_key(key)}
+        return self._download("retrieve-temp", "/retrieve-temp", params, dest, max_bytes)
+
+    def _download(
+        self, operation: str, path: str, params: Mapping[str, str], dest: Path, max_bytes: int
+    ) -> int:
+        _check_int("max_bytes", max_bytes, minimum=0)
+        dest = Path(dest)
+        with self._exchange(operation, "GET", self._prefix + path, params=params) as resp:
+            if resp.status_code != 200:
+                raise self._status_error(resp, operation)
+            declared = resp.headers.get("Content-Length", "")
+            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+            if not encoded and declared.isdigit() and int(declared) > max_bytes:
+                raise self._fail(
+                    operation,
+                    f"body of {declared} bytes exceeds the limit of {max_bytes}",
+                    status=None,
+                    transient=False,
+                )
+            try:
+                return self._stream_to(resp, operation, dest, max_bytes)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+
+    def _stream_to(
+        self, resp: requests.Response, operation: str, dest: Path, max_bytes: int
+    ) -> int:
+        written = 0
+        with dest.open("wb") as out:
+            try:
+                for chunk in resp.iter_content(CHUNK_BYTES):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise self._fail(
+                            operation,
+                            f"body exceeds the limit of {max_bytes} bytes",
+                            status=None,
+                            transient=False,
+                        )
+                    out.write(chunk)
+            except (requests.RequestException, Urllib3Error) as exc:
+                raise self._fail(
+                    operation, _describe_exception(exc), status=None, transient=True
+                ) from exc
+        return written
+
+    def store_image(self, *, key: str, extension: str, source: BinaryIO | Path) -> None:
+        """Upload a final frame, streamed from a path or a seekable binary file object."""
+        key = validate_blob_key(key)
+        ext = validate_extension(extension)
+        if isinstance(source, str | os.PathLike):
+            with open(source, "rb") as fileobj:
+                self._upload(key, ext, fileobj)
+        else:
+            if not source.seekable():
+                raise InvalidInput("store_image needs a seekable file object")
+            self._upload(key, ext, source)
+
+    def _upload(self, key: str, ext: str, fileobj: BinaryIO) -> None:
+        operation = "store-image"
+        body = _RewindableMultipart(
+            [("bucket", "rendered-frames"), ("key", key), ("type", ext)],
+            file_field="image",
+            filename=PurePosixPath(key).name,
+            content_type=_CONTENT_TYPES.get(ext, "application/octet-stream"),
+            fileobj=fileobj,
+        )
+        headers = {"Content-Type": body.content_type}
+        with self._exchange(
+            operation, "POST", f"{self._prefix}/store-image", data=body, headers=headers
+        ) as resp:
+            if not 200 <= resp.status_code < 300:
+                raise self._status_error(resp, operation)
+
+    def delete_temp(self, key: str) -> None:
+        """Delete a temporary upload; 404 counts as done, so a repeat is harmless."""
+        operation = "delete-temp"
+        params = {"key": validate_blob_key(key)}
+        path = f"{self._prefix}/delete-temp"
+        with self._exchange(operation, "DELETE", path, params=params) as resp:
+            if not (200 <= resp.status_code < 300 or resp.status_code == 404):
+                raise self._status_error(resp, operation)
+
+    def transfer_temp_to_final(
+        self,
+        *,
+        temp_key: str,
+        final_key: str,
+        extension: str,
+        max_bytes: int,
+        workdir: Path | None = None,
+    ) -> int:
+        """Copy a temporary upload to its final key through a temp file; return its size.
+
+        Both legs stream in bounded chunks, so memory does not grow with the frame; the
+        temp file is removed whatever happens. The temporary copy is not deleted here.
+        """
+        validate_blob_key(temp_key)
+        validate_blob_key(final_key)
+        ext = validate_extension(extension)
+        _check_int("max_bytes", max_bytes, minimum=0)
+        fd, name = tempfile.mkstemp(prefix="frame-", suffix=".part", dir=workdir)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            size = self.download_temp(temp_key, tmp, max_bytes=max_bytes)
+            self.store_image(key=final_key, extension=ext, source=tmp)
+            return size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class UserServiceClient(_PeerClient):
+    """The User Service: delivers messages to one connected render node."""
+
+    peer = "user-service"
+    _prefix = "/api/user-service/user"
+
+    @staticmethod
+    def _message(user_id: str, topic: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(data, Mapping):
+            raise InvalidInput("message data must be a JSON object")
+        return {
+            "user_id": _check_text("user_id", user_id),
+            "topic": _check_text("topic", topic),
+            "data": dict(data),
+        }
+
+    def send(self, user_id: str, topic: str, data: dict[str, Any]) -> None:
+        """Fire-and-forget message; any non-2xx is a PeerError (4xx not transient)."""
+        operation = "send-msg-to-user"
+        body = self._message(user_id, topic, data)
+        with self._post_json(operation, f"{self._prefix}/send-msg-to-user", body) as resp:
+            if not 200 <= resp.status_code < 300:
+                raise self._status_error(resp, operation)
+
+    def send_with_ack(self, user_id: str, topic: str, data: dict[str, Any]) -> bool:
+        """Send and report whether the user acknowledged (see `_is_ack` for the body).
+
+        A 4xx other than 408/429 (e.g. 404, user not connected) means "no", not an
+        error; 5xx, 408, 429 and transport failures raise a transient PeerError.
+        """
+        operation = "send-msg-to-user-with-acknowledgment"
+        body = self._message(user_id, topic, data)
+        path = f"{self._prefix}/send-msg-to-user-with-acknowledgment"
+        with self._post_json(operation, path, body) as resp:
+            status = resp.status_code
+            if 200 <= status < 300:
+                raw = self._read_limited(resp, operation, MAX_JSON_BYTES)
+                if not raw:
+                    return False
+                try:
+                    payload: Any = json.loads(raw)
+                except (ValueError, RecursionError):
+                    payload = raw.decode("utf-8", errors="replace")
+                return _is_ack(payload)
+            if 400 <= status < 500 and status not in _TRANSIENT_STATUSES:
+                logger.info(
+                    "user-service %s: HTTP %s, taken as not acknowledged",
+                    operation,
+                    status,
+                    extra={"peer": self.peer, "peer_operation": operation, "peer_status": status},
+                )
+                return False
+            raise self._status_error(resp, operation)
+
+
+class UserManagerClient(_PeerClient):
+    """The User Manager's HTTP side: supervisor registration."""
+
+    peer = "user-manager"
+    idempotent_posts = ("/api/user-manager/session-supervisor/new-session",)
+
+    def register_session(self, session_id: str, user_count: int) -> None:
+        """Register this supervisor; the User Manager routes nothing to unknown ones."""
+        form = [
+            ("user_count", str(_check_int("user_count", user_count, minimum=0))),
+            ("session_supervisor_id", _check_text("session_id", session_id)),
+        ]
+        operation = "new-session"
+        path = "/api/user-manager/session-supervisor/new-session"
+        with self._exchange(operation, "POST", path, data=form) as resp:
+            if not 200 <= resp.status_code < 300:
+                raise self._status_error(resp, operation)
+
+
+@dataclass
+class Peers:
+    """The four clients on one shared session; build with `from_settings`, end with `close`."""
+
+    catalog: CatalogClient
+    blob: BlobClient
+    users: UserServiceClient
+    user_manager: UserManagerClient
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        policy: RetryPolicy | None = None,
+        on_failure: Callable[[PeerError], None] | None = None,
+    ) -> Peers:
+        """Clients for the configured peers: `peer_timeout_seconds` for connect and read,
+        `peer_retries` retries unless `policy` says otherwise. `on_failure` hears of every
+        transient failure (the status shows peers that are failing)."""
+        policy = policy or RetryPolicy(retries=settings.peer_retries)
+        session = make_session(policy)
+        timeout = (settings.peer_timeout_seconds, settings.peer_timeout_seconds)
+        options: dict[str, Any] = {"timeout": timeout, "policy": policy, "on_failure": on_failure}
+        return cls(
+            catalog=CatalogClient(settings.mongodb_service, session, **options),
+            blob=BlobClient(settings.blob_service, session, **options),
+            users=UserServiceClient(settings.user_service, session, **options),
+            user_manager=UserManagerClient(settings.user_manager_service, session, **options),
+        )
+
+    def close(self) -> None:
+        """Close the shared session (and any session a client was given separately)."""
+        for client in (self.catalog, self.blob, self.users, self.user_manager):
+            client.close()
+
+    def __enter__(self) -> Peers:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

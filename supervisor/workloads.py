@@ -1,0 +1,546 @@
+"""Workload lifecycle: start, prepare, stop, status, and the admin user-count controls.
+
+Every state change is a conditional statement (`... WHERE status = 'initialized'`), so a
+call repeated after a crash or delivered twice does nothing the second time. Messages to
+peers go through the outbox and leave only after the commit that decided them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from supervisor import outbox
+from supervisor.blendfile import read_scene_range
+from supervisor.errors import (
+    BlendFileError,
+    InvalidInput,
+    NoActiveWorkload,
+    ObjectNotRenderable,
+    PeerError,
+    WorkloadAlreadyActive,
+)
+from supervisor.health import degraded_peers
+from supervisor.models import (
+    ACTIVE_STATUSES,
+    Frame,
+    FrameState,
+    UserState,
+    Workload,
+    WorkloadStatus,
+    WorkloadUser,
+)
+
+if TYPE_CHECKING:
+    from supervisor.service import Supervisor
+
+logger = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+ACTIVE_UNIQUE_INDEX = "uq_workloads_one_active_per_customer"
+
+
+def validate_id(name: str, value: object) -> str:
+    """Ids are 1 to 128 characters of [A-Za-z0-9._-]; anything else is refused."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{name} is required")
+    if not ID_PATTERN.fullmatch(value) or value in {".", ".."}:
+        raise InvalidInput(
+            f"{name} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '-' "
+            "(and not '.' or '..')"
+        )
+    return value
+
+
+def _log(event: str, workload_id: str | None, **fields: Any) -> None:
+    logger.info(event, extra={"workload_id": workload_id, **fields})
+
+
+def send_outbox_soon(sv: Supervisor) -> None:
+    """Ask a worker to drain the outbox now. The messages are already committed, so if that
+    request fails the periodic drain sends them a little later; the caller is not failed."""
+    try:
+        sv.jobs.drain_outbox()
+    except Exception:
+        logger.warning("could not dispatch an outbox drain; the periodic drain will", exc_info=True)
+
+
+# --- start -----------------------------------------------------------------------------
+
+
+def start_workload(sv: Supervisor, customer_id: str, object_id: str) -> str:
+    """Create the workload row, resolve the object, and hand the slow part to the worker."""
+    validate_id("customer_id", customer_id)
+    validate_id("object_id", object_id)
+    try:
+        with sv.db.transaction() as session:
+            workload = Workload(
+                customer_id=customer_id,
+                object_id=object_id,
+                target_user_count=sv.settings.initial_user_count,
+            )
+            session.add(workload)
+            session.flush()
+            workload_id = workload.id
+    except IntegrityError as exc:
+        if ACTIVE_UNIQUE_INDEX in str(exc.orig):
+            raise WorkloadAlreadyActive(customer_id) from None
+        raise
+    _log("workload created", workload_id, customer_id=customer_id, object_id=object_id)
+
+    try:
+        ref = sv.peers.catalog.get_blend_file(object_id, customer_id)
+    except Exception as exc:
+        fail_workload(sv, workload_id, f"catalog: {exc}")
+        raise
+    with sv.db.transaction() as session:
+        session.execute(
+            update(Workload)
+            .where(Workload.id == workload_id, Workload.status == WorkloadStatus.INITIALIZED)
+            .values(blend_file_path=ref.path, blend_file_hash=ref.hash)
+        )
+    try:
+        sv.jobs.prepare_workload(workload_id)
+    except Exception as exc:
+        fail_workload(sv, workload_id, f"could not hand the workload to a worker: {exc}")
+        raise
+    return workload_id
+
+
+@dataclass(frozen=True)
+class _PrepareInput:
+    customer_id: str
+    object_id: str
+    blend_file_path: str
+    target_user_count: int
+    frames_created: bool
+
+
+def prepare_workload(sv: Supervisor, workload_id: str) -> None:
+    """The worker's part of start: read the frame range, create the frames, register with
+    the User Manager and demand users. Safe to run again after any failure."""
+    with sv.db.transaction() as session:
+        workload = session.get(Workload, workload_id)
+        if workload is None or workload.status != WorkloadStatus.INITIALIZED:
+            _log("prepare skipped: workload not waiting", workload_id)
+            return
+        if workload.blend_file_path is None:
+            _log("prepare skipped: no blend file yet", workload_id)
+            return
+        job = _PrepareInput(
+            customer_id=workload.customer_id,
+            object_id=workload.object_id,
+            blend_file_path=workload.blend_file_path,
+            target_user_count=workload.target_user_count,
+            frames_created=workload.total_frames > 0,
+        )
+
+    if not job.frames_created:
+        try:
+            _create_frames(sv, workload_id, job)
+        except (BlendFileError, ObjectNotRenderable, InvalidInput) as exc:
+            fail_workload(sv, workload_id, str(exc))
+            return
+        except PeerError as exc:
+            if not exc.transient:
+                fail_workload(sv, workload_id, str(exc))
+                return
+            raise
+
+    sv.bindings.bind(workload_id)
+    sv.peers.user_manager.register_session(workload_id, job.target_user_count)
+    with sv.db.transaction() as session:
+        started = session.execute(
+            update(Workload)
+            .where(Workload.id == workload_id, Workload.status == WorkloadStatus.INITIALIZED)
+            .values(
+                status=WorkloadStatus.RUNNING,
+                started_at=func.now(),
+                users_demanded=Workload.target_user_count,
+                demanded_at=func.now(),
+            )
+            .returning(Workload.target_user_count)
+        ).scalar_one_or_none()
+        if started is None:
+            return
+        outbox.to_user_manager(session, workload_id, "more-users", {"user_count": started})
+    _log("workload running", workload_id, users_demanded=started)
+    send_outbox_soon(sv)
+
+
+def _create_frames(sv: Supervisor, workload_id: str, job: _PrepareInput) -> None:
+    settings = sv.settings
+    with tempfile.TemporaryDirectory(prefix="blend-") as folder:
+        local = Path(folder) / "scene.blend"
+        size = sv.peers.blob.download_blend(
+            job.blend_file_path, local, max_bytes=settings.max_blend_bytes
+        )
+        scene = read_scene_range(
+            local,
+            timeout=settings.blend_parse_timeout_seconds,
+            memory_limit=settings.blend_parse_memory_bytes,
+        )
+    frames = scene.frame_numbers()
+    if len(frames) == 0:
+        raise BlendFileError(f"scene {scene.name!r} has no frames to render")
+    if len(frames) > settings.max_frames:
+        raise BlendFileError(
+            f"scene {scene.name!r} has {len(frames)} frames, more than the limit of "
+            f"{settings.max_frames}"
+        )
+    with sv.db.transaction() as session:
+        claimed = session.execute(
+            update(Workload)
+            .where(
+                Workload.id == workload_id,
+                Workload.status == WorkloadStatus.INITIALIZED,
+                Workload.total_frames == 0,
+            )
+            .values(
+                scene_name=scene.name,
+                frame_start=scene.frame_start,
+                frame_end=scene.frame_end,
+                frame_step=scene.frame_step,
+                total_frames=len(frames),
+            )
+            .returning(Workload.id)
+        ).scalar_one_or_none()
+        if claimed is None:
+            return
+        session.execute(
+            text(
+                "INSERT INTO frames (workload_id, number) "
+                "SELECT :workload_id, n FROM generate_series("
+                "CAST(:first AS integer), CAST(:last AS integer), CAST(:step AS integer)) AS n"
+            ),
+            {
+                "workload_id": workload_id,
+                "first": frames[0],
+                "last": frames[-1],
+                "step": frames.step,
+            },
+        )
+    _log(
+        "frames created",
+        workload_id,
+        scene=scene.name,
+        frame_start=scene.frame_start,
+        frame_end=scene.frame_end,
+        frame_step=scene.frame_step,
+        total_frames=len(frames),
+        blend_bytes=size,
+    )
+
+
+# --- ending a workload ------------------------------------------------------------------
+
+
+def release_all_users(session: Session, workload: Workload, *, notify_demand: bool) -> list[str]:
+    """Queue stop-work to every active user, release them and drop our demand."""
+    released = release_users(session, workload.id, _active_user_ids(session, workload.id))
+    if notify_demand:
+        outbox.to_user_manager(
+            session,
+            workload.id,
+            "remove-users-demand-completely",
+            {"session_supervisor_id": workload.id},
+        )
+    return released
+
+
+def fail_workload(sv: Supervisor, workload_id: str, reason: str) -> bool:
+    """Mark an active workload failed with its reason; release whatever it holds."""
+    with sv.db.transaction() as session:
+        workload = session.scalars(
+            select(Workload)
+            .where(Workload.id == workload_id, Workload.status.in_(ACTIVE_STATUSES))
+            .with_for_update()
+        ).one_or_none()
+        if workload is None:
+            return False
+        registered = workload.status == WorkloadStatus.RUNNING
+        workload.status = WorkloadStatus.FAILED
+        workload.failure_reason = reason[:2000]
+        workload.finished_at = func.now()
+        release_all_users(session, workload, notify_demand=registered)
+    logger.warning("workload failed", extra={"workload_id": workload_id, "reason": reason[:500]})
+    send_outbox_soon(sv)
+    unbind_after_grace(sv, workload_id)
+    return True
+
+
+def stop_and_delete(sv: Supervisor, customer_id: str) -> str:
+    """stop-work to every user, release them, drop the demand, forget the workload."""
+    validate_id("customer_id", customer_id)
+    with sv.db.transaction() as session:
+        workload = session.scalars(
+            select(Workload)
+            .where(Workload.customer_id == customer_id, Workload.status.in_(ACTIVE_STATUSES))
+            .with_for_update()
+        ).one_or_none()
+        if workload is None:
+            raise NoActiveWorkload(f"No active workload for customer_id: {customer_id}")
+        workload_id = workload.id
+        released = release_all_users(
+            session, workload, notify_demand=workload.status == WorkloadStatus.RUNNING
+        )
+        delete_workload(session, workload_id)
+    _log("workload stopped and deleted", workload_id, customer_id=customer_id, users=len(released))
+    send_outbox_soon(sv)
+    unbind_quietly(sv, workload_id)
+    return workload_id
+
+
+def unbind_after_grace(sv: Supervisor, workload_id: str) -> None:
+    """A finished workload keeps its binding a while: events still in flight (a late
+    duplicate, a last re-upload) are then consumed and their uploads cleaned up, instead
+    of being dropped by the broker as unroutable and left in the temporary store."""
+    try:
+        sv.jobs.unbind_later(workload_id)
+    except Exception:
+        logger.warning(
+            "could not schedule the unbinding of a finished session; unbinding now",
+            extra={"workload_id": workload_id},
+            exc_info=True,
+        )
+        unbind_quietly(sv, workload_id)
+
+
+def unbind_quietly(sv: Supervisor, workload_id: str) -> None:
+    """Stop routing the session's messages to us; a leftover binding only routes messages
+    that are then refused as an unknown or finished session, so failure is logged only."""
+    try:
+        sv.bindings.unbind(workload_id)
+    except Exception:
+        logger.warning(
+            "could not unbind a finished session", extra={"workload_id": workload_id}, exc_info=True
+        )
+
+
+def delete_workload(session: Session, workload_id: str) -> None:
+    """Frames have no cascading foreign key (see Frame), so they go explicitly."""
+    session.execute(delete(Frame).where(Frame.workload_id == workload_id))
+    session.execute(delete(Workload).where(Workload.id == workload_id))
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+def _latest_workload(session: Session, customer_id: str) -> Workload:
+    validate_id("customer_id", customer_id)
+    workload = session.scalars(
+        select(Workload)
+        .where(Workload.customer_id == customer_id)
+        .order_by(Workload.created_at.desc())
+        .limit(1)
+    ).one_or_none()
+    if workload is None:
+        raise NoActiveWorkload(f"No workload for customer_id: {customer_id}")
+    return workload
+
+
+def _percentage(done: int, total: int) -> float:
+    return round(100.0 * done / total, 2) if total else 0.0
+
+
+def workload_status(sv: Supervisor, customer_id: str) -> dict[str, Any]:
+    """The customer's current workload, or the last one it finished, from O(1) counters."""
+    with sv.db.session() as session:
+        workload = _latest_workload(session, customer_id)
+        status: dict[str, Any] = {
+            "workload_status": workload.status,
+            "total_frames": workload.total_frames,
+            "completed_frames": workload.rendered_frames,
+            "completion_percentage": _percentage(workload.rendered_frames, workload.total_frames),
+        }
+        if workload.failure_reason:
+            status["failure_reason"] = workload.failure_reason
+    _add_degradation(sv, status, workload.status)
+    return status
+
+
+def _add_degradation(sv: Supervisor, body: dict[str, Any], status: str) -> None:
+    """While a workload is active, name the peers it is waiting on (absent when healthy)."""
+    if status in ACTIVE_STATUSES:
+        degraded = degraded_peers(sv.redis)
+        if degraded:
+            body["degraded_peers"] = degraded
+
+
+def workload_progress(sv: Supervisor, customer_id: str) -> dict[str, Any]:
+    """Counters plus the frames still out with users; the mapping is capped for huge jobs."""
+    limit = sv.settings.progress_mapping_limit
+    with sv.db.session() as session:
+        workload = _latest_workload(session, customer_id)
+        active_users = session.scalar(
+            select(func.count())
+            .select_from(WorkloadUser)
+            .where(
+                WorkloadUser.workload_id == workload.id,
+                WorkloadUser.state == UserState.ACTIVE,
+            )
+        )
+        assigned = session.execute(
+            select(Frame.number, Frame.user_id)
+            .where(Frame.workload_id == workload.id, Frame.state == FrameState.ASSIGNED)
+            .order_by(Frame.number)
+            .limit(limit + 1)
+        ).all()
+        truncated = len(assigned) > limit
+        body: dict[str, Any] = {
+            "total_frames": workload.total_frames,
+            "completed_frames": workload.rendered_frames,
+            "remaining_frames": workload.total_frames - workload.rendered_frames,
+            "progress_percentage": _percentage(workload.rendered_frames, workload.total_frames),
+            "workload_status": workload.status,
+            "active_users": active_users or 0,
+            "frame_mapping": {str(number): user for number, user in assigned[:limit]},
+            "frame_mapping_truncated": truncated,
+        }
+        if workload.failure_reason:
+            body["failure_reason"] = workload.failure_reason
+    _add_degradation(sv, body, workload.status)
+    return body
+
+
+# --- admin: user count ------------------------------------------------------------------
+
+
+def _active_workload_for_admin(session: Session, customer_id: str, *, lock: bool) -> Workload:
+    validate_id("customer_id", customer_id)
+    query = select(Workload).where(
+        Workload.customer_id == customer_id, Workload.status.in_(ACTIVE_STATUSES)
+    )
+    if lock:
+        query = query.with_for_update()
+    workload = session.scalars(query).one_or_none()
+    if workload is None:
+        raise NoActiveWorkload(f"No active session for customer_id: {customer_id}")
+    return workload
+
+
+def _active_user_ids(session: Session, workload_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(WorkloadUser.user_id)
+            .where(
+                WorkloadUser.workload_id == workload_id,
+                WorkloadUser.state == UserState.ACTIVE,
+            )
+            .order_by(WorkloadUser.user_id)
+        )
+    )
+
+
+def get_user_count(sv: Supervisor, customer_id: str) -> dict[str, Any]:
+    with sv.db.session() as session:
+        workload = _active_workload_for_admin(session, customer_id, lock=False)
+        return {
+            "user_count": workload.target_user_count,
+            "session_id": workload.id,
+            "active_users": len(_active_user_ids(session, workload.id)),
+        }
+
+
+def set_user_count(sv: Supervisor, customer_id: str, user_count: int) -> dict[str, Any]:
+    """Demand the missing users, or release the surplus (those holding the fewest frames)."""
+    maximum = sv.settings.max_user_count
+    if not 1 <= user_count <= maximum:
+        raise InvalidInput(f"user_count must be between 1 and {maximum}")
+    with sv.db.transaction() as session:
+        workload = _active_workload_for_admin(session, customer_id, lock=True)
+        active = _active_user_ids(session, workload.id)
+        workload.target_user_count = user_count
+        running = workload.status == WorkloadStatus.RUNNING
+        released: list[str] = []
+        if running:
+            released = _adjust_demand(session, workload, active, user_count)
+        workload_id = workload.id
+    _log(
+        "user count set",
+        workload_id,
+        customer_id=customer_id,
+        user_count=user_count,
+        active_users=len(active),
+        released=len(released),
+    )
+    send_outbox_soon(sv)
+    return {"message": "User count updated successfully", "new_user_count": user_count}
+
+
+def _adjust_demand(
+    session: Session, workload: Workload, active: list[str], target: int
+) -> list[str]:
+    outstanding = workload.users_demanded
+    if target > len(active) + outstanding:
+        missing = target - len(active) - outstanding
+        outbox.to_user_manager(session, workload.id, "more-users", {"user_count": missing})
+        workload.users_demanded = outstanding + missing
+        workload.demanded_at = func.now()
+        return []
+    wanted_outstanding = max(0, target - len(active))
+    if wanted_outstanding != outstanding:
+        outbox.to_user_manager(
+            session, workload.id, "update-user-count", {"user_count": wanted_outstanding}
+        )
+        workload.users_demanded = wanted_outstanding
+    surplus = len(active) - target
+    if surplus <= 0:
+        return []
+    return release_users(session, workload.id, _lightest_users(session, workload.id, surplus))
+
+
+def _lightest_users(session: Session, workload_id: str, count: int) -> list[str]:
+    held = (
+        select(func.count())
+        .select_from(Frame)
+        .where(
+            Frame.workload_id == workload_id,
+            Frame.user_id == WorkloadUser.user_id,
+            Frame.state == FrameState.ASSIGNED,
+        )
+        .correlate(WorkloadUser)
+        .scalar_subquery()
+    )
+    return list(
+        session.scalars(
+            select(WorkloadUser.user_id)
+            .where(
+                WorkloadUser.workload_id == workload_id,
+                WorkloadUser.state == UserState.ACTIVE,
+            )
+            .order_by(held, WorkloadUser.user_id)
+            .limit(count)
+        )
+    )
+
+
+def release_users(session: Session, workload_id: str, user_ids: list[str]) -> list[str]:
+    """Give users back to the pool: their unfinished frames return to pending."""
+    if not user_ids:
+        return []
+    session.execute(
+        update(Frame)
+        .where(
+            Frame.workload_id == workload_id,
+            Frame.user_id.in_(user_ids),
+            Frame.state == FrameState.ASSIGNED,
+        )
+        .values(state=FrameState.PENDING, user_id=None, assigned_at=None)
+    )
+    session.execute(
+        update(WorkloadUser)
+        .where(WorkloadUser.workload_id == workload_id, WorkloadUser.user_id.in_(user_ids))
+        .values(state=UserState.RELEASED, left_at=func.now())
+    )
+    outbox.to_users(session, workload_id, user_ids, "stop-work", lambda _user: {})
+    outbox.to_user_manager(session, workload_id, "users-released", {"user_list": user_ids})
+    return user_ids

@@ -1,0 +1,5 @@
+"""The `celery -A tasks.celery_app` target."""
+
+from tasks.factory import create_celery
+
+app = create_celery()

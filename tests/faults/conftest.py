@@ -1,0 +1,123 @@
+"""Shared pieces of the fault-injection suite: a 120-frame workload through the real
+Procfile processes and the simulator, short timings so recovery shows within seconds,
+and the same end checks for every scenario."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.blendgen import blend_with_range
+from tests.conftest import FIXTURES
+from tests.processes import wait_until
+from tests.stack import Stack, platform
+
+FRAMES = list(range(1, 121))
+SOURCE = FIXTURES / "blend/blender-5.0/default_1_250.blend"
+RESULTS = Path(__file__).resolve().parent / "last-results.jsonl"
+
+FAST_RECOVERY = {
+    "STALE_FRAME_SECONDS": "8",
+    "RECLAIM_INTERVAL_SECONDS": "2",
+    "DEMAND_INTERVAL_SECONDS": "2",
+    "REBALANCE_INTERVAL_SECONDS": "2",
+    "REDEMAND_SECONDS": "6",
+    "BROKER_VISIBILITY_TIMEOUT_SECONDS": "30",
+    "INBOX_REDISPATCH_SECONDS": "8",
+    "MAX_FRAMES_PER_ASSIGNMENT": "8",
+    "INITIAL_USER_COUNT": "5",
+    "PEER_RETRIES": "1",
+    "PEER_TIMEOUT_SECONDS": "3",
+}
+
+
+@dataclass
+class Run:
+    stack: Stack
+    customer: str
+    object_id: str = "fault-obj"
+    started: float = 0.0
+    faults: list[str] = field(default_factory=list)
+
+    def start_workload(self) -> None:
+        response = requests.post(
+            f"{self.stack.api}/start-workload",
+            data={"customer_id": self.customer, "object_id": self.object_id},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        self.started = time.monotonic()
+
+    def completed_frames(self) -> int:
+        try:
+            return int(self.stack.status(self.customer)["status"]["completed_frames"])
+        except (requests.RequestException, KeyError, ValueError):
+            return -1
+
+    def wait_for_frames(self, count: int, timeout: float = 60) -> None:
+        wait_until(lambda: self.completed_frames() >= count, timeout, f"{count} frames", 0.1)
+
+
+@contextmanager
+def fault_run(tmp_path: Path, customer: str, **knobs: Any) -> Iterator[Run]:
+    simulator_knobs = {"users": 6, "frame_time": 0.15, "jitter": 0.05, "seed": 5, **knobs}
+    with platform(tmp_path, **simulator_knobs) as stack:
+        stack.env.update(FAST_RECOVERY)
+        blend = blend_with_range(SOURCE, tmp_path / "fault.blend", FRAMES[0], FRAMES[-1])
+        stack.simulator.add_object(customer, "fault-obj", blend)
+        yield Run(stack=stack, customer=customer)
+
+
+def assert_every_frame_exactly_once(run: Run, scenario: str, timeout: float = 180) -> None:
+    """The checks that end every scenario; also appends the scenario's figures to RESULTS."""
+    stack = run.stack
+    status = stack.wait_completed(run.customer, timeout=timeout)
+    seconds = time.monotonic() - run.started
+    assert status["workload_status"] == "completed", f"{status}\n{stack.logs()}"
+    assert status["completed_frames"] == len(FRAMES)
+    assert status["completion_percentage"] == 100.0
+
+    stored = stack.simulator.stored_frames(run.customer, run.object_id)
+    assert sorted(stored) == FRAMES, "a frame is missing from the final bucket"
+    uploads = stack.simulator.uploaded_digests()
+    wrong = [n for n, data in stored.items() if hashlib.sha256(data).hexdigest() not in uploads[n]]
+    assert wrong == [], f"frames whose stored bytes no user uploaded: {wrong}"
+
+    def records() -> Counter[int]:
+        return Counter(
+            r["frameNumber"]
+            for r in stack.simulator.catalog_records()
+            if r["customerId"] == run.customer
+        )
+
+    wait_until(lambda: set(records()) >= set(FRAMES), 90, "every frame to be recorded")
+    recorded = records()
+    duplicated = sorted(n for n, count in recorded.items() if count > 1)
+    assert sorted(recorded) == FRAMES, "a frame was recorded that is not in the workload"
+    assert duplicated == [], f"frames recorded twice: {duplicated}"
+    wait_until(lambda: stack.simulator.temp_keys() == [], 30, "temporary uploads to be deleted")
+
+    with RESULTS.open("a") as results:
+        results.write(
+            json.dumps(
+                {
+                    "scenario": scenario,
+                    "frames": len(FRAMES),
+                    "faults": run.faults,
+                    "lost": 0,
+                    "duplicated": 0,
+                    "seconds_to_complete": round(seconds, 1),
+                    "events_published": stack.simulator.published(),
+                }
+            )
+            + "\n"
+        )

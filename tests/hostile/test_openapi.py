@@ -1,0 +1,354 @@
+"""The OpenAPI document (app/openapi.py) against the real app, on the real throwaway Postgres.
+
+Schemathesis generates requests for every documented operation (explicit examples, then its
+coverage cases, then up to MAX_EXAMPLES random ones, valid and invalid) and sends them to the
+Flask app in-process. Each answer must be no 5xx, a documented status code and content type,
+and a body that matches the documented schema; an admin route must refuse a request without
+its token. The other tests pin the document itself (valid OpenAPI 3, every route documented,
+bodies of real workload states) and the Swagger UI page (served from local files only).
+
+The run is seeded (SEED): change it, or raise MAX_EXAMPLES, to explore further.
+
+`schemathesis.pytest.from_fixture` cannot be used with pytest 9.2 (it sets `Item._nodeid`,
+which pytest no longer has), so schemathesis gets the document at import, from a WSGI app that
+forwards to the running test's `app` fixture (AppUnderTest); before any test runs it is an app
+with the document's blueprint only. `test_the_served_document_is_the_fuzzed_one` checks that
+the real app serves that same document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import schemathesis
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from openapi_spec_validator import validate as validate_openapi
+from schemathesis import checks
+from sqlalchemy import insert, select, update
+
+from app.errors import ALREADY_RUNNING
+from app.openapi import PREFIX, openapi
+from supervisor.config import Settings
+from supervisor.models import (
+    ACTIVE_STATUSES,
+    Frame,
+    FrameState,
+    Workload,
+    WorkloadStatus,
+    WorkloadUser,
+)
+from supervisor.service import Supervisor
+from tests.conftest import FIXTURES, make_settings
+from tests.fakes import FakePeers
+
+pytestmark = pytest.mark.integration
+
+ADMIN_TOKEN = "hostile-admin-token"
+# The document's examples name this customer and object; schemathesis sends them first.
+CUSTOMER, OBJECT = "customer-42", "object-7"
+BLEND = (FIXTURES / "blend" / "blender-5.0" / "range_10_20.blend").read_bytes()
+STRANGER = {"REMOTE_ADDR": "203.0.113.9"}  # not a privileged address
+SEED = 20_251_124
+MAX_EXAMPLES = 50
+
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "seed": SEED,
+        "generation": {"database": "none"},
+        "auth": {"openapi": {"adminToken": {"bearer": ADMIN_TOKEN}}},
+    }
+)
+
+
+class AppUnderTest:
+    """The WSGI app schemathesis sends to: the running test's app, set by `app_under_test`."""
+
+    def __init__(self) -> None:
+        documents_only = Flask(__name__)
+        documents_only.extensions["session_supervisor"] = SimpleNamespace(
+            settings=Settings(_env_file=None)
+        )
+        documents_only.register_blueprint(openapi)
+        self.target: Flask = documents_only
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.target(environ, start_response)
+
+
+APP_UNDER_TEST = AppUnderTest()
+schema = schemathesis.openapi.from_wsgi(f"{PREFIX}/openapi.json", APP_UNDER_TEST, config=CONFIG)
+
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.ignored_auth,
+]
+
+
+@pytest.fixture(name="settings")
+def admin_token_settings(database_url: str, redis_url: str, fake_peers: FakePeers) -> Settings:
+    """The suite's settings plus an admin token. Schemathesis' in-process client sends no
+    REMOTE_ADDR, so it is never a privileged address: admin routes need the token."""
+    return make_settings(database_url, redis_url, fake_peers.base_url, admin_token=ADMIN_TOKEN)
+
+
+@dataclass
+class World:
+    """A customer with a running workload, two users and frames out with them."""
+
+    client: FlaskClient
+    supervisor: Supervisor
+
+    def ensure_running(self) -> None:
+        response = self.client.post(
+            f"{PREFIX}/start-workload", data={"customer_id": CUSTOMER, "object_id": OBJECT}
+        )
+        if response.status_code == 400 and response.get_json() == {"message": ALREADY_RUNNING}:
+            return
+        assert response.status_code == 200, response.get_data(as_text=True)
+        with self.supervisor.db.transaction() as session:
+            workload_id = session.scalars(
+                select(Workload.id).where(
+                    Workload.customer_id == CUSTOMER, Workload.status.in_(ACTIVE_STATUSES)
+                )
+            ).one()
+            session.execute(
+                insert(WorkloadUser),
+                [
+                    {"workload_id": workload_id, "user_id": user, "state": "active"}
+                    for user in ("user-a", "user-b")
+                ],
+            )
+            for numbers, user in (((10, 11), "user-a"), ((12,), "user-b")):
+                session.execute(
+                    update(Frame)
+                    .where(Frame.workload_id == workload_id, Frame.number.in_(numbers))
+                    .values(state=FrameState.ASSIGNED, user_id=user)
+                )
+
+
+@pytest.fixture
+def app_under_test(app: Flask) -> Iterator[Flask]:
+    documents_only = APP_UNDER_TEST.target
+    APP_UNDER_TEST.target = app
+    yield app
+    APP_UNDER_TEST.target = documents_only
+
+
+@pytest.fixture
+def world(app: Flask, supervisor: Supervisor, fake_peers: FakePeers) -> World:
+    fake_peers.add_object(CUSTOMER, OBJECT, BLEND)
+    return World(app.test_client(), supervisor)
+
+
+# --- schemathesis -------------------------------------------------------------------------
+
+
+@schema.parametrize()
+@hypothesis_settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    # One app (and database) per operation, shared by its examples: intended.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_every_operation_keeps_to_the_document(
+    case: schemathesis.Case, app_under_test: Flask, world: World
+) -> None:
+    # start-workload starts from nothing, so that its documented example can succeed once;
+    # every other operation meets the example customer with a running workload.
+    if case.operation.path != f"{PREFIX}/start-workload":
+        world.ensure_running()
+    case.call_and_validate(checks=CHECKS)
+
+
+# --- the document -------------------------------------------------------------------------
+
+
+def test_openapi_json_is_valid_openapi_3(client: FlaskClient) -> None:
+    response = client.get(f"{PREFIX}/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    document = response.get_json()
+    assert document["openapi"].startswith("3.")
+    validate_openapi(document)
+
+
+def test_the_served_document_is_the_fuzzed_one(client: FlaskClient) -> None:
+    assert client.get(f"{PREFIX}/openapi.json").get_json() == schema.raw_schema
+
+
+def test_every_route_of_the_api_is_documented_and_nothing_else(
+    app: Flask, client: FlaskClient
+) -> None:
+    routes = {
+        (method.lower(), rule.rule.replace("<", "{").replace(">", "}"))
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("api.")
+        for method in rule.methods or ()
+        if method not in {"HEAD", "OPTIONS"}
+    }
+    paths = client.get(f"{PREFIX}/openapi.json").get_json()["paths"]
+    documented = {(method, path) for path, item in paths.items() for method in item}
+    assert len(routes) == 7
+    assert documented == routes
+
+
+def _validate(client: FlaskClient, method: str, path: str, url: str, **kwargs: Any) -> Any:
+    """Send a request with the Flask client; the answer must be what the document says."""
+    response = client.open(url, method=method, **kwargs)
+    schema[path][method].validate_response(response)
+    return response
+
+
+def test_real_workload_states_match_the_documented_bodies(
+    client: FlaskClient, world: World, supervisor: Supervisor, fake_peers: FakePeers
+) -> None:
+    status = f"{PREFIX}/get-workload-status"
+    progress = f"{PREFIX}/get-workload-progress"
+    user_count = f"{PREFIX}/get-user-count/{{customer_id}}"
+    query = {"customer_id": CUSTOMER}
+
+    world.ensure_running()
+    supervisor.settings.progress_mapping_limit = 2
+    running = _validate(client, "GET", progress, progress, query_string=query).get_json()
+    assert running["frame_mapping"] == {"10": "user-a", "11": "user-a"}
+    assert running["frame_mapping_truncated"] is True
+    assert _validate(client, "GET", status, status, query_string=query).status_code == 200
+    counts = _validate(client, "GET", user_count, f"{PREFIX}/get-user-count/{CUSTOMER}")
+    assert counts.get_json()["active_users"] == 2
+
+    with supervisor.db.transaction() as session:
+        session.execute(update(Frame).values(state=FrameState.RENDERED, user_id=None))
+        session.execute(
+            update(Workload).values(
+                status=WorkloadStatus.COMPLETED, rendered_frames=Workload.total_frames
+            )
+        )
+    done = _validate(client, "GET", status, status, query_string=query).get_json()
+    assert done["status"]["workload_status"] == "completed"
+    assert done["status"]["completion_percentage"] == 100.0
+
+    fake_peers.add_object("customer-7", OBJECT, b"not a blend file")
+    started = client.post(
+        f"{PREFIX}/start-workload", data={"customer_id": "customer-7", "object_id": OBJECT}
+    )
+    assert started.status_code == 200
+    failed = _validate(client, "GET", status, status, query_string={"customer_id": "customer-7"})
+    assert failed.get_json()["status"]["failure_reason"]
+    failed = _validate(
+        client, "GET", progress, progress, query_string={"customer_id": "customer-7"}
+    )
+    assert failed.get_json()["workload_status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "url"),
+    [
+        ("GET", "/get-user-count/{customer_id}", f"/get-user-count/{CUSTOMER}"),
+        ("POST", "/set-user-count/{customer_id}/{user_count}", f"/set-user-count/{CUSTOMER}/3"),
+    ],
+)
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}]
+)
+def test_admin_routes_refuse_strangers_with_the_documented_403(
+    client: FlaskClient, world: World, method: str, path: str, url: str, headers: dict[str, str]
+) -> None:
+    world.ensure_running()
+    response = _validate(
+        client, method, PREFIX + path, PREFIX + url, headers=headers, environ_base=STRANGER
+    )
+    assert response.status_code == 403
+
+
+def test_an_oversized_form_is_the_documented_413(client: FlaskClient, settings: Settings) -> None:
+    path = f"{PREFIX}/start-workload"
+    response = _validate(
+        client,
+        "POST",
+        path,
+        path,
+        data={"customer_id": CUSTOMER, "object_id": "x" * settings.max_request_bytes},
+    )
+    assert response.status_code == 413
+
+
+def test_a_method_a_path_does_not_have_is_405_with_allow(client: FlaskClient) -> None:
+    response = client.delete(f"{PREFIX}/get-workload-status", query_string={"customer_id": "x"})
+    assert response.status_code == 405
+    assert set(response.headers.get("Allow", "").split(", ")) >= {"GET"}
+
+
+@pytest.mark.parametrize(("customer", "obj"), [(CUSTOMER, ".."), (CUSTOMER, "."), ("..", OBJECT)])
+def test_a_refused_start_leaves_no_active_workload(
+    client: FlaskClient, fake_peers: FakePeers, customer: str, obj: str
+) -> None:
+    fake_peers.add_object(customer, OBJECT, BLEND)
+    refused = client.post(
+        f"{PREFIX}/start-workload", data={"customer_id": customer, "object_id": obj}
+    )
+    assert refused.status_code == 400
+    status = client.get(f"{PREFIX}/get-workload-status", query_string={"customer_id": customer})
+    if status.status_code == 200:
+        assert status.get_json()["status"]["workload_status"] == "failed"
+    else:
+        assert status.status_code in {400, 404}
+
+
+# --- the Swagger UI page ------------------------------------------------------------------
+
+
+class _References(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in {"src", "href"} and value is not None:
+                self.urls.append(value)
+
+
+def test_the_docs_page_uses_only_locally_served_assets(client: FlaskClient) -> None:
+    page = client.get(f"{PREFIX}/docs")
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    parser = _References()
+    parser.feed(page.get_data(as_text=True))
+    assert len(parser.urls) >= 5
+    scripts = []
+    for url in parser.urls:
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc) == ("", ""), f"{url} is not served by us"
+        assert parts.path.startswith(f"{PREFIX}/docs/")
+        with client.get(url) as asset:
+            assert asset.status_code == 200, url
+            assert asset.data, url
+            if url.endswith(".js"):
+                assert asset.mimetype == "text/javascript", url
+                scripts.append(asset.get_data(as_text=True))
+    initializer = scripts[-1]
+    assert f'url: "{PREFIX}/openapi.json"' in initializer
+    assert "validatorUrl: null" in initializer  # else Swagger UI calls validator.swagger.io
+    assert "SwaggerUIBundle" in scripts[0]
+
+
+@pytest.mark.parametrize(
+    "name", ["index.html", "swagger-initializer.js", "oauth2-redirect.html", "..%2F__init__.py"]
+)
+def test_the_docs_serve_no_other_file(client: FlaskClient, name: str) -> None:
+    response = client.get(f"{PREFIX}/docs/assets/{name}")
+    assert response.status_code == 404
+    assert response.get_json()["message"] == "Not Found"

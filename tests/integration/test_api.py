@@ -1,0 +1,442 @@
+"""Every endpoint of CONTRACT.md §1: success and error bodies, on the real Postgres."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, insert, select, update
+
+from app.errors import ALREADY_RUNNING
+from supervisor.models import (
+    Frame,
+    FrameState,
+    OutboxMessage,
+    UserState,
+    Workload,
+    WorkloadUser,
+)
+from supervisor.outbox import drain, pending_count
+from supervisor.service import Supervisor
+from tests.conftest import FIXTURES
+from tests.fakes import FakePeers
+
+PREFIX = "/api/session-supervisor-service"
+BLEND = FIXTURES / "blend"
+
+
+def blend(name: str) -> bytes:
+    return (BLEND / name).read_bytes()
+
+
+@pytest.fixture
+def range_10_20(fake_peers: FakePeers) -> str:
+    fake_peers.add_object("cust-1", "obj-1", blend("blender-5.0/range_10_20.blend"))
+    return "obj-1"
+
+
+def start(client, customer: str = "cust-1", obj: str = "obj-1"):  # type: ignore[no-untyped-def]
+    return client.post(f"{PREFIX}/start-workload", data={"customer_id": customer, "object_id": obj})
+
+
+def add_users(sv: Supervisor, workload_id: str, *user_ids: str) -> None:
+    with sv.db.transaction() as session:
+        session.execute(
+            insert(WorkloadUser),
+            [{"workload_id": workload_id, "user_id": u, "state": "active"} for u in user_ids],
+        )
+
+
+def workload_of(sv: Supervisor, customer: str = "cust-1") -> Workload:
+    with sv.db.session() as session:
+        return session.scalars(select(Workload).where(Workload.customer_id == customer)).one()
+
+
+def test_service_is_active(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(f"{PREFIX}/")
+    assert response.status_code == 200
+    assert response.get_json() == {"message": "Session Supervisor Service is active"}
+
+
+def test_start_workload_reads_the_blend_and_demands_users(
+    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    response = start(client)
+
+    assert response.status_code == 200
+    assert response.get_json() == {"message": "Workload started"}
+    workload = workload_of(supervisor)
+    assert (workload.status, workload.total_frames, workload.scene_name) == ("running", 11, "Scene")
+    with supervisor.db.session() as session:
+        numbers = session.scalars(
+            select(Frame.number).where(Frame.workload_id == workload.id).order_by(Frame.number)
+        ).all()
+    assert numbers == list(range(10, 21))
+    [registration] = fake_peers.calls("/api/user-manager/session-supervisor/new-session")
+    assert registration.form() == {"user_count": "2", "session_supervisor_id": workload.id}
+    assert supervisor.publisher.bodies == [
+        {"topic": "more-users", "supervisor-id": workload.id, "data": {"user_count": 2}}
+    ]
+
+
+def test_start_workload_with_a_step_creates_exactly_the_rendered_frames(
+    client, supervisor: Supervisor, fake_peers: FakePeers
+) -> None:  # type: ignore[no-untyped-def]
+    fake_peers.add_object("cust-1", "obj-1", blend("blender-5.0/step_3_1_100.blend"))
+    assert start(client).status_code == 200
+    workload = workload_of(supervisor)
+    with supervisor.db.session() as session:
+        numbers = session.scalars(
+            select(Frame.number).where(Frame.workload_id == workload.id).order_by(Frame.number)
+        ).all()
+    assert workload.total_frames == 34
+    assert numbers == list(range(1, 101, 3))
+
+
+def test_second_start_is_refused_with_the_contract_message(client, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+    assert start(client).status_code == 200
+    response = start(client)
+    assert response.status_code == 400
+    assert response.get_json() == {"message": ALREADY_RUNNING}
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {},
+        {"customer_id": "cust-1"},
+        {"object_id": "obj-1"},
+        {"customer_id": "", "object_id": "obj-1"},
+        {"customer_id": "a/b", "object_id": "obj-1"},
+        {"customer_id": "cust-1", "object_id": "../etc"},
+        {"customer_id": "x" * 129, "object_id": "obj-1"},
+        {"customer_id": "cust 1", "object_id": "obj-1"},
+        {"customer_id": "cust-1", "object_id": ".."},
+        {"customer_id": ".", "object_id": "obj-1"},
+    ],
+)
+def test_start_workload_rejects_bad_fields(client, form: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(f"{PREFIX}/start-workload", data=form)
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["message"] == "Invalid input"
+    assert "_id" in body["details"]
+
+
+def test_unknown_object_is_refused_and_does_not_block_the_customer(
+    client, supervisor: Supervisor
+) -> None:  # type: ignore[no-untyped-def]
+    response = start(client, obj="missing")
+    assert response.status_code == 400
+    assert response.get_json()["message"] == "Object cannot be rendered"
+    assert workload_of(supervisor).status == "failed"
+
+
+def test_catalog_failure_is_a_500_that_names_the_peer(
+    client, fake_peers: FakePeers, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    fake_peers.fail_next("/get-blend-file-name/obj-1", status=500, times=10)
+    response = start(client)
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["message"] == "Internal server error"
+    assert "catalog" in body["details"]
+
+
+@pytest.mark.parametrize(
+    "name", ["bad/empty.blend", "bad/crafted_dna1_64GiB.blend", "bad/text.blend"]
+)
+def test_a_bad_blend_fails_the_workload_with_its_reason(
+    client, fake_peers: FakePeers, name: str
+) -> None:  # type: ignore[no-untyped-def]
+    fake_peers.add_object("cust-1", "obj-1", blend(name))
+    assert start(client).status_code == 200
+    status = client.get(f"{PREFIX}/get-workload-status?customer_id=cust-1").get_json()["status"]
+    assert status["workload_status"] == "failed"
+    assert status["failure_reason"]
+    assert start(client).status_code == 200, "a failed workload must not block a new one"
+
+
+def test_status_reports_counters(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+    with supervisor.db.transaction() as session:
+        session.execute(
+            update(Frame)
+            .where(Frame.workload_id == workload.id, Frame.number < 15)
+            .values(state=FrameState.RENDERED)
+        )
+        session.execute(update(Workload).values(rendered_frames=5))
+
+    response = client.get(f"{PREFIX}/get-workload-status", query_string={"customer_id": "cust-1"})
+
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "message": "Workload status",
+        "status": {
+            "workload_status": "running",
+            "total_frames": 11,
+            "completed_frames": 5,
+            "completion_percentage": 45.45,
+        },
+    }
+
+
+@pytest.mark.parametrize("route", ["get-workload-status", "get-workload-progress"])
+def test_status_and_progress_of_an_unknown_customer_are_404(client, route: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"{PREFIX}/{route}", query_string={"customer_id": "nobody"})
+    assert response.status_code == 404
+    assert response.get_json() == {"message": "No workload for customer_id: nobody"}
+
+
+@pytest.mark.parametrize("route", ["get-workload-status", "get-workload-progress"])
+def test_status_and_progress_without_customer_are_400(client, route: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"{PREFIX}/{route}")
+    assert response.status_code == 400
+    assert set(response.get_json()) == {"message", "details"}
+
+
+def test_progress_maps_assigned_frames_to_their_users(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+    add_users(supervisor, workload.id, "user-a", "user-b")
+    with supervisor.db.transaction() as session:
+        for numbers, user in (((10, 11), "user-a"), ((12,), "user-b")):
+            session.execute(
+                update(Frame)
+                .where(Frame.workload_id == workload.id, Frame.number.in_(numbers))
+                .values(state=FrameState.ASSIGNED, user_id=user)
+            )
+        session.execute(
+            update(Frame)
+            .where(Frame.workload_id == workload.id, Frame.number == 20)
+            .values(state=FrameState.RENDERED, user_id="user-b")
+        )
+        session.execute(update(Workload).values(rendered_frames=1))
+
+    body = client.get(f"{PREFIX}/get-workload-progress?customer_id=cust-1").get_json()
+
+    assert body == {
+        "total_frames": 11,
+        "completed_frames": 1,
+        "remaining_frames": 10,
+        "progress_percentage": 9.09,
+        "workload_status": "running",
+        "active_users": 2,
+        "frame_mapping": {"10": "user-a", "11": "user-a", "12": "user-b"},
+        "frame_mapping_truncated": False,
+    }
+
+
+def test_progress_caps_the_frame_mapping(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+    supervisor.settings.progress_mapping_limit = 3
+    start(client)
+    workload = workload_of(supervisor)
+    with supervisor.db.transaction() as session:
+        session.execute(
+            update(Frame)
+            .where(Frame.workload_id == workload.id)
+            .values(state=FrameState.ASSIGNED, user_id="user-a")
+        )
+    body = client.get(f"{PREFIX}/get-workload-progress?customer_id=cust-1").get_json()
+    assert body["frame_mapping"] == {"10": "user-a", "11": "user-a", "12": "user-a"}
+    assert body["frame_mapping_truncated"] is True
+
+
+def test_stop_and_delete_tells_users_and_the_user_manager(
+    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+    add_users(supervisor, workload.id, "user-a", "user-b")
+
+    response = client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
+
+    assert response.status_code == 200
+    assert response.get_json() == {"message": "Workload stopped and deleted"}
+    sent = [r.json() for r in fake_peers.calls("/api/user-service/user/send-msg-to-user")]
+    assert sent == [
+        {"user_id": "user-a", "topic": "stop-work", "data": {}},
+        {"user_id": "user-b", "topic": "stop-work", "data": {}},
+    ]
+    assert supervisor.publisher.bodies[1:] == [
+        {
+            "topic": "users-released",
+            "supervisor-id": workload.id,
+            "data": {"user_list": ["user-a", "user-b"]},
+        },
+        {
+            "topic": "remove-users-demand-completely",
+            "supervisor-id": workload.id,
+            "data": {"session_supervisor_id": workload.id},
+        },
+    ]
+    with supervisor.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Frame)) == 0
+        assert session.scalar(select(func.count()).select_from(Workload)) == 0
+    assert client.get(f"{PREFIX}/get-workload-status?customer_id=cust-1").status_code == 404
+
+
+def test_stop_without_active_workload_is_404(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
+    assert response.status_code == 404
+    assert response.get_json() == {"message": "No active workload for customer_id: cust-1"}
+
+
+def test_stop_keeps_messages_when_the_broker_is_down_and_sends_them_later(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    supervisor.publisher.fail = True
+    response = client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
+    assert response.status_code == 200
+    with supervisor.db.session() as session:
+        assert pending_count(session) == 1
+    supervisor.publisher.fail = False
+    with supervisor.db.transaction() as session:
+        session.execute(update(OutboxMessage).values(available_at=func.now()))
+    drain(supervisor.db, supervisor.publisher, supervisor.peers)
+    assert supervisor.publisher.topics() == ["more-users", "remove-users-demand-completely"]
+
+
+# --- admin ---------------------------------------------------------------------------
+
+
+def test_get_user_count(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+    body = client.get(f"{PREFIX}/get-user-count/cust-1").get_json()
+    assert body == {"user_count": 2, "session_id": workload.id, "active_users": 0}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "get-user-count/nobody"), ("post", "set-user-count/nobody/3")],
+)
+def test_admin_routes_without_session_are_404(client, method: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    response = getattr(client, method)(f"{PREFIX}/{path}")
+    assert response.status_code == 404
+    assert response.get_json() == {"message": "No active session for customer_id: nobody"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "get-user-count/cust-1"), ("post", "set-user-count/cust-1/3")],
+)
+def test_admin_routes_refuse_strangers(client, method: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    response = getattr(client, method)(
+        f"{PREFIX}/{path}",
+        environ_base={"REMOTE_ADDR": "203.0.113.9"},
+        headers={"X-Forwarded-For": "127.0.0.1"},
+    )
+    assert response.status_code == 403
+    assert response.get_json()["message"] == "Forbidden"
+
+
+def test_admin_token_opens_admin_routes(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+    supervisor.settings.admin_token = "s3cret-token"
+    start(client)
+    stranger = {"REMOTE_ADDR": "203.0.113.9"}
+    wrong = client.get(
+        f"{PREFIX}/get-user-count/cust-1",
+        environ_base=stranger,
+        headers={"Authorization": "Bearer nope"},
+    )
+    right = client.get(
+        f"{PREFIX}/get-user-count/cust-1",
+        environ_base=stranger,
+        headers={"Authorization": "Bearer s3cret-token"},
+    )
+    assert (wrong.status_code, right.status_code) == (403, 200)
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "10001", "abc", "2.5", "5_0", "+5", "\uff15"])
+def test_set_user_count_rejects_absurd_counts(client, range_10_20: str, count: str) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    response = client.post(f"{PREFIX}/set-user-count/cust-1/{count}")
+    assert response.status_code == 400
+    assert set(response.get_json()) == {"message", "details"}
+
+
+def test_set_user_count_demands_the_missing_users(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+
+    response = client.post(f"{PREFIX}/set-user-count/cust-1/5")
+
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "message": "User count updated successfully",
+        "new_user_count": 5,
+    }
+    assert supervisor.publisher.bodies[-1] == {
+        "topic": "more-users",
+        "supervisor-id": workload.id,
+        "data": {"user_count": 3},
+    }
+
+
+def test_set_user_count_releases_the_surplus(
+    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+    add_users(supervisor, workload.id, "user-a", "user-b", "user-c")
+    with supervisor.db.transaction() as session:
+        session.execute(update(Workload).values(users_demanded=0))
+        session.execute(
+            update(Frame)
+            .where(Frame.workload_id == workload.id, Frame.number < 13)
+            .values(state=FrameState.ASSIGNED, user_id="user-a")
+        )
+        session.execute(
+            update(Frame)
+            .where(Frame.workload_id == workload.id, Frame.number == 13)
+            .values(state=FrameState.ASSIGNED, user_id="user-c")
+        )
+
+    response = client.post(f"{PREFIX}/set-user-count/cust-1/1")
+
+    assert response.status_code == 200
+    assert supervisor.publisher.bodies[-1] == {
+        "topic": "users-released",
+        "supervisor-id": workload.id,
+        "data": {"user_list": ["user-b", "user-c"]},
+    }
+    with supervisor.db.session() as session:
+        states = dict(session.execute(select(WorkloadUser.user_id, WorkloadUser.state)).all())
+        frame_13 = session.get(Frame, (workload.id, 13))
+    assert states == {
+        "user-a": UserState.ACTIVE,
+        "user-b": UserState.RELEASED,
+        "user-c": UserState.RELEASED,
+    }
+    assert (frame_13.state, frame_13.user_id) == (FrameState.PENDING, None)
+    stopped = [r.json()["user_id"] for r in fake_peers.calls("/send-msg-to-user")]
+    assert stopped == ["user-b", "user-c"]
+
+
+# --- HTTP hygiene -------------------------------------------------------------------
+
+
+def test_oversized_body_is_413(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(
+        f"{PREFIX}/start-workload",
+        data={"customer_id": "c", "object_id": "o" * 200_000},
+    )
+    assert response.status_code == 413
+    assert response.get_json()["message"] == "Request Entity Too Large"
+
+
+def test_unknown_route_is_json_404(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"{PREFIX}/nope")
+    assert response.status_code == 404
+    assert set(response.get_json()) == {"message", "details"}
+
+
+def test_wrong_method_is_json_405(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"{PREFIX}/start-workload")
+    assert response.status_code == 405
+    assert response.get_json()["message"] == "Method Not Allowed"

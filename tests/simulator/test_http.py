@@ -1,0 +1,364 @@
+"""Every HTTP endpoint of the simulator, with the contract's exact paths and bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import requests
+from requests_toolbelt import MultipartEncoder
+
+from simulator import Simulator
+from simulator.blobs import TEMP_BUCKET
+from simulator.config import FIXTURES
+from tests.simulator.conftest import NEW_SESSION, SEND, SEND_ACK
+
+CATALOG = "/api/mongodb-service/blender-objects"
+BLOB = "/api/blob-service"
+DEMO_BLEND = FIXTURES / "range_10_20.blend"
+DEMO_KEY = "demo-customer/demo-object/range_10_20.blend"
+ESCAPING_KEYS = ["../x", "a/../../x", "/etc/passwd", "a\\b", "a\x00b", "", "a//b", "./a"]
+MIB = 1024 * 1024
+
+
+def test_catalog_knows_the_demo_object(http_sim: Simulator) -> None:
+    response = requests.get(
+        f"{http_sim.base_url}{CATALOG}/get-blend-file-name/demo-object",
+        params={"customer_id": "demo-customer"},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "blendFilePath": DEMO_KEY,
+        "blendFileHash": hashlib.sha256(DEMO_BLEND.read_bytes()).hexdigest(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("object_id", "customer_id"),
+    [("nope", "demo-customer"), ("demo-object", "someone-else"), ("demo-object", None)],
+)
+def test_catalog_unknown_object_is_404(
+    http_sim: Simulator, object_id: str, customer_id: str | None
+) -> None:
+    params = {"customer_id": customer_id} if customer_id else {}
+    response = requests.get(
+        f"{http_sim.base_url}{CATALOG}/get-blend-file-name/{object_id}", params=params, timeout=5
+    )
+    assert response.status_code == 404
+
+
+def test_add_object_serves_another_blend(http_sim: Simulator) -> None:
+    blend = FIXTURES / "default_1_250.blend"
+    key = http_sim.add_object("cust-2", "obj-2", blend)
+    assert key == "cust-2/obj-2/default_1_250.blend"
+    found = requests.get(
+        f"{http_sim.base_url}{CATALOG}/get-blend-file-name/obj-2",
+        params={"customer_id": "cust-2"},
+        timeout=5,
+    ).json()
+    assert found["blendFilePath"] == key
+    body = requests.get(
+        f"{http_sim.base_url}{BLOB}/retrieve-blend",
+        params={"bucket": "blend-files", "key": key},
+        timeout=5,
+    ).content
+    assert body == blend.read_bytes()
+
+
+def test_add_object_refuses_ids_that_are_not_one_segment(http_sim: Simulator) -> None:
+    with pytest.raises(ValueError, match="customer_id"):
+        http_sim.add_object("../evil", "obj", DEMO_BLEND)
+
+
+def test_add_rendered_image_is_recorded_in_memory_and_on_disk(http_sim: Simulator) -> None:
+    body = {
+        "objectId": "demo-object",
+        "customerId": "demo-customer",
+        "frameNumber": 7,
+        "imageFilePath": "demo-customer/demo-object/007.png",
+    }
+    url = f"{http_sim.base_url}{CATALOG}/add-rendered-image"
+    assert requests.post(url, json=body, timeout=5).status_code == 200
+    assert http_sim.catalog_records() == [body]
+    lines = (http_sim.data_dir / "catalog-records.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [body]
+    assert http_sim.state()["catalog"]["records_count"] == 1
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"objectId": "o", "customerId": "c", "frameNumber": 1}, [1], "text"]
+)
+def test_add_rendered_image_refuses_incomplete_bodies(http_sim: Simulator, body: object) -> None:
+    url = f"{http_sim.base_url}{CATALOG}/add-rendered-image"
+    assert requests.post(url, json=body, timeout=5).status_code == 400
+    assert http_sim.catalog_records() == []
+
+
+def test_retrieve_blend_streams_the_file(http_sim: Simulator) -> None:
+    with requests.get(
+        f"{http_sim.base_url}{BLOB}/retrieve-blend",
+        params={"bucket": "blend-files", "key": DEMO_KEY},
+        stream=True,
+        timeout=5,
+    ) as response:
+        assert response.status_code == 200
+        assert int(response.headers["Content-Length"]) == DEMO_BLEND.stat().st_size
+        assert b"".join(response.iter_content(65536)) == DEMO_BLEND.read_bytes()
+
+
+def test_retrieve_blend_needs_the_blend_files_bucket(http_sim: Simulator) -> None:
+    for params in ({"bucket": "temp", "key": DEMO_KEY}, {"key": DEMO_KEY}):
+        response = requests.get(f"{http_sim.base_url}{BLOB}/retrieve-blend", params=params)
+        assert response.status_code == 400
+
+
+def test_missing_blobs_are_404(http_sim: Simulator) -> None:
+    base = http_sim.base_url + BLOB
+    assert (
+        requests.get(
+            f"{base}/retrieve-blend", params={"bucket": "blend-files", "key": "a/b/c.blend"}
+        ).status_code
+        == 404
+    )
+    assert requests.get(f"{base}/retrieve-temp", params={"key": "temp/x.png"}).status_code == 404
+    assert requests.delete(f"{base}/delete-temp", params={"key": "temp/x.png"}).status_code == 404
+
+
+@pytest.mark.parametrize("key", ESCAPING_KEYS)
+def test_keys_that_escape_their_bucket_are_refused(
+    http_sim: Simulator, key: str, tmp_path: Path
+) -> None:
+    (http_sim.data_dir / "buckets" / "x").write_text("outside")
+    base = http_sim.base_url + BLOB
+    blend = requests.get(
+        f"{base}/retrieve-blend", params={"bucket": "blend-files", "key": key}, timeout=5
+    )
+    temp = requests.get(f"{base}/retrieve-temp", params={"key": key}, timeout=5)
+    delete = requests.delete(f"{base}/delete-temp", params={"key": key}, timeout=5)
+    store = requests.post(
+        f"{base}/store-image",
+        data={"bucket": "rendered-frames", "key": key, "type": "png"},
+        files={"image": ("x.png", b"png")},
+        timeout=5,
+    )
+    assert [r.status_code for r in (blend, temp, delete, store)] == [400, 400, 400, 400]
+    assert (http_sim.data_dir / "buckets" / "x").read_text() == "outside"
+
+
+def test_a_symlink_out_of_a_bucket_is_refused(http_sim: Simulator, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    link = http_sim.data_dir / "buckets" / TEMP_BUCKET / "link"
+    link.symlink_to(tmp_path)
+    response = requests.get(
+        f"{http_sim.base_url}{BLOB}/retrieve-temp", params={"key": "link/secret.txt"}, timeout=5
+    )
+    assert response.status_code == 400
+
+
+def test_temp_blobs_are_served_and_deleted(http_sim: Simulator) -> None:
+    key = "temp/s1/u1/7-abc.png"
+    http_sim.blobs.write(TEMP_BUCKET, key, b"\x89PNG-ish")
+    base = http_sim.base_url + BLOB
+    got = requests.get(f"{base}/retrieve-temp", params={"key": key}, timeout=5)
+    assert (got.status_code, got.content) == (200, b"\x89PNG-ish")
+    assert got.headers["Content-Type"] == "image/png"
+    assert http_sim.temp_keys() == [key]
+    assert requests.delete(f"{base}/delete-temp", params={"key": key}).status_code in (200, 204)
+    assert http_sim.temp_keys() == []
+    assert requests.delete(f"{base}/delete-temp", params={"key": key}).status_code == 404
+    assert requests.get(f"{base}/retrieve-temp", params={"key": key}).status_code == 404
+
+
+@pytest.mark.parametrize(("key", "frame"), [("c/o/1234.png", 1234), ("c/o/-07.png", -7)])
+def test_store_image_takes_long_and_negative_frames(
+    http_sim: Simulator, key: str, frame: int
+) -> None:
+    response = requests.post(
+        f"{http_sim.base_url}{BLOB}/store-image",
+        data={"bucket": "rendered-frames", "key": key, "type": "png"},
+        files={"image": ("f.png", b"img", "image/png")},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert http_sim.stored_frames("c", "o") == {frame: b"img"}
+
+
+def test_store_image_keeps_the_frame(http_sim: Simulator) -> None:
+    image = b"\x89PNG\r\n\x1a\nframe-7"
+    response = requests.post(
+        f"{http_sim.base_url}{BLOB}/store-image",
+        data={"bucket": "rendered-frames", "key": "cust/obj/007.png", "type": "png"},
+        files={"image": ("007.png", image, "image/png")},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert http_sim.stored_frames("cust", "obj") == {7: image}
+    assert http_sim.state()["rendered_frames"] == ["cust/obj/007.png"]
+    shown = requests.get(f"{http_sim.base_url}/simulator/frames/cust/obj/007.png", timeout=5)
+    assert (shown.status_code, shown.headers["Content-Type"], shown.content) == (
+        200,
+        "image/png",
+        image,
+    )
+    assert "cust/obj/007.png" in requests.get(f"{http_sim.base_url}/simulator/", timeout=5).text
+    assert list(http_sim.blobs.spool.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "files"),
+    [
+        ({"bucket": "temp", "key": "c/o/001.png", "type": "png"}, {"image": b"x"}),
+        ({"key": "c/o/001.png", "type": "png"}, {"image": b"x"}),
+        ({"bucket": "rendered-frames", "key": "c/o/001.png", "type": "png"}, {"other": b"x"}),
+        ({"bucket": "rendered-frames", "key": "c/o/001.png"}, {"image": b"x"}),
+        ({"bucket": "rendered-frames", "key": "c/o/7.png", "type": "png"}, {"image": b"x"}),
+        ({"bucket": "rendered-frames", "key": "c/o/0007.png", "type": "png"}, {"image": b"x"}),
+        ({"bucket": "rendered-frames", "key": "c/o/007.png", "type": "jpg"}, {"image": b"x"}),
+        ({"bucket": "rendered-frames", "key": "c/o/x/007.png", "type": "png"}, {"image": b"x"}),
+        ({"bucket": "rendered-frames", "key": "c/o/frame.png", "type": "png"}, {"image": b"x"}),
+    ],
+)
+def test_store_image_refuses_off_contract_forms(
+    http_sim: Simulator, fields: dict[str, str], files: dict[str, bytes]
+) -> None:
+    response = requests.post(
+        f"{http_sim.base_url}{BLOB}/store-image", data=fields, files=files, timeout=5
+    )
+    assert response.status_code == 400
+    assert http_sim.state()["rendered_frames"] == []
+    assert list(http_sim.blobs.spool.iterdir()) == []
+
+
+def test_multi_megabyte_blobs_stream_both_ways_without_being_held_in_memory(
+    http_sim: Simulator, tmp_path: Path
+) -> None:
+    size = 40 * MIB
+    big = tmp_path / "big.blend"
+    with big.open("wb") as out:
+        for _ in range(size // MIB):
+            out.write(os.urandom(MIB))
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    key = http_sim.add_object("cust", "big", big)
+
+    tracemalloc.start()
+    try:
+        with big.open("rb") as source:
+            encoder = MultipartEncoder(
+                fields={
+                    "bucket": "rendered-frames",
+                    "key": "cust/big/001.png",
+                    "type": "png",
+                    "image": ("001.png", source, "image/png"),
+                }
+            )
+            stored = requests.post(
+                f"{http_sim.base_url}{BLOB}/store-image",
+                data=encoder,
+                headers={"Content-Type": encoder.content_type},
+                timeout=30,
+            )
+        assert stored.status_code == 200
+        fetched = hashlib.sha256()
+        with requests.get(
+            f"{http_sim.base_url}{BLOB}/retrieve-blend",
+            params={"bucket": "blend-files", "key": key},
+            stream=True,
+            timeout=30,
+        ) as response:
+            for chunk in response.iter_content(256 * 1024):
+                fetched.update(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert fetched.hexdigest() == digest
+    frame = http_sim.blobs.path("rendered-frames", "cust/big/001.png")
+    assert frame.stat().st_size == size
+    # werkzeug's server drains each request with a 10 MB read buffer, whatever the body size;
+    # a body held whole would need 40 MiB on its own.
+    assert peak < 16 * MIB, f"peak {peak / MIB:.1f} MiB for a {size // MIB} MiB blob"
+
+
+def test_new_session_registers(http_sim: Simulator) -> None:
+    response = requests.post(
+        http_sim.base_url + NEW_SESSION,
+        data={"user_count": "3", "session_supervisor_id": "session-a"},
+        timeout=5,
+    )
+    assert response.status_code == 200
+    session = http_sim.state()["sessions"]["session-a"]
+    assert (session["registered_user_count"], session["demand"], session["users"]) == (3, 0, [])
+
+
+@pytest.mark.parametrize(
+    "form", [{"user_count": "3"}, {"session_supervisor_id": "s"}, {"user_count": "x", "s": "s"}]
+)
+def test_new_session_refuses_missing_fields(http_sim: Simulator, form: dict[str, str]) -> None:
+    assert requests.post(http_sim.base_url + NEW_SESSION, data=form).status_code == 400
+    assert http_sim.state()["sessions"] == {}
+
+
+@pytest.mark.parametrize("path", [SEND, SEND_ACK])
+def test_user_service_unknown_user_is_404(http_sim: Simulator, path: str) -> None:
+    body = {"user_id": "nobody", "topic": "stop-work", "data": {}}
+    assert requests.post(http_sim.base_url + path, json=body, timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": "sim-user-001", "topic": "dance", "data": {}},
+        {"user_id": "sim-user-001", "topic": "start-rendering"},
+        {"user_id": "sim-user-001", "topic": "start-rendering", "data": {"frame_list": "1-3"}},
+        {"topic": "stop-work", "data": {}},
+        ["not", "an", "object"],
+    ],
+)
+def test_user_service_refuses_bad_messages(http_sim: Simulator, body: object) -> None:
+    assert requests.post(http_sim.base_url + SEND, json=body, timeout=5).status_code == 400
+
+
+def test_a_message_to_an_idle_user_is_dropped_and_shown(http_sim: Simulator) -> None:
+    body = {
+        "user_id": "sim-user-001",
+        "topic": "start-rendering",
+        "data": {"blend_file_hash": "h", "frame_list": [1]},
+    }
+    assert requests.post(http_sim.base_url + SEND, json=body, timeout=5).status_code == 200
+    state = http_sim.state()
+    assert state["dropped_user_messages"]["count"] == 1
+    assert state["users"]["sim-user-001"]["status"] == "idle"
+    stop = {"user_id": "sim-user-001", "topic": "stop-work", "data": {}}
+    assert requests.post(http_sim.base_url + SEND, json=stop, timeout=5).status_code == 200
+
+
+def test_state_endpoint_has_every_section(http_sim: Simulator) -> None:
+    state = requests.get(f"{http_sim.base_url}/simulator/state", timeout=5).json()
+    assert state == json.loads(json.dumps(http_sim.state()))
+    assert {
+        "sessions",
+        "idle_users",
+        "users",
+        "catalog",
+        "rendered_frames",
+        "temp_keys",
+        "published",
+        "ignored_messages",
+        "dropped_user_messages",
+        "config",
+    } <= set(state)
+    assert state["idle_users"] == ["sim-user-001", "sim-user-002", "sim-user-003"]
+    assert state["config"]["broker_url"] == "memory://"
+    assert state["catalog"]["objects"][0]["customer_id"] == "demo-customer"
+
+
+def test_unknown_paths_and_methods_answer_json(http_sim: Simulator) -> None:
+    missing = requests.get(f"{http_sim.base_url}/api/nothing", timeout=5)
+    wrong = requests.get(f"{http_sim.base_url}{BLOB}/delete-temp", timeout=5)
+    assert (missing.status_code, wrong.status_code) == (404, 405)
+    assert "message" in missing.json()

@@ -1,0 +1,635 @@
+"""The .blend reader: real files, hostile files, frame semantics and the child's limits."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import random
+import signal
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import zstandard
+from blender_asset_tracer.blendfile import BlendFile
+
+from supervisor import blendfile
+from supervisor.blendfile import SceneRange, parse_scene_range, read_scene_range
+from supervisor.errors import BlendFileError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "blend"
+# The BAT project's files (public/) are GPL; they are read from the shared corpus, not copied.
+# CI lays out ../shared beside the repository.
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = Path(os.environ.get("BLEND_CORPUS_DIR", REPO.parent / "shared" / "blend-corpus"))
+
+V500 = FIXTURES / "blender-5.0" / "two_scenes_active_second.blend"
+V402 = FIXTURES / "blender-4.2" / "two_scenes_active_first.blend"
+
+# Expected values from the corpus README (checked against Blender itself).
+EXPECTED = [
+    ("blender-5.0/default_1_250.blend", "Scene", 1, 250, 1),
+    ("blender-5.0/default_1_250_zstd.blend", "Scene", 1, 250, 1),
+    ("blender-5.0/end_lt_start_attempt.blend", "Scene", 200, 200, 1),
+    ("blender-5.0/neg_start_attempt.blend", "Scene", 0, 250, 1),
+    ("blender-5.0/range_10_20.blend", "Scene", 10, 20, 1),
+    ("blender-5.0/range_10_20_zstd.blend", "Scene", 10, 20, 1),
+    ("blender-5.0/range_1_1000000.blend", "Scene", 1, 1000000, 1),
+    ("blender-5.0/range_1_max.blend", "Scene", 1, 1048574, 1),
+    ("blender-5.0/single_frame_5.blend", "Scene", 5, 5, 1),
+    ("blender-5.0/start0_end0.blend", "Scene", 0, 0, 1),
+    ("blender-5.0/step_0.blend", "Scene", 1, 250, 0),
+    ("blender-5.0/step_3_1_100.blend", "Scene", 1, 100, 3),
+    ("blender-5.0/step_3_1_100_zstd.blend", "Scene", 1, 100, 3),
+    ("blender-5.0/two_scenes_active_first.blend", "AAA_active", 7, 77, 7),
+    ("blender-5.0/two_scenes_active_second.blend", "ZZZ_active", 100, 200, 2),
+    ("blender-5.0/two_scenes_active_second_zstd.blend", "ZZZ_active", 100, 200, 2),
+    ("blender-4.2/default_1_250.blend", "Scene", 1, 250, 1),
+    ("blender-4.2/default_1_250_zstd.blend", "Scene", 1, 250, 1),
+    ("blender-4.2/range_1_1000000.blend", "Scene", 1, 1000000, 1),
+    ("blender-4.2/step_3_1_100_zstd.blend", "Scene", 1, 100, 3),
+    ("blender-4.2/two_scenes_active_first.blend", "AAA_active", 7, 77, 7),
+    ("blender-4.2/two_scenes_active_second.blend", "ZZZ_active", 100, 200, 2),
+    ("gzip/v402_range_10_20_gzip.blend", "Scene", 10, 20, 1),
+    ("gzip/v500_two_scenes_active_second_gzip.blend", "ZZZ_active", 100, 200, 2),
+    ("public/T53562_bam_pack_bug.blend", "Scene", 1, 100, 1),
+    ("public/T55539-particles_particle.blend", "Scene", 1, 250, 1),
+    ("public/absolute_path.blend", "Scene", 1, 250, 1),
+    ("public/basic_file.blend", "Scene", 1, 250, 1),
+    ("public/basic_file_compressed.blend", "Scene", 1, 250, 1),
+    ("public/basic_file_compressed_zstd.blend", "Scene", 1, 250, 1),
+    ("public/basic_file_zstandard.blend", "Scene", 1, 250, 1),
+    ("public/doubly_linked.blend", "Scene", 1, 250, 1),
+    ("public/geometry-nodes-3_set_file.blend", "Scene", 1, 250, 1),
+    ("public/image_sequencer.blend", "Scene", 1, 250, 1),
+    ("public/linked_cube.blend", "Scene", 1, 250, 1),
+    ("public/linked_cube_compressed.blend", "Scene", 1, 250, 1),
+    ("public/meshcache-source.blend", "Scene", 1, 70, 1),
+    ("public/movieclip.blend", "Scene", 1, 250, 1),
+    ("public/udim_v01_UDIM_BAT_debugging.blend", "Scene", 1, 250, 1),
+    ("public/with_font.blend", "Scene", 1, 250, 1),
+]
+
+# Every file in bad/ (plus the corrupt public one) and the start of the error it must give.
+BAD = {
+    "bad/bad_version_digits.blend": "invalid file header",
+    "bad/crafted_dna1_64GiB.blend": "truncated file: block 'DNA1' at offset 17 claims 68719476736",
+    "bad/empty.blend": "empty file",
+    "bad/future_format_v2.blend": "unsupported .blend file format version 2",
+    "bad/gzip_of_png.blend": "gzip-compressed data is not a .blend file",
+    "bad/header_size_99.blend": "unsupported file header size 99",
+    "bad/magic_only.blend": "truncated file: incomplete file header",
+    "bad/magic_plus_random.blend": "truncated file: block",
+    "bad/png_renamed.blend": "not a .blend file (bad magic)",
+    "bad/random_4k.blend": "not a .blend file (bad magic)",
+    "bad/text.blend": "not a .blend file (bad magic)",
+    "bad/trunc1000_v402.blend": "truncated file: block 'GLOB'",
+    "bad/trunc1000_v500.blend": "truncated file: block 'GLOB'",
+    "bad/trunc1000_zstd.blend": "truncated file: no ENDB block",
+    "bad/trunc_half_gzip.blend": "truncated gzip data",
+    "bad/trunc_half_v500.blend": "truncated file: block 'DATA'",
+    "bad/trunc_half_zstd.blend": "truncated file: no ENDB block",
+    "bad/trunc_minus100_zstd.blend": "truncated file: block 'DNA1'",
+    "bad/trunc_minus8_v500.blend": "truncated file: block header at offset 470174",
+    "bad/zstd_of_text.blend": "zstd-compressed data is not a .blend file",
+    "public/corrupt_only_magic.blend": "no DNA1 block",
+}
+
+HOSTILE_LIMITS = {"timeout": 5.0, "memory_limit": 256 * 1024**2}
+
+
+def corpus_file(rel: str) -> Path:
+    """Project fixtures must exist; the GPL public/ files are used when the corpus is here."""
+    if not rel.startswith("public/"):
+        return FIXTURES / rel
+    path = CORPUS / rel
+    if not path.is_file():
+        message = f"{path} not available (set BLEND_CORPUS_DIR to the shared corpus)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+# --- crafting files ---------------------------------------------------------------------
+
+
+def header_size(data: bytes) -> int:
+    return 17 if data[7:9] == b"17" else 12
+
+
+def bhead(data: bytes, code: bytes, length: int, old: int = 0, sdna: int = 0, nr: int = 1) -> bytes:
+    """A block header in the layout of `data` (the fixtures are little-endian, 8-byte)."""
+    if header_size(data) == 17:
+        return struct.pack("<4siQqq", code, sdna, old, length, nr)
+    return struct.pack("<4siQii", code, length, old, sdna, nr)
+
+
+def with_block_first(data: bytes, block: bytes) -> bytes:
+    size = header_size(data)
+    return data[:size] + block + data[size:]
+
+
+def field_offset(path: Path, code: bytes, field: tuple[bytes, ...], which: int = 0) -> int:
+    """File offset of a field, found with plain BAT on a trusted fixture."""
+    bfile = BlendFile(path)
+    try:
+        return bfile.code_index[code][which].abs_offset(field)[0]
+    finally:
+        bfile.close()
+
+
+def block_header_offset(path: Path, code: bytes) -> int:
+    bfile = BlendFile(path)
+    try:
+        block = bfile.code_index[code][0]
+        return block.file_offset - bfile.block_header_struct.size
+    finally:
+        bfile.close()
+
+
+def patched(tmp_path: Path, src: Path, offset: int, value: bytes) -> Path:
+    data = bytearray(src.read_bytes())
+    data[offset : offset + len(value)] = value
+    out = tmp_path / f"patched_{src.name}"
+    out.write_bytes(data)
+    return out
+
+
+def with_frames(tmp_path: Path, start: int, end: int, step: int) -> Path:
+    src = FIXTURES / "blender-5.0" / "default_1_250.blend"
+    data = bytearray(src.read_bytes())
+    for name, value in ((b"sfra", start), (b"efra", end), (b"frame_step", step)):
+        offset = field_offset(src, b"SC", (b"r", name))
+        data[offset : offset + 4] = struct.pack("<i", value)
+    out = tmp_path / "frames.blend"
+    out.write_bytes(data)
+    return out
+
+
+def big_sparse_copy(tmp_path: Path, src: Path, dummy_bytes: int) -> Path:
+    """A valid file with a huge unreferenced block first; a hole on disk, so it is quick."""
+    data = src.read_bytes()
+    size = header_size(data)
+    out = tmp_path / f"big_{src.name}"
+    with out.open("wb") as fh:
+        fh.write(data[:size] + bhead(data, b"DATA", dummy_bytes, old=0xDEAD0000))
+        fh.seek(dummy_bytes, os.SEEK_CUR)
+        fh.write(data[size:])
+    return out
+
+
+# --- real files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rel", "name", "start", "end", "step"), EXPECTED, ids=[e[0] for e in EXPECTED]
+)
+def test_corpus_file_gives_expected_scene(
+    rel: str, name: str, start: int, end: int, step: int
+) -> None:
+    assert parse_scene_range(corpus_file(rel)) == SceneRange(name, start, end, step)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "blender-5.0/two_scenes_active_second.blend",
+        "blender-5.0/two_scenes_active_second_zstd.blend",
+        "blender-4.2/two_scenes_active_first.blend",
+        "gzip/v500_two_scenes_active_second_gzip.blend",
+        "blender-5.0/step_0.blend",
+    ],
+)
+def test_read_in_child_matches_in_process_parse(rel: str) -> None:
+    path = FIXTURES / rel
+    assert read_scene_range(path) == parse_scene_range(path)
+
+
+def test_active_scene_is_curscene_not_first_scene_block() -> None:
+    assert parse_scene_range(V500).name == "ZZZ_active"
+    assert field_offset(V500, b"SC", (b"id", b"name"), which=0) < field_offset(
+        V500, b"SC", (b"id", b"name"), which=1
+    )
+
+
+def test_null_curscene_takes_first_scene(tmp_path: Path) -> None:
+    offset = field_offset(V500, b"GLOB", (b"curscene",))
+    path = patched(tmp_path, V500, offset, bytes(8))
+    assert parse_scene_range(path) == SceneRange("AAA_first", 1, 10, 1)
+
+
+def test_no_glob_block_takes_first_scene(tmp_path: Path) -> None:
+    path = patched(tmp_path, V402, block_header_offset(V402, b"GLOB"), b"XXXX")
+    assert parse_scene_range(path).name == "AAA_active"
+
+
+def test_dangling_curscene_takes_first_scene_with_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    offset = field_offset(V500, b"GLOB", (b"curscene",))
+    path = patched(tmp_path, V500, offset, struct.pack("<Q", 0x1234))
+    with caplog.at_level(logging.WARNING, logger="supervisor.blendfile"):
+        assert parse_scene_range(path).name == "AAA_first"
+    assert "not a scene in the file" in caplog.text
+
+
+def test_large_file_parses_without_reading_it(tmp_path: Path) -> None:
+    path = big_sparse_copy(tmp_path, V500, 100 * 1024**2)
+    started = time.perf_counter()
+    assert parse_scene_range(path) == SceneRange("ZZZ_active", 100, 200, 2)
+    # About 25 ms measured; the bound only catches reading the 100 MB.
+    assert time.perf_counter() - started < 0.5
+    assert read_scene_range(path).name == "ZZZ_active"
+
+
+def test_many_small_blocks(tmp_path: Path) -> None:
+    data = V402.read_bytes()
+    filler = b"".join(bhead(data, b"DATA", 8, old=0x10000 + i) + bytes(8) for i in range(20_000))
+    path = tmp_path / "many.blend"
+    path.write_bytes(with_block_first(data, filler))
+    assert parse_scene_range(path).name == "AAA_active"
+
+
+# --- frame values -----------------------------------------------------------------------
+
+
+def test_negative_start_is_legal(tmp_path: Path) -> None:
+    assert parse_scene_range(with_frames(tmp_path, -5, 10, 1)) == SceneRange("Scene", -5, 10, 1)
+
+
+def test_end_before_start_is_an_empty_range(tmp_path: Path) -> None:
+    with pytest.raises(BlendFileError, match="scene frame range is empty"):
+        parse_scene_range(with_frames(tmp_path, 100, 50, 1))
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "step", "label"),
+    [
+        (1, 250, -1, "frame_step"),
+        (1, 2_000_000, 1, "frame_end"),
+        (-2_000_000, 10, 1, "frame_start"),
+        (1, 250, 1_048_575, "frame_step"),
+    ],
+)
+def test_implausible_values_are_rejected(
+    tmp_path: Path, start: int, end: int, step: int, label: str
+) -> None:
+    with pytest.raises(BlendFileError, match=f"implausible {label}"):
+        parse_scene_range(with_frames(tmp_path, start, end, step))
+
+
+def test_frame_numbers_step_0_is_only_the_start_frame() -> None:
+    scene = SceneRange("S", 1, 250, 0)
+    assert list(scene.frame_numbers()) == [1]
+    assert scene.frame_count == 1
+
+
+def test_frame_numbers_step_3() -> None:
+    scene = SceneRange("S", 1, 100, 3)
+    frames = scene.frame_numbers()
+    assert frames[0] == 1
+    assert frames[1] == 4
+    assert frames[-1] == 100
+    assert scene.frame_count == 34
+
+
+def test_frame_numbers_step_that_overshoots_the_end() -> None:
+    assert list(SceneRange("S", 7, 77, 7).frame_numbers())[-1] == 77
+    assert list(SceneRange("S", 100, 200, 3).frame_numbers())[-1] == 199
+
+
+def test_frame_numbers_negative_start() -> None:
+    scene = SceneRange("S", -2, 2, 1)
+    assert list(scene.frame_numbers()) == [-2, -1, 0, 1, 2]
+    assert scene.frame_count == 5
+
+
+def test_frame_numbers_single_and_inverted() -> None:
+    assert list(SceneRange("S", 5, 5, 1).frame_numbers()) == [5]
+    assert SceneRange("S", 10, 5, 1).frame_count == 0
+    assert SceneRange("S", 10, 5, 0).frame_count == 0
+
+
+def test_frame_numbers_always_has_a_positive_step() -> None:
+    assert SceneRange("S", 3, 9, 0).frame_numbers().step == 1
+
+
+def test_negative_step_is_not_a_scene_range() -> None:
+    with pytest.raises(ValueError, match="frame_step"):
+        SceneRange("S", 1, 10, -1)
+
+
+def test_corpus_step_files_frame_counts() -> None:
+    assert parse_scene_range(FIXTURES / "blender-5.0" / "step_0.blend").frame_count == 1
+    assert parse_scene_range(FIXTURES / "blender-5.0" / "step_3_1_100.blend").frame_count == 34
+    assert parse_scene_range(FIXTURES / "blender-5.0" / "range_1_max.blend").frame_count == 1048574
+
+
+# --- bad and hostile files --------------------------------------------------------------
+
+
+def test_bad_table_covers_every_bad_fixture() -> None:
+    on_disk = {f"bad/{p.name}" for p in (FIXTURES / "bad").iterdir()}
+    assert on_disk == {rel for rel in BAD if rel.startswith("bad/")}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("rel", "message"), sorted(BAD.items()))
+def test_bad_file_fails_fast_with_one_clear_error(rel: str, message: str) -> None:
+    path = corpus_file(rel)
+    started = time.monotonic()
+    with pytest.raises(BlendFileError) as in_child:
+        read_scene_range(path, **HOSTILE_LIMITS)
+    assert time.monotonic() - started < 5
+    assert str(in_child.value).startswith(message)
+    # The checks, not only the child's limits, catch it: same error in-process, quickly.
+    started = time.monotonic()
+    with pytest.raises(BlendFileError) as in_process:
+        parse_scene_range(path)
+    assert time.monotonic() - started < 1
+    assert str(in_process.value) == str(in_child.value)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("src", [V500, V402], ids=["v500", "v402"])
+def test_negative_block_length(tmp_path: Path, src: Path) -> None:
+    # Minus its own header size: plain BAT seeks back to the same header forever.
+    data = src.read_bytes()
+    length = -len(bhead(data, b"DATA", 0))
+    path = tmp_path / "negative.blend"
+    path.write_bytes(with_block_first(data, bhead(data, b"DATA", length)))
+    with pytest.raises(
+        BlendFileError, match=rf"block 'DATA' at offset \d+ has negative length {length}"
+    ):
+        read_scene_range(path, **HOSTILE_LIMITS)
+    with pytest.raises(BlendFileError, match="negative length"):
+        parse_scene_range(path)
+
+
+def test_block_longer_than_the_file(tmp_path: Path) -> None:
+    data = V500.read_bytes()
+    path = tmp_path / "long.blend"
+    path.write_bytes(with_block_first(data, bhead(data, b"DATA", 1 << 40)))
+    with pytest.raises(BlendFileError, match=r"claims 1099511627776 bytes, only \d+ remain"):
+        read_scene_range(path, **HOSTILE_LIMITS)
+
+
+def dna_patched(tmp_path: Path, old: bytes, new: bytes) -> Path:
+    data = bytearray(V500.read_bytes())
+    at = data.index(old, data.rindex(b"SDNANAME"))
+    data[at : at + len(old)] = new
+    path = tmp_path / "dna.blend"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.timeout(30)
+def test_dna_name_with_open_bracket_only(tmp_path: Path) -> None:
+    # Plain BAT loops forever on this name (and grows an int without bound).
+    path = dna_patched(tmp_path, b"[64]\x00", b"[644\x00")
+    with pytest.raises(
+        BlendFileError, match=r"corrupt DNA1 block: malformed field name b'.*\[644'"
+    ):
+        read_scene_range(path, **HOSTILE_LIMITS)
+    with pytest.raises(BlendFileError, match="malformed field name"):
+        parse_scene_range(path)
+
+
+def test_dna_huge_name_count(tmp_path: Path) -> None:
+    data = V500.read_bytes()
+    at = data.rindex(b"SDNANAME") + 8
+    count = struct.unpack_from("<I", data, at)[0]
+    path = dna_patched(
+        tmp_path, b"SDNANAME" + struct.pack("<I", count), b"SDNANAME\xff\xff\xff\x7f"
+    )
+    with pytest.raises(BlendFileError, match="implausible NAME count 2147483647"):
+        parse_scene_range(path)
+
+
+def test_file_without_scene(tmp_path: Path) -> None:
+    data = FIXTURES.joinpath("blender-5.0", "default_1_250.blend").read_bytes()
+    header = block_header_offset(FIXTURES / "blender-5.0" / "default_1_250.blend", b"SC")
+    path = tmp_path / "noscene.blend"
+    path.write_bytes(data[:header] + b"XX" + data[header + 2 :])
+    with pytest.raises(BlendFileError, match="no scene in file"):
+        parse_scene_range(path)
+
+
+def compressed_bomb(tmp_path: Path, kind: str, payload_head: bytes, size: int) -> Path:
+    path = tmp_path / f"bomb_{kind}.blend"
+    zeros = bytes(1024**2)
+    if kind == "gzip":
+        with gzip.GzipFile(path, "wb", compresslevel=1) as out:
+            out.write(payload_head)
+            for _ in range(size // len(zeros)):
+                out.write(zeros)
+    else:
+        with path.open("wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as out:
+            out.write(payload_head)
+            for _ in range(size // len(zeros)):
+                out.write(zeros)
+    return path
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_decompression_bomb_is_capped(tmp_path: Path, kind: str) -> None:
+    path = compressed_bomb(tmp_path, kind, b"BLENDER17-01v0500", 32 * 1024**2)
+    assert path.stat().st_size < 200 * 1024
+    started = time.monotonic()
+    with pytest.raises(BlendFileError, match=f"{kind}-compressed file expands to more than"):
+        read_scene_range(path, max_uncompressed_bytes=4 * 1024**2, **HOSTILE_LIMITS)
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_compressed_non_blend_stops_at_the_first_chunk(tmp_path: Path, kind: str) -> None:
+    path = compressed_bomb(tmp_path, kind, b"", 32 * 1024**2)
+    with pytest.raises(BlendFileError, match=f"{kind}-compressed data is not a .blend file"):
+        parse_scene_range(path)
+
+
+def test_decompressed_copies_leave_no_temporary_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    parse_scene_range(FIXTURES / "blender-5.0" / "range_10_20_zstd.blend")
+    with pytest.raises(BlendFileError):
+        parse_scene_range(FIXTURES / "bad" / "trunc_half_gzip.blend")
+    assert list(scratch.iterdir()) == []
+
+
+def test_missing_file_directory_and_fifo(tmp_path: Path) -> None:
+    with pytest.raises(BlendFileError, match="cannot open file"):
+        parse_scene_range(tmp_path / "nope.blend")
+    with pytest.raises(BlendFileError, match="not a regular file"):
+        parse_scene_range(tmp_path)
+    fifo = tmp_path / "fifo.blend"
+    os.mkfifo(fifo)
+    with pytest.raises(BlendFileError, match="not a regular file"):
+        read_scene_range(fifo, timeout=5)
+
+
+def test_unexpected_bat_errors_become_blend_file_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: object, block: object) -> None:
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(blendfile._IndexedBlendFile, "decode_structs", broken)
+    with pytest.raises(BlendFileError, match=r"unreadable \.blend file \(error: unpack"):
+        parse_scene_range(V500)
+
+
+@pytest.mark.timeout(60)
+def test_mutated_files_only_raise_blend_file_error(tmp_path: Path) -> None:
+    rng = random.Random(20240611)
+    sources = [V500.read_bytes(), V402.read_bytes()]
+    path = tmp_path / "mutant.blend"
+    outcomes = set()
+    for _ in range(40):
+        data = bytearray(rng.choice(sources))
+        dna = data.rindex(b"SDNANAME")
+        for _ in range(rng.randint(1, 6)):
+            at = (
+                rng.randrange(dna - 64, len(data))
+                if rng.random() < 0.7
+                else rng.randrange(len(data))
+            )
+            data[at] = rng.choice([0, 0xFF, ord("["), ord("]"), rng.randrange(256)])
+        path.write_bytes(data)
+        try:
+            parse_scene_range(path)
+            outcomes.add("ok")
+        except BlendFileError:
+            outcomes.add("error")
+    assert "error" in outcomes
+
+
+# --- the child process ------------------------------------------------------------------
+
+
+@pytest.fixture
+def child_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Pids of the children read_scene_range forks."""
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def recording_fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", recording_fork)
+    return pids
+
+
+def assert_reaped(pid: int) -> None:
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_timeout_kills_and_reaps_the_child(
+    monkeypatch: pytest.MonkeyPatch, child_pids: list[int]
+) -> None:
+    def hang(*args: object, **kwargs: object) -> SceneRange:
+        time.sleep(60)
+        raise AssertionError("not killed")
+
+    monkeypatch.setattr(blendfile, "parse_scene_range", hang)
+    started = time.monotonic()
+    with pytest.raises(BlendFileError, match=r"parsing timed out after 0\.5s"):
+        read_scene_range(V500, timeout=0.5)
+    assert time.monotonic() - started < 2
+    (pid,) = child_pids
+    assert_reaped(pid)
+
+
+def test_memory_limit_is_enforced(monkeypatch: pytest.MonkeyPatch, child_pids: list[int]) -> None:
+    def hog(*args: object, **kwargs: object) -> SceneRange:
+        blob = bytearray(512 * 1024**2)
+        return SceneRange("hog", len(blob), len(blob), 1)
+
+    monkeypatch.setattr(blendfile, "parse_scene_range", hog)
+    with pytest.raises(BlendFileError, match="parsing needs more than 67108864 bytes of memory"):
+        read_scene_range(V500, memory_limit=64 * 1024**2)
+    assert_reaped(child_pids[0])
+
+
+def test_child_killed_by_a_signal(monkeypatch: pytest.MonkeyPatch, child_pids: list[int]) -> None:
+    def die(*args: object, **kwargs: object) -> SceneRange:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("not killed")
+
+    monkeypatch.setattr(blendfile, "parse_scene_range", die)
+    with pytest.raises(BlendFileError, match=r"parser process died \(SIGKILL\)"):
+        read_scene_range(V500)
+    assert_reaped(child_pids[0])
+
+
+def test_unexpected_error_in_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> SceneRange:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(blendfile, "parse_scene_range", boom)
+    with pytest.raises(BlendFileError, match=r"parser failed unexpectedly \(RuntimeError\)"):
+        read_scene_range(V500)
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"memory_limit": 0}])
+def test_limits_must_be_positive(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        read_scene_range(V500, **kwargs)
+
+
+@pytest.fixture
+def leaked_pipe_ends(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keep a copy of each pipe's write end open, as a child forked by another thread would."""
+    real_pipe = os.pipe
+    held: list[int] = []
+
+    def leaky_pipe() -> tuple[int, int]:
+        read_fd, write_fd = real_pipe()
+        held.append(os.dup(write_fd))
+        return read_fd, write_fd
+
+    monkeypatch.setattr(os, "pipe", leaky_pipe)
+    yield
+    for fd in held:
+        os.close(fd)
+
+
+@pytest.mark.usefixtures("leaked_pipe_ends")
+def test_reply_does_not_wait_for_eof() -> None:
+    started = time.monotonic()
+    assert read_scene_range(V500, timeout=5).name == "ZZZ_active"
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.usefixtures("leaked_pipe_ends")
+def test_dead_child_is_noticed_without_eof(monkeypatch: pytest.MonkeyPatch) -> None:
+    def die(*args: object, **kwargs: object) -> SceneRange:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("not killed")
+
+    monkeypatch.setattr(blendfile, "parse_scene_range", die)
+    started = time.monotonic()
+    with pytest.raises(BlendFileError, match="parser process died"):
+        read_scene_range(V500, timeout=5)
+    assert time.monotonic() - started < 2
+
+
+def test_concurrent_reads_from_threads() -> None:
+    files = [V500, V402, FIXTURES / "blender-5.0" / "range_10_20_zstd.blend"] * 4
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        names = list(pool.map(lambda p: read_scene_range(p, timeout=10).name, files))
+    assert names == ["ZZZ_active", "AAA_active", "Scene"] * 4
