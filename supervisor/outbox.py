@@ -129,7 +129,12 @@ def drain(
     With `wait_seconds`, a drainer waits that long for one already at work; by default it
     returns at once with `locked` False (see drain_until_quiet)."""
     result = DrainResult()
-    with db.session() as session:
+    # A session-level lock belongs to one connection: pin it, or a commit hands the
+    # connection back to the pool and the unlock runs on another one, leaking the lock.
+    with (
+        db.engine.connect() as connection,
+        Session(bind=connection, expire_on_commit=False) as session,
+    ):
         locked = _wait_for_drain_lock(session, wait_seconds)
         session.commit()
         if not locked:
