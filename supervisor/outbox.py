@@ -10,9 +10,9 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from redis import Redis
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Select, case, delete, func, literal_column, select, text, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from supervisor.db import Database
 from supervisor.errors import PeerError
@@ -158,12 +158,7 @@ def _drain_locked(
 ) -> None:
     """Each row is deleted in its own commit right after its send succeeds, so a crash
     resends at most the one message in flight, not the whole batch."""
-    rows = session.scalars(
-        select(OutboxMessage)
-        .where(OutboxMessage.available_at <= func.now())
-        .order_by(OutboxMessage.id)
-        .limit(batch_size)
-    ).all()
+    rows = session.scalars(_due(batch_size)).all()
     session.commit()
     blocked: set[str] = set()
     for row in rows:
@@ -189,6 +184,48 @@ def _drain_locked(
         session.commit()
         result.sent += 1
     result.remaining = len(rows) - result.sent
+
+
+def _order_key(message: type[OutboxMessage] | Any) -> Any:
+    """What a destination must receive in order: a user's lists replace each other, and the
+    User Manager reads a workload's demands in sequence. Catalog records and temp deletions
+    have no order (NULL)."""
+    return case(
+        (message.destination == USER_SERVICE, message.body["user_id"].astext),
+        (message.destination == USER_MANAGER, message.workload_id),
+        else_=None,
+    )
+
+
+def _due(limit: int) -> Select[tuple[OutboxMessage]]:
+    """Due rows, oldest first, leaving out any row queued behind an older one of the same
+    order key that waits for its retry, so a retried message is never overtaken."""
+    waiting = aliased(OutboxMessage)
+    heads = (
+        select(
+            waiting.destination,
+            _order_key(waiting).label("order_key"),
+            func.min(waiting.id).label("first_waiting"),
+        )
+        .where(waiting.available_at > func.now(), _order_key(waiting).is_not(None))
+        .group_by(literal_column("1"), literal_column("2"))
+        .subquery()
+    )
+    behind_a_retry = (
+        select(heads.c.first_waiting)
+        .where(
+            heads.c.destination == OutboxMessage.destination,
+            heads.c.order_key == _order_key(OutboxMessage),
+            heads.c.first_waiting < OutboxMessage.id,
+        )
+        .exists()
+    )
+    return (
+        select(OutboxMessage)
+        .where(OutboxMessage.available_at <= func.now(), ~behind_a_retry)
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    )
 
 
 def _wait_for_drain_lock(session: Session, wait_seconds: float) -> bool:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from types import SimpleNamespace
+from typing import Any
 
-from supervisor.outbox import OUTBOX_DRAIN_LOCK_ID, drain, to_user_manager
+from sqlalchemy import func, text, update
+
+from supervisor.errors import PeerError
+from supervisor.models import OutboxMessage
+from supervisor.outbox import OUTBOX_DRAIN_LOCK_ID, drain, to_user_manager, to_users
 from supervisor.service import Supervisor
 
 
@@ -52,3 +57,44 @@ def test_a_waiting_drain_gets_the_lock_once_the_holder_is_done(supervisor: Super
     result = drain(supervisor.db, supervisor.publisher, supervisor.peers, wait_seconds=1)
 
     assert (result.locked, result.sent) == (True, 1)
+
+
+class FlakyUsers:
+    """A User Service that fails each listed message's first send, transiently."""
+
+    def __init__(self, fail_once: set[str]) -> None:
+        self.fail_once = set(fail_once)
+        self.delivered: list[tuple[str, str]] = []
+
+    def send(self, user_id: str, topic: str, data: dict[str, Any]) -> None:
+        if data["label"] in self.fail_once:
+            self.fail_once.discard(data["label"])
+            raise PeerError("user-service", "send-msg-to-user", "down", status=503)
+        self.delivered.append((user_id, data["label"]))
+
+
+def queue_lists(supervisor: Supervisor, *messages: tuple[str, str]) -> None:
+    with supervisor.db.transaction() as session:
+        for user, label in messages:
+            to_users(
+                session, "session-1", [user], "start-rendering", lambda _u, lb=label: {"label": lb}
+            )
+
+
+def test_a_newer_message_never_overtakes_an_older_one_waiting_for_a_retry(
+    supervisor: Supervisor,
+) -> None:
+    users = FlakyUsers(fail_once={"u1-first"})
+    peers = SimpleNamespace(users=users, catalog=None, blob=None)
+    queue_lists(supervisor, ("u1", "u1-first"), ("u1", "u1-second"), ("u2", "u2-only"))
+
+    first = drain(supervisor.db, supervisor.publisher, peers)
+    second = drain(supervisor.db, supervisor.publisher, peers)
+
+    assert (first.sent, first.failed) == (0, 1)
+    assert users.delivered == [("u2", "u2-only")], "u1's second list must wait for its first"
+    assert second.sent == 1
+    with supervisor.db.transaction() as session:
+        session.execute(update(OutboxMessage).values(available_at=func.now()))
+    drain(supervisor.db, supervisor.publisher, peers)
+    assert users.delivered == [("u2", "u2-only"), ("u1", "u1-first"), ("u1", "u1-second")]
