@@ -363,38 +363,54 @@ def record_rendered_frame(sv: Supervisor, event: Event) -> str:
     with sv.db.transaction() as session:
         workload = lock_workload(session, event.session_id)
         if workload is None or workload.status != WorkloadStatus.RUNNING:
-            return "workload-ended"
-        marked = session.execute(
-            update(Frame)
-            .where(*_held_by_sender(event))
-            .values(
-                state=FrameState.RENDERED,
-                final_key=final_key,
-                rendered_at=func.now(),
-                last_error=None,
-            )
-            .returning(Frame.number)
-        ).scalar_one_or_none()
-        if marked is None:
-            return "duplicate"
-        workload.rendered_frames += 1
-        _touch_user(session, workload.id, event.user_id or "")
-        outbox.record_in_catalog(
-            session,
-            workload.id,
-            object_id=workload.object_id,
-            customer_id=workload.customer_id,
-            frame_number=event.frame_number,
-            image_file_path=final_key,
-        )
-        outbox.delete_temp_blob(session, workload.id, event.temp_key)
-        completed = workload.rendered_frames >= workload.total_frames
-        if completed:
-            _complete(session, workload)
+            outbox.delete_temp_blob(session, event.session_id, event.temp_key)
+            outcome = "workload-ended"
+        else:
+            outcome = _mark_rendered(session, workload, event, final_key)
+    if outcome not in ("stored", "completed"):
+        _log("upload not needed after its copy; discarded", event, outcome=outcome)
+        send_outbox_soon(sv)
+        return outcome
+    completed = outcome == "completed"
     _log("frame stored", event, final_key=final_key, bytes=size, completed=completed)
     send_outbox_soon(sv)
     if completed:
         unbind_after_grace(sv, event.session_id)
+    return outcome
+
+
+def _mark_rendered(session: Session, workload: Workload, event: Event, final_key: str) -> str:
+    """In the caller's transaction, with the workload row locked: mark the frame rendered if
+    the sender still holds it ("stored" or "completed"), else discard the copied upload
+    ("duplicate": another copy won, or the frame moved on)."""
+    marked = session.execute(
+        update(Frame)
+        .where(*_held_by_sender(event))
+        .values(
+            state=FrameState.RENDERED,
+            final_key=final_key,
+            rendered_at=func.now(),
+            last_error=None,
+        )
+        .returning(Frame.number)
+    ).scalar_one_or_none()
+    if marked is None:
+        outbox.delete_temp_blob(session, workload.id, event.temp_key or "")
+        return "duplicate"
+    workload.rendered_frames += 1
+    _touch_user(session, workload.id, event.user_id or "")
+    outbox.record_in_catalog(
+        session,
+        workload.id,
+        object_id=workload.object_id,
+        customer_id=workload.customer_id,
+        frame_number=event.frame_number,
+        image_file_path=final_key,
+    )
+    outbox.delete_temp_blob(session, workload.id, event.temp_key or "")
+    completed = workload.rendered_frames >= workload.total_frames
+    if completed:
+        _complete(session, workload)
     return "completed" if completed else "stored"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -148,6 +149,39 @@ def test_rendered_frame_is_stored_recorded_and_cleaned_once(
     ]
     assert "tmp/u1/10.png" not in fake_peers.temp_blobs
     assert workload(supervisor, session_id).rendered_frames == 1
+
+
+@pytest.mark.parametrize("change", ["frame moves to another user", "workload failed"])
+def test_an_upload_overtaken_during_its_copy_is_removed_from_temp(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers, change: str
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    event = rendered(session_id, "u1", 10, fake_peers)
+    copy = supervisor.peers.blob.transfer_temp_to_final
+
+    def copy_while_state_changes(**kwargs: Any) -> int:
+        size = copy(**kwargs)
+        with supervisor.db.transaction() as session:
+            if change == "workload failed":
+                session.execute(
+                    update(Workload).where(Workload.id == session_id).values(status="failed")
+                )
+            else:
+                session.execute(
+                    update(Frame)
+                    .where(Frame.workload_id == session_id, Frame.number == 10)
+                    .values(user_id="u2")
+                )
+        return size
+
+    supervisor.peers.blob.transfer_temp_to_final = copy_while_state_changes
+
+    outcome = events.record_rendered_frame(supervisor, event)
+
+    assert outcome == ("workload-ended" if change == "workload failed" else "duplicate")
+    assert "tmp/u1/10.png" not in fake_peers.temp_blobs, "the overtaken upload was left behind"
+    assert fake_peers.calls("/add-rendered-image") == []
+    assert workload(supervisor, session_id).rendered_frames == 0
 
 
 @pytest.mark.parametrize(
