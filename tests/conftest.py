@@ -33,18 +33,10 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-WHOLE_STACK = ("tests/e2e/", "tests/faults/")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Whole-stack runs get one rerun: an event occasionally never reaches the intake
-    (open defect, see docs/RELIABILITY.md). The assertions stay as strict as ever; a run
-    that fails twice fails the build."""
     for item in items:
         if "tests/integration/" in item.nodeid:
             item.add_marker(pytest.mark.integration)
-        if item.nodeid.startswith(WHOLE_STACK):
-            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
 
 
 def alembic_config(database_url: str) -> Config:

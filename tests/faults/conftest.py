@@ -104,7 +104,7 @@ def assert_every_frame_exactly_once(run: Run, scenario: str, timeout: float = 18
     duplicated = sorted(n for n, count in recorded.items() if count > 1)
     assert sorted(recorded) == FRAMES, "a frame was recorded that is not in the workload"
     assert duplicated == [], f"frames recorded twice: {duplicated}"
-    wait_until(lambda: stack.simulator.temp_keys() == [], 30, "temporary uploads to be deleted")
+    _wait_for_temp_bucket_empty(stack)
 
     with RESULTS.open("a") as results:
         results.write(
@@ -121,3 +121,29 @@ def assert_every_frame_exactly_once(run: Run, scenario: str, timeout: float = 18
             )
             + "\n"
         )
+
+
+def _wait_for_temp_bucket_empty(stack: Stack, timeout: float = 30) -> None:
+    """On timeout, name each leftover upload and every worker log line that mentions it."""
+    try:
+        wait_until(lambda: stack.simulator.temp_keys() == [], timeout, "temp uploads deleted")
+    except AssertionError:
+        leftovers = stack.simulator.temp_keys()
+        worker_log = stack.processes["worker"].log_path.read_text(errors="replace")
+        mentions = {key: _log_lines_about(worker_log, key) for key in leftovers}
+        published = stack.simulator.published()
+        raise AssertionError(
+            f"temporary uploads left: {json.dumps(mentions, indent=1)}\npublished: {published}"
+        ) from None
+
+
+def _log_lines_about(log: str, temp_key: str) -> list[str]:
+    """Lines naming the key, or its user and frame (keys are temp/<session>/<user>/<frame>-x)."""
+    parts = temp_key.split("/")
+    user, frame = parts[-2], parts[-1].split("-")[0]
+    needles = [f'"user_id": "{user}", "frame": {frame},']
+    return [
+        line[:400]
+        for line in log.splitlines()
+        if temp_key in line or any(needle in line for needle in needles)
+    ]
