@@ -10,12 +10,13 @@ Handlers are safe under at-least-once delivery and any number of worker processe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -44,13 +45,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+COPY_CONCURRENCY = 8
+
 
 class EventRefused(Exception):
     """The event is well formed but does not fit our state (not our user, frame, session)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, discard_upload: bool = False) -> None:
         self.reason = reason
         self.detail = detail
+        self.discard_upload = discard_upload
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -412,6 +416,191 @@ def _mark_rendered(session: Session, workload: Workload, event: Event, final_key
     if completed:
         _complete(session, workload)
     return "completed" if completed else "stored"
+
+
+def record_rendered_frames(sv: Supervisor, batch: Sequence[Event]) -> list[str | Exception]:
+    """Many user-frame-rendered events at once, with record_rendered_frame's outcomes and
+    guarantees: one read of their state, the copies run concurrently, one transaction marks
+    them all. An event the batch cannot settle comes back as an exception (EventRefused to
+    refuse it, PeerError to retry it alone) instead of failing the others."""
+    outcomes: list[str | Exception | None] = [None] * len(batch)
+    views = _frame_views(sv, batch)
+    copies: dict[int, str] = {}
+    claimed: set[tuple[str, int]] = set()
+    unwanted: list[Event] = []
+    for index, event in enumerate(batch):
+        try:
+            final_key = _copy_target(event, views.get(index))
+        except EventRefused as exc:
+            outcomes[index] = exc
+            if exc.discard_upload:
+                unwanted.append(event)
+            continue
+        if final_key is None:
+            outcomes[index] = "duplicate"
+            unwanted.append(event)
+        elif (event.session_id, event.frame_number or 0) in claimed:
+            outcomes[index] = "duplicate"
+        else:
+            claimed.add((event.session_id, event.frame_number or 0))
+            copies[index] = final_key
+    copied = _copy_all(sv, batch, copies, outcomes)
+    completed = _mark_all(sv, batch, copied, outcomes, unwanted)
+    send_outbox_soon(sv)
+    for workload_id in completed:
+        unbind_after_grace(sv, workload_id)
+    return [outcome if outcome is not None else "duplicate" for outcome in outcomes]
+
+
+def _frame_views(sv: Supervisor, batch: Sequence[Event]) -> dict[int, _FrameView | None]:
+    """The state each event is judged against, in three reads for the whole batch."""
+    sessions = {event.session_id for event in batch}
+    frames = {(e.session_id, e.frame_number) for e in batch if e.frame_number is not None}
+    users = {(e.session_id, e.user_id) for e in batch if e.user_id}
+    with sv.db.session() as session:
+        workloads = {
+            row.id: row
+            for row in session.execute(
+                select(
+                    Workload.id, Workload.customer_id, Workload.object_id, Workload.status
+                ).where(Workload.id.in_(sessions))
+            )
+        }
+        frame_rows = (
+            {
+                (row.workload_id, row.number): row
+                for row in session.execute(
+                    select(Frame.workload_id, Frame.number, Frame.state, Frame.user_id).where(
+                        tuple_(Frame.workload_id, Frame.number).in_(list(frames))
+                    )
+                )
+            }
+            if frames
+            else {}
+        )
+        user_rows = (
+            {
+                (row.workload_id, row.user_id): row.state
+                for row in session.execute(
+                    select(
+                        WorkloadUser.workload_id, WorkloadUser.user_id, WorkloadUser.state
+                    ).where(tuple_(WorkloadUser.workload_id, WorkloadUser.user_id).in_(list(users)))
+                )
+            }
+            if users
+            else {}
+        )
+    views: dict[int, _FrameView | None] = {}
+    for index, event in enumerate(batch):
+        workload = workloads.get(event.session_id)
+        if workload is None:
+            views[index] = None
+            continue
+        frame = frame_rows.get((event.session_id, event.frame_number))
+        views[index] = _FrameView(
+            workload.customer_id,
+            workload.object_id,
+            workload.status,
+            frame.state if frame else None,
+            frame.user_id if frame else None,
+            user_rows.get((event.session_id, event.user_id)),
+        )
+    return views
+
+
+def _copy_target(event: Event, view: _FrameView | None) -> str | None:
+    """The final key to copy the upload to; None when the frame is already rendered (the
+    upload is a duplicate); EventRefused when the event does not fit our state."""
+    if event.frame_number is None or not event.temp_key or not event.extension:
+        raise EventRefused("incomplete-event", event.topic)
+    if view is None:
+        raise EventRefused("unknown-session", event.session_id)
+    if view.user_state is None:
+        raise EventRefused("not-our-user", str(event.user_id))
+    if view.frame_state is None:
+        raise EventRefused("frame-outside-workload", str(event.frame_number))
+    if view.frame_state == FrameState.RENDERED:
+        return None
+    if view.workload_status != WorkloadStatus.RUNNING:
+        raise EventRefused("workload-not-running", view.workload_status, discard_upload=True)
+    if view.frame_state != FrameState.ASSIGNED or view.frame_user != event.user_id:
+        raise EventRefused(
+            "frame-not-assigned-to-user", f"frame {event.frame_number}", discard_upload=True
+        )
+    return final_frame_key(view.customer_id, view.object_id, event.frame_number, event.extension)
+
+
+def _copy_all(
+    sv: Supervisor,
+    batch: Sequence[Event],
+    copies: dict[int, str],
+    outcomes: list[str | Exception | None],
+) -> dict[int, str]:
+    """Copy the uploads temp -> final concurrently; the indexes copied, with their keys."""
+
+    def copy(index: int) -> int:
+        event = batch[index]
+        return sv.peers.blob.transfer_temp_to_final(
+            temp_key=event.temp_key or "",
+            final_key=copies[index],
+            extension=event.extension or "",
+            max_bytes=sv.settings.max_frame_bytes,
+        )
+
+    copied: dict[int, str] = {}
+    workers = max(1, min(COPY_CONCURRENCY, len(copies)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frame-copy") as pool:
+        futures = {index: pool.submit(copy, index) for index in copies}
+    for index, future in futures.items():
+        error = future.exception()
+        if error is None:
+            copied[index] = copies[index]
+        elif isinstance(error, PeerError) and not error.transient:
+            outcomes[index] = _transfer_failed(sv, batch[index], str(error))
+        else:
+            outcomes[index] = error
+    return copied
+
+
+def _mark_all(
+    sv: Supervisor,
+    batch: Sequence[Event],
+    copied: dict[int, str],
+    outcomes: list[str | Exception | None],
+    unwanted: list[Event],
+) -> list[str]:
+    """One transaction: lock the workloads (in id order), mark every copied frame still held
+    by its sender, queue catalog records and temp deletions. Returns workloads completed."""
+    completed: list[str] = []
+    with sv.db.transaction() as session:
+        for event in unwanted:
+            outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
+        sessions = sorted({batch[index].session_id for index in copied})
+        workloads = {
+            workload.id: workload
+            for workload in session.scalars(
+                select(Workload)
+                .where(Workload.id.in_(sessions))
+                .order_by(Workload.id)
+                .with_for_update()
+            )
+        }
+        for index, final_key in copied.items():
+            event = batch[index]
+            workload = workloads.get(event.session_id)
+            if workload is None or workload.status != WorkloadStatus.RUNNING:
+                outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
+                outcomes[index] = "workload-ended"
+                continue
+            outcome = _mark_rendered(session, workload, event, final_key)
+            outcomes[index] = outcome
+            if outcome == "completed":
+                completed.append(workload.id)
+    for index in copied:
+        event = batch[index]
+        if outcomes[index] in ("stored", "completed"):
+            _log("frame stored", event, final_key=copied[index])
+    return completed
 
 
 def _held_by_sender(event: Event) -> tuple[Any, ...]:

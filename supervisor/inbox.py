@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from supervisor.db import Database
 from supervisor.intake import Event
-from supervisor.models import InboxEvent
+from supervisor.models import InboxEvent, Workload
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,48 @@ def record(db: Database, event: Event) -> int | None:
                 "body": _json(event),
             },
         ).scalar_one_or_none()
+
+
+def record_many(db: Database, events: Sequence[Event]) -> list[int | None]:
+    """Record a batch of events in one transaction: one id per event, in order, or None for
+    an event whose session is unknown (the intake refuses it)."""
+    if not events:
+        return []
+    with db.transaction() as session:
+        sessions = {event.session_id for event in events}
+        known = set(session.scalars(select(Workload.id).where(Workload.id.in_(sessions))))
+        wanted = [event for event in events if event.session_id in known]
+        ids: list[int] = []
+        if wanted:
+            ids = list(
+                session.scalars(
+                    insert(InboxEvent).returning(InboxEvent.id, sort_by_parameter_order=True),
+                    [
+                        {"workload_id": e.session_id, "topic": e.topic, "body": e.to_task()}
+                        for e in wanted
+                    ],
+                )
+            )
+    taken = iter(ids)
+    return [next(taken) if event.session_id in known else None for event in events]
+
+
+def claim_many(db: Database, inbox_ids: Sequence[int]) -> list[tuple[int, Event]]:
+    """The events of these rows still to handle, oldest first (see `claim`)."""
+    with db.transaction() as session:
+        rows = session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id.in_(list(inbox_ids)))
+            .values(dispatched_at=func.now(), attempts=InboxEvent.attempts + 1)
+            .returning(InboxEvent.id, InboxEvent.body)
+        ).all()
+    return sorted((row.id, Event.from_task(row.body)) for row in rows)
+
+
+def done_many(db: Database, inbox_ids: Sequence[int]) -> None:
+    if inbox_ids:
+        with db.transaction() as session:
+            session.execute(delete(InboxEvent).where(InboxEvent.id.in_(list(inbox_ids))))
 
 
 def _json(event: Event) -> str:

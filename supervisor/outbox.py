@@ -4,9 +4,11 @@ sent only after that commit. A failed send stays in the table and is retried wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from redis import Redis
@@ -28,6 +30,8 @@ BLOB_TEMP = "blob-temp"
 
 OUTBOX_DRAIN_LOCK_ID = 0x5E55_0B0C
 MAX_BACKOFF = timedelta(seconds=30)
+SEND_CONCURRENCY = 8
+SEND_CHUNK = 32
 
 
 class BodyPublisher(Protocol):
@@ -156,34 +160,85 @@ def _drain_locked(
     batch_size: int,
     result: DrainResult,
 ) -> None:
-    """Each row is deleted in its own commit right after its send succeeds, so a crash
-    resends at most the one message in flight, not the whole batch."""
+    """Sends run SEND_CONCURRENCY at a time: a row with an order key waits for the rows
+    before it with the same key, the others go in any order. Rows sent are deleted one
+    chunk at a time, so a crash resends at most one chunk's messages, not the batch."""
     rows = session.scalars(_due(batch_size)).all()
     session.commit()
     blocked: set[str] = set()
+    jobs = _jobs(rows)
+    with ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox") as pool:
+        for start in range(0, len(jobs), SEND_CHUNK):
+            chunk = jobs[start : start + SEND_CHUNK]
+            outcomes = list(pool.map(partial(_send_in_order, publisher, peers, blocked), chunk))
+            done = [row.id for outcome in outcomes for row in outcome.done]
+            if done:
+                session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
+            for outcome in outcomes:
+                result.sent += outcome.sent
+                if outcome.failed is not None:
+                    result.failed += 1
+                    _postpone(session, *outcome.failed)
+            session.commit()
+    result.remaining = len(rows) - result.sent
+
+
+def _jobs(rows: Sequence[OutboxMessage]) -> list[list[OutboxMessage]]:
+    """One job per order key (its rows oldest first), one per row without a key."""
+    jobs: list[list[OutboxMessage]] = []
+    by_key: dict[tuple[str, str], list[OutboxMessage]] = {}
     for row in rows:
+        key = _row_order_key(row)
+        if key is None:
+            jobs.append([row])
+        elif key in by_key:
+            by_key[key].append(row)
+        else:
+            by_key[key] = [row]
+            jobs.append(by_key[key])
+    return jobs
+
+
+def _row_order_key(row: OutboxMessage) -> tuple[str, str] | None:
+    if row.destination == USER_SERVICE:
+        return (row.destination, str(row.body.get("user_id")))
+    if row.destination == USER_MANAGER:
+        return (row.destination, str(row.workload_id))
+    return None
+
+
+@dataclass
+class _JobOutcome:
+    done: list[OutboxMessage] = field(default_factory=list)
+    sent: int = 0
+    failed: tuple[OutboxMessage, Exception] | None = None
+
+
+def _send_in_order(
+    publisher: BodyPublisher, peers: PeerClients, blocked: set[str], job: list[OutboxMessage]
+) -> _JobOutcome:
+    """Send a job's rows in order; stop at the first transient failure (the rest wait for
+    it), and skip a destination another job found failing. A row its peer refused for good
+    is logged and done with (deleted, never resent)."""
+    outcome = _JobOutcome()
+    for row in job:
         if row.destination in blocked:
-            continue
+            break
         try:
             _send(row, publisher, peers)
+            outcome.sent += 1
         except PeerError as exc:
             if exc.transient:
                 blocked.add(row.destination)
-                result.failed += 1
-                _postpone(session, row, exc)
-                session.commit()
-                continue
+                outcome.failed = (row, exc)
+                break
             _log_dropped(row, exc)
         except Exception as exc:  # noqa: BLE001 (any other send failure is kept and retried)
             blocked.add(row.destination)
-            result.failed += 1
-            _postpone(session, row, exc)
-            session.commit()
-            continue
-        session.execute(delete(OutboxMessage).where(OutboxMessage.id == row.id))
-        session.commit()
-        result.sent += 1
-    result.remaining = len(rows) - result.sent
+            outcome.failed = (row, exc)
+            break
+        outcome.done.append(row)
+    return outcome
 
 
 def _order_key(message: type[OutboxMessage] | Any) -> Any:
@@ -199,7 +254,8 @@ def _order_key(message: type[OutboxMessage] | Any) -> Any:
 
 def _due(limit: int) -> Select[tuple[OutboxMessage]]:
     """Due rows, oldest first, leaving out any row queued behind an older one of the same
-    order key that waits for its retry, so a retried message is never overtaken."""
+    order key that waits for its retry, so a retried message is never overtaken. The heads
+    are computed once (a materialized CTE), not once per candidate row."""
     waiting = aliased(OutboxMessage)
     heads = (
         select(
@@ -209,7 +265,8 @@ def _due(limit: int) -> Select[tuple[OutboxMessage]]:
         )
         .where(waiting.available_at > func.now(), _order_key(waiting).is_not(None))
         .group_by(literal_column("1"), literal_column("2"))
-        .subquery()
+        .cte("heads")
+        .prefix_with("MATERIALIZED")
     )
     behind_a_retry = (
         select(heads.c.first_waiting)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 from celery import Task, shared_task
@@ -37,15 +38,7 @@ def _run(task: Task, inbox_id: int) -> Any:
     try:
         result = handler(sv, event)
     except events.EventRefused as exc:
-        refuse(
-            sv,
-            reason=exc.reason,
-            detail=exc.detail,
-            routing_key=session_routing_key(event.session_id),
-            body=json.dumps(event.to_task()),
-            workload_id=event.session_id,
-            user_id=event.user_id,
-        )
+        _refuse(sv, event, exc)
         inbox.done(sv.db, inbox_id)
         return "refused"
     except PeerError as exc:
@@ -73,6 +66,46 @@ def new_users(self: Task, inbox_id: int) -> Any:
 @shared_task(name="tasks.frame_rendered", **RETRY)
 def frame_rendered(self: Task, inbox_id: int) -> Any:
     return _run(self, inbox_id)
+
+
+@shared_task(name="tasks.frames_rendered", **RETRY)
+def frames_rendered(self: Task, inbox_ids: list[int]) -> dict[str, int]:
+    """A batch of user-frame-rendered events from one intake flush. Events the batch cannot
+    settle (a peer failing for one upload) go on alone through `frame_rendered` and its
+    retries; a crash redoes the batch, which changes nothing for the events already done."""
+    sv = supervisor()
+    claimed = inbox.claim_many(sv.db, inbox_ids)
+    if not claimed:
+        return {}
+    outcomes = events.record_rendered_frames(sv, [event for _, event in claimed])
+    finished: list[int] = []
+    counts: Counter[str] = Counter()
+    for (inbox_id, event), outcome in zip(claimed, outcomes, strict=True):
+        if isinstance(outcome, events.EventRefused):
+            _refuse(sv, event, outcome)
+            finished.append(inbox_id)
+            counts["refused"] += 1
+        elif isinstance(outcome, Exception):
+            inbox.note_failure(sv.db, inbox_id, str(outcome))
+            frame_rendered.apply_async(args=[inbox_id], countdown=1)
+            counts["retried-alone"] += 1
+        else:
+            finished.append(inbox_id)
+            counts[outcome] += 1
+    inbox.done_many(sv.db, finished)
+    return dict(counts)
+
+
+def _refuse(sv: Any, event: Any, exc: events.EventRefused) -> None:
+    refuse(
+        sv,
+        reason=exc.reason,
+        detail=exc.detail,
+        routing_key=session_routing_key(event.session_id),
+        body=json.dumps(event.to_task()),
+        workload_id=event.session_id,
+        user_id=event.user_id,
+    )
 
 
 @shared_task(name="tasks.rendering_completed", **RETRY)

@@ -26,6 +26,7 @@ ROUTES = {
     "tasks.unbind_session": WORKLOAD_QUEUE,
     "tasks.new_users": EVENT_QUEUE,
     "tasks.frame_rendered": EVENT_QUEUE,
+    "tasks.frames_rendered": EVENT_QUEUE,
     "tasks.rendering_completed": EVENT_QUEUE,
     "tasks.user_disconnected": EVENT_QUEUE,
     "tasks.error_sending_frame": EVENT_QUEUE,

@@ -2,8 +2,9 @@
 
 A consumer bootstep runs a kombu `ConsumerMixin` on USER_MANAGER_BROKER_URL (its own
 connection: the User Manager's exchanges need not live on Celery's broker). For each
-message it parses and validates, records the event in the Postgres inbox (only for a known
-session), hands the inbox id to a Celery task, and only then acks. A message that makes no
+batch of messages it parses and validates, records the events in the Postgres inbox (only
+for a known session), hands the inbox ids to Celery tasks, and only then acks. A message
+that makes no
 sense is refused: logged with its reason, counted, kept on the dead-letter queue, and
 acked, so it is never redelivered in a loop.
 """
@@ -21,7 +22,7 @@ from kombu import Connection, Consumer, Message
 from kombu.mixins import ConsumerMixin
 
 from supervisor import inbox
-from supervisor.intake import RefusedMessage, parse
+from supervisor.intake import Event, RefusedMessage, parse
 from supervisor.messaging import IntakeTopology
 from supervisor.refusals import refuse
 from supervisor.service import Supervisor
@@ -29,12 +30,20 @@ from tasks.event_tasks import TASK_FOR_TOPIC
 
 logger = logging.getLogger(__name__)
 
-PREFETCH = 64
+PREFETCH = 256
+BATCH_SIZE = 128
+FLUSH_SECONDS = 0.02
 RETRY_PAUSE_SECONDS = 1.0
+BATCHED_TOPICS = frozenset({"user-frame-rendered"})
 
 
 class IntakeConsumer(ConsumerMixin):
-    """Survives broker restarts (ConsumerMixin reconnects with backoff)."""
+    """Survives broker restarts (ConsumerMixin reconnects with backoff).
+
+    Messages are taken in batches: up to BATCH_SIZE, or whatever arrived within
+    FLUSH_SECONDS, are recorded in one inbox statement and handed to one task, then acked.
+    Nothing is acked before its event is in Postgres; a batch lost with its connection is
+    redelivered by the broker."""
 
     def __init__(
         self,
@@ -49,6 +58,8 @@ class IntakeConsumer(ConsumerMixin):
         self.celery = celery
         self.supervisor = supervisor
         self.settle_seconds = settle_seconds
+        self._pending: list[Message] = []
+        self._oldest = 0.0
 
     def get_consumers(self, consumer_class: type[Consumer], channel: Any) -> list[Consumer]:
         queue = self.topology.declare(channel)
@@ -60,41 +71,85 @@ class IntakeConsumer(ConsumerMixin):
     def on_connection_revived(self) -> None:
         logger.info("user manager intake connected", extra={"queue": self.topology.queue_name})
 
+    def on_consume_ready(
+        self, connection: Any, channel: Any, consumers: Any, **kwargs: Any
+    ) -> None:
+        """A new channel: messages held from an old one will come again; drop them."""
+        self._pending = []
+
     def on_message(self, message: Message) -> None:
-        routing_key = message.delivery_info.get("routing_key")
-        body = message.body
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append(message)
+        if len(self._pending) >= BATCH_SIZE:
+            self.flush()
+
+    def on_iteration(self) -> None:
+        if self._pending and time.monotonic() - self._oldest >= FLUSH_SECONDS:
+            self.flush()
+
+    def run_batched(self) -> None:
+        """The consume loop, waking every FLUSH_SECONDS so a short batch is not held back."""
+        self.run(safety_interval=FLUSH_SECONDS)
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        sv = self.supervisor()
+        parsed: list[tuple[Message, Event]] = []
+        for message in batch:
+            routing_key = message.delivery_info.get("routing_key")
+            try:
+                parsed.append((message, parse(message.body, routing_key)))
+            except RefusedMessage as exc:
+                self._refuse(sv, message, exc)
         try:
-            event = parse(body, routing_key)
-            inbox_id = inbox.record(self.supervisor().db, event)
-            if inbox_id is None:
-                raise RefusedMessage("unknown-session", event.session_id)
-        except RefusedMessage as exc:
-            refuse(
-                self.supervisor(),
-                reason=exc.reason,
-                detail=exc.detail,
-                routing_key=routing_key,
-                body=body,
-            )
-            message.ack()
-            return
+            inbox_ids = inbox.record_many(sv.db, [event for _, event in parsed])
         except Exception:
-            logger.exception("intake could not record a message; it will be redelivered")
+            logger.exception(
+                "intake could not record a batch; it will be redelivered",
+                extra={"messages": len(parsed)},
+            )
             time.sleep(RETRY_PAUSE_SECONDS)
-            message.requeue()
+            for message, _ in parsed:
+                message.requeue()
             return
+        batched: list[int] = []
+        for (message, event), inbox_id in zip(parsed, inbox_ids, strict=True):
+            if inbox_id is None:
+                self._refuse(sv, message, RefusedMessage("unknown-session", event.session_id))
+            elif event.topic in BATCHED_TOPICS:
+                batched.append(inbox_id)
+            else:
+                self._dispatch(TASK_FOR_TOPIC[event.topic], event, [inbox_id])
+        if batched:
+            self._dispatch("tasks.frames_rendered", None, [batched])
+        for message, _ in parsed:
+            if not message.acknowledged:
+                message.ack()
+
+    def _refuse(self, sv: Supervisor, message: Message, exc: RefusedMessage) -> None:
+        refuse(
+            sv,
+            reason=exc.reason,
+            detail=exc.detail,
+            routing_key=message.delivery_info.get("routing_key"),
+            body=message.body,
+        )
+        message.ack()
+
+    def _dispatch(self, task: str, event: Event | None, args: list[Any]) -> None:
+        """Hand recorded events to a task; if that fails, beat re-dispatches them."""
         options: dict[str, Any] = {}
-        if event.topic == "user-rendering-completed" and self.settle_seconds:
+        if event is not None and event.topic == "user-rendering-completed" and self.settle_seconds:
             options["countdown"] = self.settle_seconds
         try:
-            self.celery.send_task(TASK_FOR_TOPIC[event.topic], args=[inbox_id], **options)
+            self.celery.send_task(task, args=args, **options)
         except Exception:
             logger.warning(
-                "event recorded but not handed to a task; beat will dispatch it",
-                extra={"workload_id": event.session_id, "topic": event.topic},
+                "events recorded but not handed to a task; beat will dispatch them",
+                extra={"task": task},
                 exc_info=True,
             )
-        message.ack()
 
 
 class UserManagerIntake(bootsteps.ConsumerStep):
@@ -116,7 +171,7 @@ class UserManagerIntake(bootsteps.ConsumerStep):
             settle_seconds=settings.completion_settle_seconds,
         )
         self._thread = threading.Thread(
-            target=self._consumer.run, name="user-manager-intake", daemon=True
+            target=self._consumer.run_batched, name="user-manager-intake", daemon=True
         )
         self._thread.start()
         logger.info("user manager intake started")

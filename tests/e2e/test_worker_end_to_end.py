@@ -66,4 +66,4 @@ def test_a_workload_completes_with_every_frame_stored_and_recorded_once(tmp_path
         flower = f"http://127.0.0.1:{stack.env['FLOWER_PORT']}/api/tasks"
         tasks = requests.get(flower, params={"limit": 5000}, timeout=10).json()
         names = {task["name"] for task in tasks.values()}
-        assert {"tasks.prepare_workload", "tasks.new_users", "tasks.frame_rendered"} <= names
+        assert {"tasks.prepare_workload", "tasks.new_users", "tasks.frames_rendered"} <= names

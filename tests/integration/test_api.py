@@ -255,7 +255,7 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
     assert response.status_code == 200
     assert response.get_json() == {"message": "Workload stopped and deleted"}
     sent = [r.json() for r in fake_peers.calls("/api/user-service/user/send-msg-to-user")]
-    assert sent == [
+    assert sorted(sent, key=lambda m: m["user_id"]) == [
         {"user_id": "user-a", "topic": "stop-work", "data": {}},
         {"user_id": "user-b", "topic": "stop-work", "data": {}},
     ]

@@ -225,7 +225,7 @@ def test_last_frame_completes_the_workload(
     assert len(fake_peers.calls("/add-rendered-image")) == 11
     assert fake_peers.temp_blobs == {}
     stops = [m["user_id"] for m in lists_sent(fake_peers, "stop-work")]
-    assert stops == ["u1", "u2"]
+    assert sorted(stops) == ["u1", "u2"], "one stop-work per user; users are independent"
     assert supervisor.publisher.topics()[-2:] == [
         "users-released",
         "remove-users-demand-completely",
@@ -566,3 +566,68 @@ def test_a_re_upload_of_a_rendered_frame_is_removed_and_changes_nothing(
     assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
     assert len(fake_peers.calls("/add-rendered-image")) == 1
     assert workload(supervisor, session_id).rendered_frames == 1
+
+
+# --- batches -----------------------------------------------------------------------------
+
+
+def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    owner = assignments(supervisor, session_id)
+    u1_frame = min(n for n, u in owner.items() if u == "u1")
+    u2_frame = min(n for n, u in owner.items() if u == "u2")
+    first = rendered(session_id, "u1", u1_frame, fake_peers)
+    batch = [
+        first,
+        first,  # the same event twice in one batch
+        rendered(session_id, "u2", u2_frame, fake_peers),
+        rendered(session_id, "u2", u1_frame, fake_peers, key="tmp/u2/not-mine.png"),
+        rendered(session_id, "stranger", u1_frame, fake_peers),
+        rendered(session_id, "u1", 99, fake_peers),
+    ]
+
+    outcomes = events.record_rendered_frames(supervisor, batch)
+
+    assert outcomes[:3] == ["stored", "duplicate", "stored"]
+    assert [o.reason for o in outcomes[3:]] == [  # type: ignore[union-attr]
+        "frame-not-assigned-to-user",
+        "not-our-user",
+        "frame-outside-workload",
+    ]
+    assert sorted(fake_peers.stored) == sorted(
+        f"cust-1/obj-1/{n:03d}.png" for n in (u1_frame, u2_frame)
+    )
+    records = sorted(r.json()["frameNumber"] for r in fake_peers.calls("/add-rendered-image"))
+    assert records == sorted([u1_frame, u2_frame])
+    assert workload(supervisor, session_id).rendered_frames == 2
+    left = set(fake_peers.temp_blobs)
+    assert {first.temp_key, "tmp/u2/not-mine.png", f"tmp/u2/{u2_frame}.png"} & left == set()
+    assert events.record_rendered_frames(supervisor, [first]) == ["duplicate"]
+
+
+def test_a_batch_retries_only_the_upload_whose_copy_failed(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1"))
+    batch = [rendered(session_id, "u1", n, fake_peers) for n in (10, 11, 12)]
+    copy = supervisor.peers.blob.transfer_temp_to_final
+
+    def blob_fails_for_frame_11(**kwargs: Any) -> int:
+        if kwargs["temp_key"].endswith("/11.png"):
+            raise PeerError("blob-service", "retrieve-temp", "down", status=503)
+        return copy(**kwargs)
+
+    supervisor.peers.blob.transfer_temp_to_final = blob_fails_for_frame_11
+
+    outcomes = events.record_rendered_frames(supervisor, batch)
+
+    assert outcomes[0] == "stored"
+    assert outcomes[2] == "stored"
+    assert isinstance(outcomes[1], PeerError)
+    assert outcomes[1].transient
+    assert assignments(supervisor, session_id)[11] == "u1"
+    assert "tmp/u1/11.png" in fake_peers.temp_blobs
+    supervisor.peers.blob.transfer_temp_to_final = copy
+    assert events.record_rendered_frame(supervisor, batch[1]) == "stored"

@@ -73,7 +73,7 @@ def consumer(amqp_supervisor: Supervisor) -> Iterator[tuple[IntakeConsumer, Reco
     intake = IntakeConsumer(
         amqp_supervisor.topology, celery, lambda: amqp_supervisor, settle_seconds=1.5
     )
-    thread = threading.Thread(target=intake.run, daemon=True)
+    thread = threading.Thread(target=intake.run_batched, daemon=True)
     thread.start()
     yield intake, celery
     intake.should_stop = True
@@ -151,6 +151,45 @@ def test_valid_events_become_tasks_and_are_acked(
         {"topic": "new-users", "session_id": session_id, "user_ids": ["u1"]},
         {"topic": "user-rendering-completed", "session_id": session_id, "user_id": "u1"},
     ]
+
+
+def test_a_burst_of_rendered_frames_is_recorded_and_handed_off_in_batches(
+    amqp_supervisor: Supervisor, consumer, session_id: str
+) -> None:  # type: ignore[no-untyped-def]
+    intake, celery = consumer
+    key = session_routing_key(session_id)
+    frames = list(range(300))
+    with Connection(amqp_supervisor.topology.url) as connection:
+        producer = Producer(connection.default_channel)
+        for frame in frames:
+            body = {
+                "topic": "user-frame-rendered",
+                "data": {
+                    "user-id": "u1",
+                    "frame-number": frame,
+                    "image-extension": "png",
+                    "image-binary-path": f"temp/u1/{frame}.png",
+                },
+            }
+            producer.publish(
+                body, exchange=SESSION_SUPERVISOR_EXCHANGE, routing_key=key, serializer="json"
+            )
+
+    def handed_off() -> list[int]:
+        return [
+            i for name, args, _ in celery.sent if name == "tasks.frames_rendered" for i in args[0]
+        ]
+
+    wait_for(lambda: len(handed_off()) == len(frames))
+    batches = [name for name, _args, _ in celery.sent]
+    assert set(batches) == {"tasks.frames_rendered"}
+    assert len(batches) <= len(frames) // 10, "one task per batch, not per event"
+    assert [inbox_body(amqp_supervisor, i)["frame_number"] for i in handed_off()] == frames
+    intake.should_stop = True
+    time.sleep(1.5)  # the consumer's connection closes: anything unacked is ready again
+    with Connection(amqp_supervisor.topology.url) as connection:
+        queue = amqp_supervisor.topology.declare(connection.default_channel)
+        assert queue.queue_declare(passive=True).message_count == 0, "every message acked"
 
 
 def inbox_body(sv: Supervisor, inbox_id: int) -> dict[str, Any]:
