@@ -4,7 +4,7 @@ sent only after that commit. A failed send stays in the table and is retried wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +32,7 @@ OUTBOX_DRAIN_LOCK_ID = 0x5E55_0B0C
 MAX_BACKOFF = timedelta(seconds=30)
 SEND_CONCURRENCY = 8
 SEND_CHUNK = 32
+ONE_AT_A_TIME = frozenset({CATALOG})
 
 
 class BodyPublisher(Protocol):
@@ -160,30 +161,39 @@ def _drain_locked(
     batch_size: int,
     result: DrainResult,
 ) -> None:
-    """Sends run SEND_CONCURRENCY at a time: a row with an order key waits for the rows
-    before it with the same key, the others go in any order. Rows sent are deleted one
-    chunk at a time, so a crash resends at most one chunk's messages, not the batch."""
+    """Messages a repeat cannot harm (temp deletions, users' lists, User Manager demands)
+    go SEND_CONCURRENCY at a time and are deleted a chunk at a time. Catalog records, which
+    a repeat would duplicate, go one by one, each deleted in its own commit right after its
+    send, so a crash resends at most the one record in flight."""
     rows = session.scalars(_due(batch_size)).all()
     session.commit()
     blocked: set[str] = set()
-    jobs = _jobs(rows)
+    jobs = _jobs(row for row in rows if row.destination not in ONE_AT_A_TIME)
     with ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox") as pool:
         for start in range(0, len(jobs), SEND_CHUNK):
             chunk = jobs[start : start + SEND_CHUNK]
             outcomes = list(pool.map(partial(_send_in_order, publisher, peers, blocked), chunk))
-            done = [row.id for outcome in outcomes for row in outcome.done]
-            if done:
-                session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
-            for outcome in outcomes:
-                result.sent += outcome.sent
-                if outcome.failed is not None:
-                    result.failed += 1
-                    _postpone(session, *outcome.failed)
-            session.commit()
+            _settle(session, outcomes, result)
+    for row in rows:
+        if row.destination in ONE_AT_A_TIME:
+            _settle(session, [_send_in_order(publisher, peers, blocked, [row])], result)
     result.remaining = len(rows) - result.sent
 
 
-def _jobs(rows: Sequence[OutboxMessage]) -> list[list[OutboxMessage]]:
+def _settle(session: Session, outcomes: list[_JobOutcome], result: DrainResult) -> None:
+    """Delete what was sent and postpone what failed, in one commit."""
+    done = [row.id for outcome in outcomes for row in outcome.done]
+    if done:
+        session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
+    for outcome in outcomes:
+        result.sent += outcome.sent
+        if outcome.failed is not None:
+            result.failed += 1
+            _postpone(session, *outcome.failed)
+    session.commit()
+
+
+def _jobs(rows: Iterable[OutboxMessage]) -> list[list[OutboxMessage]]:
     """One job per order key (its rows oldest first), one per row without a key."""
     jobs: list[list[OutboxMessage]] = []
     by_key: dict[tuple[str, str], list[OutboxMessage]] = {}

@@ -5,11 +5,18 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, text, update
+from sqlalchemy import func, select, text, update
 
 from supervisor.errors import PeerError
 from supervisor.models import OutboxMessage
-from supervisor.outbox import OUTBOX_DRAIN_LOCK_ID, drain, to_user_manager, to_users
+from supervisor.outbox import (
+    CATALOG,
+    OUTBOX_DRAIN_LOCK_ID,
+    drain,
+    record_in_catalog,
+    to_user_manager,
+    to_users,
+)
 from supervisor.service import Supervisor
 
 
@@ -98,3 +105,37 @@ def test_a_newer_message_never_overtakes_an_older_one_waiting_for_a_retry(
         session.execute(update(OutboxMessage).values(available_at=func.now()))
     drain(supervisor.db, supervisor.publisher, peers)
     assert users.delivered == [("u2", "u2-only"), ("u1", "u1-first"), ("u1", "u1-second")]
+
+
+def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Supervisor) -> None:
+    """A crash may resend only the record in flight: catalog records are not idempotent."""
+    seen_waiting: list[int] = []
+
+    class Catalog:
+        def add_rendered_image(self, **_record: Any) -> None:
+            with supervisor.db.session() as session:
+                seen_waiting.append(
+                    session.scalar(
+                        select(func.count())
+                        .select_from(OutboxMessage)
+                        .where(OutboxMessage.destination == CATALOG)
+                    )
+                    or 0
+                )
+
+    with supervisor.db.transaction() as session:
+        for frame in range(5):
+            record_in_catalog(
+                session,
+                "session-1",
+                object_id="o",
+                customer_id="c",
+                frame_number=frame,
+                image_file_path=f"c/o/{frame:03d}.png",
+            )
+    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
+
+    result = drain(supervisor.db, supervisor.publisher, peers)
+
+    assert result.sent == 5
+    assert seen_waiting == [5, 4, 3, 2, 1]
