@@ -426,7 +426,7 @@ def record_rendered_frames(sv: Supervisor, batch: Sequence[Event]) -> list[str |
     outcomes: list[str | Exception | None] = [None] * len(batch)
     views = _frame_views(sv, batch)
     copies: dict[int, str] = {}
-    claimed: set[tuple[str, int]] = set()
+    claimed: dict[tuple[str, int], str | None] = {}
     unwanted: list[Event] = []
     for index, event in enumerate(batch):
         try:
@@ -441,8 +441,10 @@ def record_rendered_frames(sv: Supervisor, batch: Sequence[Event]) -> list[str |
             unwanted.append(event)
         elif (event.session_id, event.frame_number or 0) in claimed:
             outcomes[index] = "duplicate"
+            if claimed[(event.session_id, event.frame_number or 0)] != event.temp_key:
+                unwanted.append(event)  # a second upload of the frame: one copy is enough
         else:
-            claimed.add((event.session_id, event.frame_number or 0))
+            claimed[(event.session_id, event.frame_number or 0)] = event.temp_key
             copies[index] = final_key
     copied = _copy_all(sv, batch, copies, outcomes)
     completed = _mark_all(sv, batch, copied, outcomes, unwanted)

@@ -582,6 +582,7 @@ def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
     batch = [
         first,
         first,  # the same event twice in one batch
+        rendered(session_id, "u1", u1_frame, fake_peers, key="tmp/u1/second-upload.png"),
         rendered(session_id, "u2", u2_frame, fake_peers),
         rendered(session_id, "u2", u1_frame, fake_peers, key="tmp/u2/not-mine.png"),
         rendered(session_id, "stranger", u1_frame, fake_peers),
@@ -590,8 +591,8 @@ def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
 
     outcomes = events.record_rendered_frames(supervisor, batch)
 
-    assert outcomes[:3] == ["stored", "duplicate", "stored"]
-    assert [o.reason for o in outcomes[3:]] == [  # type: ignore[union-attr]
+    assert outcomes[:4] == ["stored", "duplicate", "duplicate", "stored"]
+    assert [o.reason for o in outcomes[4:]] == [  # type: ignore[union-attr]
         "frame-not-assigned-to-user",
         "not-our-user",
         "frame-outside-workload",
@@ -603,7 +604,8 @@ def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
     assert records == sorted([u1_frame, u2_frame])
     assert workload(supervisor, session_id).rendered_frames == 2
     left = set(fake_peers.temp_blobs)
-    assert {first.temp_key, "tmp/u2/not-mine.png", f"tmp/u2/{u2_frame}.png"} & left == set()
+    uploads = {first.temp_key, "tmp/u1/second-upload.png", "tmp/u2/not-mine.png"}
+    assert (uploads | {f"tmp/u2/{u2_frame}.png"}) & left == set()
     assert events.record_rendered_frames(supervisor, [first]) == ["duplicate"]
 
 
