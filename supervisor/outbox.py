@@ -146,7 +146,7 @@ def drain(
             return result
         result.locked = True
         try:
-            _drain_locked(session, publisher, peers, batch_size, result)
+            _drain_locked(db, session, publisher, peers, batch_size, result)
         finally:
             session.rollback()
             session.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID})
@@ -155,6 +155,7 @@ def drain(
 
 
 def _drain_locked(
+    db: Database,
     session: Session,
     publisher: BodyPublisher,
     peers: PeerClients,
@@ -173,24 +174,40 @@ def _drain_locked(
         for start in range(0, len(jobs), SEND_CHUNK):
             chunk = jobs[start : start + SEND_CHUNK]
             outcomes = list(pool.map(partial(_send_in_order, publisher, peers, blocked), chunk))
-            _settle(session, outcomes, result)
+            _settle(db, session, outcomes, result)
     for row in rows:
         if row.destination in ONE_AT_A_TIME:
-            _settle(session, [_send_in_order(publisher, peers, blocked, [row])], result)
+            _settle(db, session, [_send_in_order(publisher, peers, blocked, [row])], result)
     result.remaining = len(rows) - result.sent
 
 
-def _settle(session: Session, outcomes: list[_JobOutcome], result: DrainResult) -> None:
-    """Delete what was sent and postpone what failed, in one commit."""
+def _settle(
+    db: Database, session: Session, outcomes: list[_JobOutcome], result: DrainResult
+) -> None:
+    """Delete what was sent and postpone what failed, in one commit. If the drain's own
+    connection died meanwhile (a restarted or killed backend), the sent rows are deleted
+    through a fresh one before the drain gives up, so they are not sent a second time."""
     done = [row.id for outcome in outcomes for row in outcome.done]
-    if done:
-        session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
+    try:
+        if done:
+            session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
+        for outcome in outcomes:
+            if outcome.failed is not None:
+                _postpone(session, *outcome.failed)
+        session.commit()
+    except OperationalError:
+        if done:
+            with db.transaction() as fresh:
+                fresh.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
+            logger.warning(
+                "outbox drain lost its database connection; sent messages forgotten anyway",
+                extra={"sent": len(done)},
+            )
+        raise
     for outcome in outcomes:
         result.sent += outcome.sent
         if outcome.failed is not None:
             result.failed += 1
-            _postpone(session, *outcome.failed)
-    session.commit()
 
 
 def _jobs(rows: Iterable[OutboxMessage]) -> list[list[OutboxMessage]]:

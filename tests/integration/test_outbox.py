@@ -5,7 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from supervisor.errors import PeerError
 from supervisor.models import OutboxMessage
@@ -139,3 +141,39 @@ def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Supe
 
     assert result.sent == 5
     assert seen_waiting == [5, 4, 3, 2, 1]
+
+
+def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_again(
+    supervisor: Supervisor,
+) -> None:
+    calls: list[int] = []
+
+    class Catalog:
+        def add_rendered_image(self, **record: Any) -> None:
+            calls.append(record["frame_number"])
+            with supervisor.db.session() as session:  # the database restarts the drainer
+                session.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
+                        "locktype = 'advisory' AND granted "
+                        "AND ((classid::bigint << 32) | objid::bigint) = :id"
+                    ),
+                    {"id": OUTBOX_DRAIN_LOCK_ID},
+                )
+
+    with supervisor.db.transaction() as session:
+        record_in_catalog(
+            session,
+            "session-1",
+            object_id="o",
+            customer_id="c",
+            frame_number=7,
+            image_file_path="c/o/007.png",
+        )
+    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
+
+    with pytest.raises(OperationalError):
+        drain(supervisor.db, supervisor.publisher, peers)
+    drain(supervisor.db, supervisor.publisher, peers)
+
+    assert calls == [7]
