@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Catalog:
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str], BlendObject] = {}
         self._records: list[dict[str, Any]] = []
+        self._received_at: list[float] = []
 
     def add_object(self, customer_id: str, object_id: str, blend_file: Path) -> str:
         """Copy `blend_file` into the blend-files bucket and register it; return its key."""
@@ -88,6 +90,7 @@ class Catalog:
         line = json.dumps(body, sort_keys=True)
         with self._lock:
             self._records.append(dict(body))
+            self._received_at.append(time.monotonic())
             with self._records_file.open("a", encoding="utf-8") as out:
                 out.write(line + "\n")
         logger.info(
@@ -98,3 +101,8 @@ class Catalog:
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(r) for r in self._records]
+
+    def arrival_times(self) -> list[float]:
+        """time.monotonic() at which each record of `records()` arrived, in the same order."""
+        with self._lock:
+            return list(self._received_at)

@@ -211,6 +211,10 @@ class Simulator:
         """add-rendered-image bodies received since start, in order."""
         return self.catalog.records()
 
+    def catalog_arrival_times(self) -> list[float]:
+        """time.monotonic() of each catalog record's arrival, in `catalog_records()` order."""
+        return self.catalog.arrival_times()
+
     def temp_keys(self) -> list[str]:
         """Keys still in the temp bucket (users' uploads not yet deleted by the supervisor)."""
         return self.blobs.keys(TEMP_BUCKET)

@@ -39,6 +39,7 @@ def test_worker_killed_three_times(tmp_path: Path) -> None:
         for share in (0.15, 0.4, 0.65):
             run.wait_for_frames(int(share * len(FRAMES)) + rng.randint(0, 5), timeout=120)
             worker.kill()
+            run.crashes.append(time.monotonic())
             run.faults.append(f"worker SIGKILL at {run.completed_frames()} frames")
             time.sleep(rng.uniform(0.2, 1.5))
             worker.start()
