@@ -145,9 +145,17 @@ def _assign(session: Session, workload_id: str, plan: dict[str, list[int]]) -> N
     )
 
 
-def _send_lists(session: Session, workload: Workload, users: Iterable[str]) -> int:
-    """Send each user its whole current list; `start-rendering` replaces a user's queue."""
-    queues = _queues(session, workload.id, sorted(users))
+def _send_lists(
+    session: Session,
+    workload: Workload,
+    users: Iterable[str],
+    known: dict[str, list[int]] | None = None,
+) -> int:
+    """Send each user its whole current list; `start-rendering` replaces a user's queue.
+    Lists in `known` (users who held nothing before this assignment) are not read back."""
+    known = known or {}
+    queues = _queues(session, workload.id, sorted(set(users) - set(known)))
+    queues = {user: queues[user] if user in queues else known[user] for user in sorted(set(users))}
     blend_hash = workload.blend_file_hash or ""
     outbox.to_users(
         session,
@@ -184,7 +192,8 @@ def distribute(
         ).all()
         plan = scheduling.split_runs(frames, grants)
         _assign(session, workload.id, plan)
-        _send_lists(session, workload, plan)
+        fresh = {user: frames for user, frames in plan.items() if held[user] == 0}
+        _send_lists(session, workload, plan, known=fresh)
         return {user: len(frames) for user, frames in plan.items()}
     idle = sorted(user for user, count in held.items() if count == 0)
     if not idle:
