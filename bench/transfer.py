@@ -2,7 +2,8 @@
 
 Two Blob Services, both in the harness process on the same disk: the simulator's (werkzeug,
 multipart parsed into a spool file) and a minimal one (sendfile out, the image part copied
-straight to its file in), so a slow simulator shows up as the gap between the two rows.
+to a spool file with no parser in between), so a slow simulator shows up as the gap between
+the two rows.
 The transfer runs in a fresh child (`python -m bench.transfer --child ...`) whose RSS is
 sampled every 10 ms. Baseline, same run: `cp` of the same bytes on the same disk, with the
 same warm page cache.
@@ -29,11 +30,17 @@ from bench.harness import GiB, MiB, Options, Row, at_most, log, ratio_at_least, 
 TEMP_KEY = "temp/bench/user/1-bench.png"
 FINAL_KEY = "bench/transfer/001.png"
 RSS_GROWTH_LIMIT_MIB = 64
-COPY_CHUNK = 1024 * 1024
+COPY_CHUNK = 256 * 1024
 
 
 class MinimalBlobServer:
-    """retrieve-temp and store-image over plain files, as little work as HTTP allows."""
+    """retrieve-temp and store-image over plain files, as little work as HTTP allows.
+
+    The image part is read into one reused `COPY_CHUNK` buffer and written to a spool
+    file renamed into place once the whole upload arrived (an interrupted upload stores
+    nothing). 256 KiB stays in the CPU cache between the socket read and the file write:
+    with 4 MiB pieces the same copy cost this machine 2-3x the kernel time per GiB.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -116,23 +123,30 @@ class MinimalBlobServer:
                 if key is None:
                     self._reply(400, b'{"message": "no key"}')
                     return
+                final = store.final_path(key.group(1).decode())
+                spool = final.with_name(final.name + ".part")
                 remaining = length - image_start - len(trailer)
                 body = head[image_start:]
-                with store.final_path(key.group(1).decode()).open("wb") as out:
-                    first = body[:remaining]
-                    out.write(first)
-                    remaining -= len(first)
-                    tail = body[len(first) :]
-                    while remaining > 0:
-                        chunk = self.rfile.read(min(COPY_CHUNK, remaining))
-                        if not chunk:
-                            raise ConnectionError("upload ended early")
-                        out.write(chunk)
-                        remaining -= len(chunk)
-                    tail += self.rfile.read(len(trailer) - len(tail))
-                if tail != trailer:
-                    self._reply(400, b'{"message": "bad multipart trailer"}')
-                    return
+                try:
+                    with spool.open("wb") as out:
+                        first = body[:remaining]
+                        out.write(first)
+                        remaining -= len(first)
+                        tail = body[len(first) :]
+                        buffer = memoryview(bytearray(COPY_CHUNK))
+                        while remaining > 0:
+                            got = self.rfile.readinto(buffer[: min(COPY_CHUNK, remaining)])
+                            if not got:
+                                raise ConnectionError("upload ended early")
+                            out.write(buffer[:got])
+                            remaining -= got
+                        tail += self.rfile.read(len(trailer) - len(tail))
+                    if tail != trailer:
+                        self._reply(400, b'{"message": "bad multipart trailer"}')
+                        return
+                    os.replace(spool, final)
+                finally:
+                    spool.unlink(missing_ok=True)
                 self._reply(200, b'{"message": "Image stored"}')
 
         return Handler
