@@ -204,7 +204,9 @@ def run(opts: Options) -> list[Row]:
                 copies.append(cp_seconds(source, tmp / "cp.copy"))
                 for name, (base_url, final) in servers.items():
                     args = {"base_url": base_url, "workdir": str(work)}
+                    served_from = time.process_time()
                     result = run_child("bench.transfer", args, timeout=600)
+                    result["server_cpu"] = time.process_time() - served_from
                     stored = final()
                     if result["bytes"] != size or stored.stat().st_size != size:
                         raise RuntimeError(f"transfer via {name}: sizes differ")
@@ -243,6 +245,21 @@ def run(opts: Options) -> list[Row]:
                 "peak RSS of the transferring process minus its RSS before",
             )
         )
+        for side, key, note in (
+            ("transferring process", "cpu", "user + system CPU of the child during the transfer"),
+            ("Blob Service", "server_cpu", "user + system CPU of the harness process (servers)"),
+        ):
+            rows.append(
+                Row(
+                    "transfer",
+                    f"{label} via {name} blob HTTP: CPU s per GiB, {side}",
+                    "s",
+                    [r[key] * GiB / size for r in results],
+                    None,
+                    [],
+                    note + "; independent of how busy the machine is, unlike wall time",
+                )
+            )
     return rows
 
 
@@ -258,6 +275,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     before = sampler.current()
     sampler.reset()
     began = time.perf_counter()
+    cpu_from = time.process_time()
     size = client.transfer_temp_to_final(
         temp_key=TEMP_KEY,
         final_key=FINAL_KEY,
@@ -266,9 +284,16 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         workdir=Path(args["workdir"]),
     )
     seconds = time.perf_counter() - began
+    cpu = time.process_time() - cpu_from
     peak = sampler.stop()
     client.close()
-    return {"seconds": seconds, "bytes": size, "rss_before": before, "rss_peak": peak}
+    return {
+        "seconds": seconds,
+        "cpu": cpu,
+        "bytes": size,
+        "rss_before": before,
+        "rss_peak": peak,
+    }
 
 
 def main() -> int:
