@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -630,6 +631,32 @@ def test_store_image_streams_exact_multipart(
     assert headers["Content-Type"] == "image/png"
     assert content == data
     assert len(parts) == 4
+
+
+def test_uploads_reach_the_socket_in_large_pieces(
+    server: _PeerServer, peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the 16 KiB urllib3 reads from a file-like body: per-piece costs add up per GiB."""
+    sent: list[int] = []
+    send = http.client.HTTPConnection.send
+
+    def recording_send(self: http.client.HTTPConnection, data: Any) -> None:
+        sent.append(len(data))
+        send(self, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", recording_send)
+    data = os.urandom(3 * UPLOAD_CHUNK_BYTES)
+    (tmp_path / "f").write_bytes(data)
+    server.route("GET", RETRIEVE_TEMP, Reply(200, data))
+    server.route("POST", STORE_IMAGE, Reply(200))
+
+    peers.blob.store_image(key="c/o/001.png", extension="png", source=tmp_path / "f")
+    peers.blob.transfer_temp_to_final(
+        temp_key="t/1.png", final_key="c/o/001.png", extension="png", max_bytes=len(data)
+    )
+
+    large = [size for size in sent if size >= UPLOAD_CHUNK_BYTES // 2]
+    assert sum(large) >= 2 * len(data) - 2 * UPLOAD_CHUNK_BYTES, sent
 
 
 def test_store_image_from_file_object_starts_at_its_position(
