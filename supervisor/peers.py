@@ -10,7 +10,7 @@ method and endpoint:
   new-session registers the same supervisor id again, which the User Manager treats
   idempotently: an adapter mounted on exactly these two URLs retries them on connection
   errors, timeouts and 502/503/504. The upload body can be rewound, so a retry resends
-  it whole.
+  it whole (a transfer's body, streamed from the temp blob, is fetched again for it).
 * Every other POST (add-rendered-image, send-msg-to-user[-with-acknowledgment]) is
   retried only when no connection could be made, when nothing reached the peer yet.
   After that, a repeat could record an image twice or deliver a message twice, so the
@@ -34,20 +34,20 @@ import tempfile
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Protocol
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests_toolbelt import MultipartEncoder
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.fields import RequestField
 from urllib3.util.retry import Retry
 
 from supervisor.config import Settings
@@ -56,6 +56,10 @@ from supervisor.errors import InvalidInput, ObjectNotRenderable, PeerError
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
+# One read-then-send step of an upload: a GiB is 512 steps, so per-step Python and
+# syscall costs vanish (1, 2 and 4 MiB measured alike), and two steps' worth is the
+# memory an upload holds.
+UPLOAD_CHUNK_BYTES = 2 * 1024 * 1024
 MAX_KEY_BYTES = 1024
 MAX_ID_CHARS = 256
 MAX_JSON_BYTES = 1024 * 1024
@@ -237,33 +241,90 @@ def _drain(resp: requests.Response, limit: int = 64 * 1024) -> None:
         return
 
 
-class _SizedReader:
-    """The rest of a file, from its current offset, with the `len` MultipartEncoder asks for.
+def _declared_length(resp: requests.Response) -> int | None:
+    """The body's length as sent on the wire, or None when it is not declared or encoded."""
+    declared = resp.headers.get("Content-Length", "")
+    encoding = resp.headers.get("Content-Encoding", "identity").lower()
+    if encoding != "identity" or "Transfer-Encoding" in resp.headers:
+        return None
+    if not (declared.isascii() and declared.isdigit()):
+        return None
+    return int(declared)
 
-    Handing the encoder this instead of the file keeps it from copying a BytesIO whole
-    (it calls `getvalue()`) and from sizing a real file from offset 0 (`fstat`).
+
+def _multipart_frame(
+    fields: list[tuple[str, str]],
+    *,
+    file_field: str,
+    filename: str,
+    content_type: str,
+    boundary: str,
+) -> tuple[bytes, bytes]:
+    """What goes before and after the file part of a multipart/form-data body.
+
+    The text fields come first and the file last, each part's headers rendered by
+    urllib3's `RequestField`, byte for byte what requests_toolbelt's MultipartEncoder
+    sent before, so the body can be streamed without an encoder in the way.
     """
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    head = bytearray()
+    for name, value in fields:
+        part = RequestField(name=name, data=value)
+        part.make_multipart()
+        head += delimiter + part.render_headers().encode("utf-8") + value.encode("utf-8")
+        head += b"\r\n"
+    part = RequestField(name=file_field, data=b"", filename=filename)
+    part.make_multipart(content_type=content_type)
+    head += delimiter + part.render_headers().encode("utf-8")
+    tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+    return bytes(head), tail
+
+
+class _PartSource(Protocol):
+    """The content of a multipart file part: its exact size, its chunks, a way back."""
+
+    size: int
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The content from where the last rewind left it, `size` bytes in all."""
+        ...
+
+    def rewind(self) -> None:
+        """Make `chunks` start again from the beginning (the upload is being retried)."""
+        ...
+
+
+class _FilePart:
+    """The rest of a seekable binary file from its current offset, read into one buffer."""
 
     def __init__(self, fileobj: BinaryIO) -> None:
         self._fileobj = fileobj
-        start = fileobj.tell()
-        self.len = fileobj.seek(0, os.SEEK_END) - start
-        fileobj.seek(start)
+        self._start = fileobj.tell()
+        self.size = fileobj.seek(0, os.SEEK_END) - self._start
+        fileobj.seek(self._start)
 
-    def read(self, size: int = -1) -> bytes:
-        want = self.len if size < 0 else min(size, self.len)
-        data = self._fileobj.read(want) if want else b""
-        if want and not data:
-            raise OSError("the upload source shrank while being sent")
-        self.len -= len(data)
-        return data
+    def chunks(self) -> Iterator[memoryview]:
+        """Each chunk is a view of the same buffer, sent before the next one is read."""
+        view = memoryview(bytearray(max(1, min(UPLOAD_CHUNK_BYTES, self.size))))
+        left = self.size
+        while left:
+            read = self._fileobj.readinto(view[: min(left, len(view))])
+            if not read:
+                raise OSError("the upload source shrank while being sent")
+            left -= read
+            yield view[:read]
+
+    def rewind(self) -> None:
+        self._fileobj.seek(self._start)
 
 
-class _RewindableMultipart:
-    """A streaming multipart body that urllib3 can rewind (seek(0)) to resend on a retry.
+class _MultipartBody:
+    """A multipart/form-data body whose last part streams from a `_PartSource`.
 
-    `MultipartEncoder` cannot seek; this rebuilds it over the same file, from the file's
-    starting offset and with the same boundary (already sent in Content-Type).
+    It is iterated, not read: given a `read` method urllib3 would pull 16 KiB at a time,
+    this way each chunk of the source goes to the socket as it is. `len` gives requests
+    the Content-Length (the body is never sent chunked); `tell` and `seek(0)` let urllib3
+    rewind it to resend it whole on a retry, the source starting over.
     """
 
     def __init__(
@@ -273,36 +334,32 @@ class _RewindableMultipart:
         file_field: str,
         filename: str,
         content_type: str,
-        fileobj: BinaryIO,
+        source: _PartSource,
     ) -> None:
-        self._fields = fields
-        self._file_field = file_field
-        self._filename = filename
-        self._file_type = content_type
-        self._fileobj = fileobj
-        self._start = fileobj.tell()
         self._boundary = uuid.uuid4().hex
-        self._pos = 0
-        self._encoder = self._build()
-
-    def _build(self) -> MultipartEncoder:
-        file_part = (self._filename, _SizedReader(self._fileobj), self._file_type)
-        return MultipartEncoder(
-            fields=[*self._fields, (self._file_field, file_part)], boundary=self._boundary
+        self._head, self._tail = _multipart_frame(
+            fields,
+            file_field=file_field,
+            filename=filename,
+            content_type=content_type,
+            boundary=self._boundary,
         )
+        self._source = source
+        self.len = len(self._head) + source.size + len(self._tail)
+        self._pos = 0
 
     @property
     def content_type(self) -> str:
-        return str(self._encoder.content_type)
+        return f"multipart/form-data; boundary={self._boundary}"
 
-    @property
-    def len(self) -> int:
-        return int(self._encoder.len)
-
-    def read(self, size: int = -1) -> bytes:
-        data = bytes(self._encoder.read(size))
-        self._pos += len(data)
-        return data
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        self._pos += len(self._head)
+        yield self._head
+        for chunk in self._source.chunks():
+            self._pos += len(chunk)
+            yield chunk
+        self._pos += len(self._tail)
+        yield self._tail
 
     def tell(self) -> int:
         return self._pos
@@ -310,8 +367,7 @@ class _RewindableMultipart:
     def seek(self, offset: int, whence: int = 0) -> int:
         if offset != 0 or whence != 0:
             raise OSError("the upload can only be rewound to its start")
-        self._fileobj.seek(self._start)
-        self._encoder = self._build()
+        self._source.rewind()
         self._pos = 0
         return 0
 
@@ -628,23 +684,31 @@ class BlobClient(_PeerClient):
     ) -> int:
         _check_int("max_bytes", max_bytes, minimum=0)
         dest = Path(dest)
+        with self._get(operation, path, params, max_bytes) as (resp, _declared):
+            try:
+                return self._stream_to(resp, operation, dest, max_bytes)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+
+    @contextmanager
+    def _get(
+        self, operation: str, path: str, params: Mapping[str, str], max_bytes: int
+    ) -> Iterator[tuple[requests.Response, int | None]]:
+        """A 200 response with its declared length, refused early when that exceeds
+        `max_bytes`; the body is the caller's to read."""
         with self._exchange(operation, "GET", self._prefix + path, params=params) as resp:
             if resp.status_code != 200:
                 raise self._status_error(resp, operation)
-            declared = resp.headers.get("Content-Length", "")
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
-            if not encoded and declared.isdigit() and int(declared) > max_bytes:
+            declared = _declared_length(resp)
+            if declared is not None and declared > max_bytes:
                 raise self._fail(
                     operation,
                     f"body of {declared} bytes exceeds the limit of {max_bytes}",
                     status=None,
                     transient=False,
                 )
-            try:
-                return self._stream_to(resp, operation, dest, max_bytes)
-            except BaseException:
-                dest.unlink(missing_ok=True)
-                raise
+            yield resp, declared
 
     def _stream_to(
         self, resp: requests.Response, operation: str, dest: Path, max_bytes: int
@@ -674,20 +738,20 @@ class BlobClient(_PeerClient):
         ext = validate_extension(extension)
         if isinstance(source, str | os.PathLike):
             with open(source, "rb") as fileobj:
-                self._upload(key, ext, fileobj)
+                self._upload(key, ext, _FilePart(fileobj))
         else:
             if not source.seekable():
                 raise InvalidInput("store_image needs a seekable file object")
-            self._upload(key, ext, source)
+            self._upload(key, ext, _FilePart(source))
 
-    def _upload(self, key: str, ext: str, fileobj: BinaryIO) -> None:
+    def _upload(self, key: str, ext: str, source: _PartSource) -> None:
         operation = "store-image"
-        body = _RewindableMultipart(
+        body = _MultipartBody(
             [("bucket", "rendered-frames"), ("key", key), ("type", ext)],
             file_field="image",
             filename=PurePosixPath(key).name,
             content_type=_CONTENT_TYPES.get(ext, "application/octet-stream"),
-            fileobj=fileobj,
+            source=source,
         )
         headers = {"Content-Type": body.content_type}
         with self._exchange(
@@ -714,24 +778,123 @@ class BlobClient(_PeerClient):
         max_bytes: int,
         workdir: Path | None = None,
     ) -> int:
-        """Copy a temporary upload to its final key through a temp file; return its size.
+        """Copy a temporary upload to its final key; return its size.
 
-        Both legs stream in bounded chunks, so memory does not grow with the frame; the
-        temp file is removed whatever happens. The temporary copy is not deleted here.
+        When the Blob Service declares the temp blob's length (it does for plain files),
+        its body is streamed straight into the upload, in large chunks and without
+        touching the disk; a retried upload fetches it again. Otherwise it goes through a
+        temp file in `workdir`, removed whatever happens, which enforces `max_bytes` as
+        it arrives. Memory stays bounded either way. The temporary copy is not deleted.
         """
-        validate_blob_key(temp_key)
+        params = {"key": validate_blob_key(temp_key)}
         validate_blob_key(final_key)
         ext = validate_extension(extension)
         _check_int("max_bytes", max_bytes, minimum=0)
+        with _TempBlob(self, params, max_bytes) as blob:
+            if blob.declared is None:
+                return self._transfer_through_file(
+                    blob.response, final_key, ext, max_bytes, workdir
+                )
+            self._upload(final_key, ext, blob)
+            return blob.size
+
+    def _transfer_through_file(
+        self,
+        resp: requests.Response,
+        final_key: str,
+        ext: str,
+        max_bytes: int,
+        workdir: Path | None,
+    ) -> int:
         fd, name = tempfile.mkstemp(prefix="frame-", suffix=".part", dir=workdir)
         os.close(fd)
         tmp = Path(name)
         try:
-            size = self.download_temp(temp_key, tmp, max_bytes=max_bytes)
+            size = self._stream_to(resp, _TempBlob.operation, tmp, max_bytes)
             self.store_image(key=final_key, extension=ext, source=tmp)
             return size
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class _TempBlob:
+    """A temp blob's body as the file part of an upload, fetched once more per rewind.
+
+    Entering performs the GET (a refusal or a declared length over `max_bytes` raises
+    there); `declared` is the length the response declares, None when there is none
+    (chunked or encoded: the caller then needs a temp file). Chunks are read straight
+    from urllib3, undecoded and as large as `UPLOAD_CHUNK_BYTES`; a failure while reading
+    them is a transient retrieve-temp PeerError, which urllib3 lets through untouched. A
+    rewind after some of the body was read fetches it again and insists on the same
+    length. Exiting releases the response; its connection goes back to the pool when the
+    body was read to the end.
+    """
+
+    operation: ClassVar[str] = "retrieve-temp"
+    path: ClassVar[str] = "/retrieve-temp"
+
+    def __init__(self, client: BlobClient, params: Mapping[str, str], max_bytes: int) -> None:
+        self._client = client
+        self._params = params
+        self._max_bytes = max_bytes
+        self._stack = ExitStack()
+        self._read = 0
+        self.response: requests.Response
+        self.declared: int | None = None
+
+    def __enter__(self) -> _TempBlob:
+        self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.__exit__(exc_type, exc, tb)
+
+    def _open(self) -> None:
+        get = self._client._get(self.operation, self.path, self._params, self._max_bytes)
+        self.response, self.declared = self._stack.enter_context(get)
+        self._read = 0
+
+    @property
+    def size(self) -> int:
+        if self.declared is None:
+            raise RuntimeError("the temp blob declares no length")
+        return self.declared
+
+    def chunks(self) -> Iterator[bytes]:
+        raw = self.response.raw
+        while self._read < self.size:
+            want = min(UPLOAD_CHUNK_BYTES, self.size - self._read)
+            try:
+                data = raw.read(want, decode_content=False)
+            except (requests.RequestException, Urllib3Error) as exc:
+                raise self._client._fail(
+                    self.operation, _describe_exception(exc), status=None, transient=True
+                ) from exc
+            if not data:
+                raise self._client._fail(
+                    self.operation, "body ended early", status=None, transient=True
+                )
+            self._read += len(data)
+            yield data
+
+    def rewind(self) -> None:
+        if not self._read:
+            return
+        size = self.declared
+        self._stack.close()
+        self._open()
+        if self.declared != size:
+            raise self._client._fail(
+                self.operation,
+                f"length changed between attempts ({size} then {self.declared} bytes)",
+                status=None,
+                transient=True,
+            )
 
 
 class UserServiceClient(_PeerClient):

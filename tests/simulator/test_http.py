@@ -15,6 +15,7 @@ from requests_toolbelt import MultipartEncoder
 from simulator import Simulator
 from simulator.blobs import TEMP_BUCKET
 from simulator.config import FIXTURES
+from simulator.web import FORM_READ_BYTES
 from tests.simulator.conftest import NEW_SESSION, SEND, SEND_ACK
 
 CATALOG = "/api/mongodb-service/blender-objects"
@@ -282,6 +283,34 @@ def test_multi_megabyte_blobs_stream_both_ways_without_being_held_in_memory(
     # werkzeug's server drains each request with a 10 MB read buffer, whatever the body size;
     # a body held whole would need 40 MiB on its own.
     assert peak < 16 * MIB, f"peak {peak / MIB:.1f} MiB for a {size // MIB} MiB blob"
+
+
+def test_store_image_keeps_an_image_read_in_many_pieces(http_sim: Simulator) -> None:
+    """Boundary look-alikes every 997 bytes, so some straddle each read of the form parser,
+    are kept as image bytes."""
+    boundary = "b0undary"
+    near_miss = b"\r\n--" + boundary.encode()[:-1] + b"X\r\n"
+    image = bytearray(os.urandom(5 * FORM_READ_BYTES + 11))
+    for start in range(0, len(image) - len(near_miss), 997):
+        image[start : start + len(near_miss)] = near_miss
+    encoder = MultipartEncoder(
+        fields={
+            "bucket": "rendered-frames",
+            "key": "cust/obj/007.png",
+            "type": "png",
+            "image": ("007.png", bytes(image), "image/png"),
+        },
+        boundary=boundary,
+    )
+    response = requests.post(
+        f"{http_sim.base_url}{BLOB}/store-image",
+        data=encoder,
+        headers={"Content-Type": encoder.content_type},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert http_sim.stored_frames("cust", "obj") == {7: bytes(image)}
+    assert list(http_sim.blobs.spool.iterdir()) == []
 
 
 def test_new_session_registers(http_sim: Simulator) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ import pytest
 from supervisor.config import Settings
 from supervisor.errors import InvalidInput, ObjectNotRenderable, PeerError
 from supervisor.peers import (
+    UPLOAD_CHUNK_BYTES,
     BlendFileRef,
     BlobClient,
     Peers,
@@ -631,6 +633,32 @@ def test_store_image_streams_exact_multipart(
     assert len(parts) == 4
 
 
+def test_uploads_reach_the_socket_in_large_pieces(
+    server: _PeerServer, peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the 16 KiB urllib3 reads from a file-like body: per-piece costs add up per GiB."""
+    sent: list[int] = []
+    send = http.client.HTTPConnection.send
+
+    def recording_send(self: http.client.HTTPConnection, data: Any) -> None:
+        sent.append(len(data))
+        send(self, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", recording_send)
+    data = os.urandom(3 * UPLOAD_CHUNK_BYTES)
+    (tmp_path / "f").write_bytes(data)
+    server.route("GET", RETRIEVE_TEMP, Reply(200, data))
+    server.route("POST", STORE_IMAGE, Reply(200))
+
+    peers.blob.store_image(key="c/o/001.png", extension="png", source=tmp_path / "f")
+    peers.blob.transfer_temp_to_final(
+        temp_key="t/1.png", final_key="c/o/001.png", extension="png", max_bytes=len(data)
+    )
+
+    large = [size for size in sent if size >= UPLOAD_CHUNK_BYTES // 2]
+    assert sum(large) >= 2 * len(data) - 2 * UPLOAD_CHUNK_BYTES, sent
+
+
 def test_store_image_from_file_object_starts_at_its_position(
     server: _PeerServer, peers: Peers
 ) -> None:
@@ -766,7 +794,38 @@ def test_transfer_over_limit_never_uploads(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_transfer_memory_stays_bounded(server: _PeerServer, peers: Peers, tmp_path: Path) -> None:
+def hashing_upload_sink(handler: _Handler, seen: Seen) -> None:
+    """Stream a multipart body, hashing the image part without keeping it."""
+    remaining = int(seen.headers["Content-Length"])
+    boundary = seen.headers["Content-Type"].split("boundary=", 1)[1].encode()
+    closing = b"\r\n--" + boundary + b"--\r\n"
+    head = b""
+    while b'name="image"' not in head or b"\r\n\r\n" not in head.split(b'name="image"')[1]:
+        block = handler.rfile.read(min(4096, remaining))
+        remaining -= len(block)
+        head += block
+    marker = head.index(b'name="image"')
+    start = head.index(b"\r\n\r\n", marker) + 4
+    hasher, pending = hashlib.sha256(), head[start:]
+    while remaining:
+        block = handler.rfile.read(min(256 * 1024, remaining))
+        remaining -= len(block)
+        pending += block
+        if len(pending) > len(closing):
+            hasher.update(pending[: -len(closing)])
+            pending = pending[-len(closing) :]
+    seen.extra["closing_ok"] = pending == closing
+    seen.extra["sha256"] = hasher.hexdigest()
+    Reply(200)(handler, seen)
+
+
+hashing_upload_sink.reads_body = True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["streamed", "through-temp-file"])
+def test_transfer_memory_stays_bounded(
+    server: _PeerServer, peers: Peers, tmp_path: Path, declared: bool
+) -> None:
     """32 MiB each way through Python allocations that stay a small fraction of it."""
     chunk = os.urandom(1024 * 1024)
     count = 32
@@ -775,38 +834,17 @@ def test_transfer_memory_stays_bounded(server: _PeerServer, peers: Peers, tmp_pa
 
     def download(handler: _Handler, seen: Seen) -> None:
         handler.send_response(200)
-        handler.send_header("Content-Length", str(total))
+        if declared:
+            handler.send_header("Content-Length", str(total))
+        else:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
         handler.end_headers()
         for _ in range(count):
             handler.wfile.write(chunk)
 
-    def upload_sink(handler: _Handler, seen: Seen) -> None:
-        """Stream the multipart body, hashing the image part without keeping it."""
-        remaining = int(seen.headers["Content-Length"])
-        boundary = seen.headers["Content-Type"].split("boundary=", 1)[1].encode()
-        closing = b"\r\n--" + boundary + b"--\r\n"
-        head = b""
-        while b'name="image"' not in head or b"\r\n\r\n" not in head.split(b'name="image"')[1]:
-            block = handler.rfile.read(min(4096, remaining))
-            remaining -= len(block)
-            head += block
-        marker = head.index(b'name="image"')
-        start = head.index(b"\r\n\r\n", marker) + 4
-        hasher, pending = hashlib.sha256(), head[start:]
-        while remaining:
-            block = handler.rfile.read(min(256 * 1024, remaining))
-            remaining -= len(block)
-            pending += block
-            if len(pending) > len(closing):
-                hasher.update(pending[: -len(closing)])
-                pending = pending[-len(closing) :]
-        seen.extra["closing_ok"] = pending == closing
-        seen.extra["sha256"] = hasher.hexdigest()
-        Reply(200)(handler, seen)
-
-    upload_sink.reads_body = True  # type: ignore[attr-defined]
     server.route("GET", RETRIEVE_TEMP, download)
-    server.route("POST", STORE_IMAGE, upload_sink)
+    server.route("POST", STORE_IMAGE, hashing_upload_sink)
 
     tracemalloc.start()
     try:
@@ -826,6 +864,198 @@ def test_transfer_memory_stays_bounded(server: _PeerServer, peers: Peers, tmp_pa
     post = server.calls("POST", STORE_IMAGE)[0]
     assert post.extra == {"closing_ok": True, "sha256": expected}
     assert peak < 8 * 1024 * 1024, f"peak traced allocation {peak} bytes"
+    assert list(tmp_path.iterdir()) == []
+
+
+def noting_workdir(workdir: Path, then: Responder) -> Responder:
+    """A responder that notes what `workdir` holds once the request has arrived."""
+
+    def respond(handler: _Handler, seen: Seen) -> None:
+        seen.extra["workdir"] = sorted(path.name for path in workdir.iterdir())
+        then(handler, seen)
+
+    return respond
+
+
+def test_transfer_streams_a_declared_body_straight_into_the_upload(
+    server: _PeerServer, peers: Peers, tmp_path: Path
+) -> None:
+    """Several chunks, no temp file at any point, the same bytes, a plain Content-Length."""
+    data = os.urandom(2 * UPLOAD_CHUNK_BYTES + 12_345) + b"\r\n--not-the-boundary--\r\n"
+    server.route("GET", RETRIEVE_TEMP, Reply(200, data))
+    server.route("POST", STORE_IMAGE, noting_workdir(tmp_path, Reply(200)))
+
+    size = peers.blob.transfer_temp_to_final(
+        temp_key="t/1.png",
+        final_key="cust/obj/007.png",
+        extension="png",
+        max_bytes=len(data),
+        workdir=tmp_path,
+    )
+
+    assert size == len(data)
+    (post,) = server.calls("POST", STORE_IMAGE)
+    assert post.extra["workdir"] == []
+    assert int(post.headers["Content-Length"]) == len(post.body)
+    assert "Transfer-Encoding" not in post.headers
+    parts = parse_multipart(post)
+    assert [(name, content) for name, _, content in parts[:3]] == [
+        ("bucket", b"rendered-frames"),
+        ("key", b"cust/obj/007.png"),
+        ("type", b"png"),
+    ]
+    name, headers, content = parts[3]
+    assert (name, headers["Content-Type"]) == ("image", "image/png")
+    assert 'filename="007.png"' in headers["Content-Disposition"]
+    assert hashlib.sha256(content).digest() == hashlib.sha256(data).digest()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transfer_of_an_undeclared_body_goes_through_a_temp_file(
+    server: _PeerServer, peers: Peers, tmp_path: Path
+) -> None:
+    pieces = [os.urandom(700_000) for _ in range(4)]
+    data = b"".join(pieces)
+    server.route("GET", RETRIEVE_TEMP, stream_without_length(pieces))
+    server.route("POST", STORE_IMAGE, noting_workdir(tmp_path, Reply(200)))
+
+    size = peers.blob.transfer_temp_to_final(
+        temp_key="t/1.png",
+        final_key="c/o/001.png",
+        extension="png",
+        max_bytes=len(data),
+        workdir=tmp_path,
+    )
+
+    assert size == len(data)
+    (post,) = server.calls("POST", STORE_IMAGE)
+    (spooled,) = post.extra["workdir"]
+    assert spooled.startswith("frame-")
+    assert spooled.endswith(".part")
+    assert parse_multipart(post)[3][2] == data
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transfer_refuses_an_undeclared_body_over_the_limit_as_it_arrives(
+    server: _PeerServer, peers: Peers, tmp_path: Path
+) -> None:
+    server.route("GET", RETRIEVE_TEMP, stream_without_length([b"x" * 60, b"y" * 60]))
+    with pytest.raises(PeerError) as info:
+        peers.blob.transfer_temp_to_final(
+            temp_key="t/1.png",
+            final_key="c/o/001.png",
+            extension="png",
+            max_bytes=100,
+            workdir=tmp_path,
+        )
+    assert (info.value.operation, info.value.transient) == ("retrieve-temp", False)
+    assert "limit" in info.value.detail
+    assert server.calls("POST", STORE_IMAGE) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transfer_retried_upload_fetches_the_temp_blob_again(
+    server: _PeerServer, peers: Peers, tmp_path: Path
+) -> None:
+    data = os.urandom(UPLOAD_CHUNK_BYTES + 999)
+    server.route("GET", RETRIEVE_TEMP, Reply(200, data))
+    server.route("POST", STORE_IMAGE, Reply(503), Reply(502), Reply(200))
+
+    size = peers.blob.transfer_temp_to_final(
+        temp_key="t/1.png",
+        final_key="c/o/001.png",
+        extension="png",
+        max_bytes=len(data),
+        workdir=tmp_path,
+    )
+
+    assert size == len(data)
+    posts = server.calls("POST", STORE_IMAGE)
+    assert [parse_multipart(post)[3][2] == data for post in posts] == [True, True, True]
+    assert len(server.calls("GET", RETRIEVE_TEMP)) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("again", "status", "transient", "detail"),
+    [
+        (Reply(200, b"longer than before"), None, True, "length changed"),
+        (json_reply({"message": "no such key"}, 404), 404, False, "no such key"),
+    ],
+    ids=["length-changed", "gone"],
+)
+def test_transfer_retry_needs_the_same_temp_blob(
+    server: _PeerServer,
+    peers: Peers,
+    tmp_path: Path,
+    again: Reply,
+    status: int | None,
+    transient: bool,
+    detail: str,
+) -> None:
+    server.route("GET", RETRIEVE_TEMP, Reply(200, b"first"), again)
+    server.route("POST", STORE_IMAGE, Reply(503), Reply(200))
+    with pytest.raises(PeerError) as info:
+        peers.blob.transfer_temp_to_final(
+            temp_key="t/1.png",
+            final_key="c/o/001.png",
+            extension="png",
+            max_bytes=100,
+            workdir=tmp_path,
+        )
+    err = info.value
+    assert (err.operation, err.status, err.transient) == ("retrieve-temp", status, transient)
+    assert detail in err.detail
+    assert len(server.calls("POST", STORE_IMAGE)) == 1
+
+
+def test_transfer_truncated_download_aborts_the_upload(
+    server: _PeerServer, peers: Peers, tmp_path: Path
+) -> None:
+    """The Blob Service never receives a whole upload, and nothing is retried."""
+
+    def short(handler: _Handler, seen: Seen) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(3 * UPLOAD_CHUNK_BYTES))
+        handler.end_headers()
+        handler.wfile.write(b"x" * UPLOAD_CHUNK_BYTES)
+        handler.close_connection = True
+
+    server.route("GET", RETRIEVE_TEMP, short)
+    server.route("POST", STORE_IMAGE, Reply(200))
+    with pytest.raises(PeerError) as info:
+        peers.blob.transfer_temp_to_final(
+            temp_key="t/1.png",
+            final_key="c/o/001.png",
+            extension="png",
+            max_bytes=10 * UPLOAD_CHUNK_BYTES,
+            workdir=tmp_path,
+        )
+    assert (info.value.operation, info.value.transient) == ("retrieve-temp", True)
+    deadline = time.monotonic() + 5
+    while not server.calls("POST", STORE_IMAGE) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (post,) = server.calls("POST", STORE_IMAGE)
+    assert len(post.body) < int(post.headers["Content-Length"])
+    assert len(server.calls("GET", RETRIEVE_TEMP)) == 1
+
+
+def test_transfers_reuse_their_connections(
+    server: _PeerServer, peers: Peers, tmp_path: Path
+) -> None:
+    data = os.urandom(UPLOAD_CHUNK_BYTES + 1)
+    server.route("GET", RETRIEVE_TEMP, Reply(200, data))
+    server.route("POST", STORE_IMAGE, Reply(200))
+    for _ in range(3):
+        peers.blob.transfer_temp_to_final(
+            temp_key="t/1.png",
+            final_key="c/o/001.png",
+            extension="png",
+            max_bytes=len(data),
+            workdir=tmp_path,
+        )
+    assert len({s.port for s in server.calls("GET", RETRIEVE_TEMP)}) == 1
+    assert len({s.port for s in server.calls("POST", STORE_IMAGE)}) == 1
 
 
 # ---------------------------------------------------------------- transport failures
