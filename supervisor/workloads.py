@@ -28,7 +28,6 @@ from supervisor.errors import (
     PeerError,
     WorkloadAlreadyActive,
 )
-from supervisor.health import degraded_peers
 from supervisor.models import (
     ACTIVE_STATUSES,
     Frame,
@@ -370,7 +369,7 @@ def workload_status(sv: Supervisor, customer_id: str) -> dict[str, Any]:
 def _add_degradation(sv: Supervisor, body: dict[str, Any], status: str) -> None:
     """While a workload is active, name the peers it is waiting on (absent when healthy)."""
     if status in ACTIVE_STATUSES:
-        degraded = degraded_peers(sv.redis)
+        degraded = sv.health.degraded()
         if degraded:
             body["degraded_peers"] = degraded
 
