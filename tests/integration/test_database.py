@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -104,3 +105,61 @@ def test_a_million_frames_are_created_set_based(
         ).one()
     assert workload.status == "running"
     assert tuple(rows) == (1_000_000, 1, 1_000_000)
+
+
+def _terminate(supervisor: Supervisor, pids: list[int]) -> None:
+    with supervisor.db.engine.connect() as connection:
+        connection.execute(
+            text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"),
+            {"pids": pids},
+        )
+
+
+def test_read_row_answers_in_autocommit_with_the_statement_timeout(
+    supervisor: Supervisor,
+) -> None:
+    db = supervisor.db
+    pid, timeout = db.read_row("SELECT pg_backend_pid(), current_setting('statement_timeout')", {})
+    assert timeout == "30s"
+    assert db.read_row("SELECT 1 WHERE false", {}) is None
+    with db.engine.connect() as connection:
+        state = connection.execute(
+            text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        ).scalar_one()
+    assert state == "idle", "no transaction left open on the pooled connection"
+
+
+def test_read_row_does_not_ping(supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-ping's `SELECT 1` per checkout doubled the round trips of a status poll."""
+
+    def no_ping(_connection: object) -> bool:
+        raise AssertionError("read_row pinged its connection")
+
+    monkeypatch.setattr(supervisor.db.reader.dialect, "do_ping", no_ping)
+    assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
+    assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
+
+
+def test_read_row_survives_every_pooled_connection_being_killed(supervisor: Supervisor) -> None:
+    """Without the pre-ping a dead connection shows on use: read_row drops it and goes on."""
+    db = supervisor.db
+    held = [db.reader.raw_connection() for _ in range(3)]
+    pids = []
+    for connection in held:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pids.append(cursor.fetchone()[0])
+    for connection in held:
+        connection.close()
+    _terminate(supervisor, pids)
+
+    (pid,) = db.read_row("SELECT pg_backend_pid()", {})
+
+    assert pid not in pids
+    assert db.read_row("SELECT pg_backend_pid()", {})[0] not in pids
+
+
+def test_read_row_raises_what_is_not_a_dead_connection(supervisor: Supervisor) -> None:
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        supervisor.db.read_row("SELECT 1 / 0", {})
+    assert supervisor.db.read_row("SELECT 2", {}) == (2,), "the connection is still usable"
