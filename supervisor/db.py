@@ -99,7 +99,8 @@ class Database:
             connection = engine.raw_connection()
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute(sql, params)
+                    # Binary rows: less for the driver to parse (arrays of the mapping).
+                    cursor.execute(sql, params, binary=True)
                     return cursor.fetchone()
             except dialect.loaded_dbapi.Error as exc:
                 dead = dialect.is_disconnect(exc, connection.dbapi_connection, None)
