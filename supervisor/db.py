@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+RECYCLE_SECONDS = 1800
+
+
+class _ReadConnection:
+    """One thread's connection for `read_row`, with its cursor kept between calls."""
+
+    def __init__(self, engine: Engine) -> None:
+        proxied = engine.raw_connection()  # the engine's connect-time setup, then ours
+        self.dbapi: psycopg.Connection[Any] = proxied.driver_connection  # type: ignore[assignment]
+        proxied.detach()
+        self.cursor = self.dbapi.cursor()
+        self.opened_at = time.monotonic()
+
+    @property
+    def usable(self) -> bool:
+        """Open, between statements, and younger than the engines' pool_recycle."""
+        return (
+            not self.dbapi.closed
+            and self.dbapi.info.transaction_status == TransactionStatus.IDLE
+            and time.monotonic() - self.opened_at < RECYCLE_SECONDS
+        )
+
+    def first_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        # Binary rows: less for the driver to parse (the arrays of the progress mapping).
+        self.cursor.execute(sql, params, binary=True)
+        return self.cursor.fetchone()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.dbapi.close()
 
 
 class Database:
@@ -22,6 +59,9 @@ class Database:
         self._engine: Engine | None = None
         self._reader: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.local()
+        self._read_connections: set[_ReadConnection] = set()
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
@@ -30,37 +70,36 @@ class Database:
                     engine.dispose(close=False)
             self._engine = self._reader = None
             self._sessions = None
+            # The parent's connections are left alone: closing them would end its sessions.
+            self._thread = threading.local()
+            self._read_connections = set()
             self._pid = os.getpid()
 
     @property
     def engine(self) -> Engine:
         self._check_pid()
         if self._engine is None:
-            self._engine = self._make_engine(pool_pre_ping=True)
+            self._engine = self._make_engine(
+                pool_size=self._pool_size,
+                max_overflow=self._pool_size,
+                pool_pre_ping=True,
+                pool_recycle=RECYCLE_SECONDS,
+            )
             self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         return self._engine
 
     @property
     def reader(self) -> Engine:
-        """The pool of `read_row`: autocommit, so no BEGIN/ROLLBACK around a lone SELECT and
-        nothing to reset on return, and no pre-ping, so no `SELECT 1` per checkout (read_row
-        drops a dead connection and tries again instead). Built on first use: processes
-        that never serve status never open it."""
+        """Makes the connections of `read_row`: autocommit, so a lone SELECT goes without
+        BEGIN and ROLLBACK. Each thread keeps the one it gets (see read_row), so there is
+        no pool to check out from and nothing to pre-ping."""
         self._check_pid()
         if self._reader is None:
-            self._reader = self._make_engine(
-                pool_pre_ping=False, pool_reset_on_return=None, isolation_level="AUTOCOMMIT"
-            )
+            self._reader = self._make_engine(poolclass=NullPool, isolation_level="AUTOCOMMIT")
         return self._reader
 
     def _make_engine(self, **options: Any) -> Engine:
-        engine = create_engine(
-            self.url,
-            pool_size=self._pool_size,
-            max_overflow=self._pool_size,
-            pool_recycle=1800,
-            **options,
-        )
+        engine = create_engine(self.url, **options)
         timeout = self._statement_timeout_ms
 
         @event.listens_for(engine, "connect")
@@ -85,33 +124,49 @@ class Database:
 
     def read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row of one read-only statement (driver paramstyle, `%(name)s`) in one
-        round trip, on the driver's own cursor: the hot path of status polling, where the
-        ORM session, SQLAlchemy's Connection, BEGIN, ROLLBACK and the pre-ping together
-        cost several times the query itself.
+        round trip: the hot path of status polling, where the ORM session, BEGIN, ROLLBACK,
+        the pre-ping and the pool's checkout and checkin together cost several times the
+        query. Each thread keeps its own connection and cursor, as Django's persistent
+        connections do; gunicorn's threads are few and long-lived.
 
-        A pooled connection found dead (Postgres restarted, the backend was terminated) is
-        discarded and the statement runs again on the next one, at most once per pooled
-        connection plus a fresh one; it changes nothing, so running it again is safe."""
+        A connection found dead (Postgres restarted, the backend was terminated) is closed
+        and the statement runs once more on a new one; it changes nothing, so that is safe."""
+        connection = self._read_connection()
+        try:
+            return connection.first_row(sql, params)
+        except psycopg.Error as exc:
+            if not self.reader.dialect.is_disconnect(exc, connection.dbapi, connection.cursor):
+                raise
+            self._forget(connection)
+        return self._read_connection().first_row(sql, params)
+
+    def _read_connection(self) -> _ReadConnection:
         engine = self.reader
-        dialect = engine.dialect
-        attempts = 2 * self._pool_size + 1
-        for attempt in range(1, attempts + 1):
-            connection = engine.raw_connection()
-            try:
-                with connection.cursor() as cursor:
-                    # Binary rows: less for the driver to parse (arrays of the mapping).
-                    cursor.execute(sql, params, binary=True)
-                    return cursor.fetchone()
-            except dialect.loaded_dbapi.Error as exc:
-                dead = dialect.is_disconnect(exc, connection.dbapi_connection, None)
-                if not dead or attempt == attempts:
-                    raise
-                connection.invalidate(exc)
-            finally:
-                connection.close()
-        return None  # not reached: the last attempt returns or raises
+        connection: _ReadConnection | None = getattr(self._thread, "connection", None)
+        if connection is not None and connection.usable:
+            return connection
+        if connection is not None:
+            self._forget(connection)
+        connection = _ReadConnection(engine)
+        with self._lock:
+            self._read_connections.add(connection)
+        self._thread.connection = connection
+        return connection
+
+    def _forget(self, connection: _ReadConnection) -> None:
+        with self._lock:
+            self._read_connections.discard(connection)
+        if getattr(self._thread, "connection", None) is connection:
+            self._thread.connection = None
+        connection.close()
 
     def dispose(self) -> None:
+        """Close every connection, the threads' read connections included."""
+        with self._lock:
+            read_connections, self._read_connections = self._read_connections, set()
+            self._thread = threading.local()
+        for connection in read_connections:
+            connection.close()
         for engine in (self._engine, self._reader):
             if engine is not None:
                 engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
+from supervisor import db as db_module
 from supervisor.errors import WorkloadAlreadyActive
 from supervisor.models import Base, Workload
 from supervisor.service import Supervisor
@@ -140,26 +142,58 @@ def test_read_row_does_not_ping(supervisor: Supervisor, monkeypatch: pytest.Monk
     assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
 
 
-def test_read_row_survives_every_pooled_connection_being_killed(supervisor: Supervisor) -> None:
-    """Without the pre-ping a dead connection shows on use: read_row drops it and goes on."""
-    db = supervisor.db
-    held = [db.reader.raw_connection() for _ in range(3)]
-    pids = []
-    for connection in held:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            pids.append(cursor.fetchone()[0])
-    for connection in held:
-        connection.close()
-    _terminate(supervisor, pids)
+def _backend(supervisor: Supervisor) -> int:
+    return supervisor.db.read_row("SELECT pg_backend_pid()", {})[0]
 
-    (pid,) = db.read_row("SELECT pg_backend_pid()", {})
 
-    assert pid not in pids
-    assert db.read_row("SELECT pg_backend_pid()", {})[0] not in pids
+def _alive(supervisor: Supervisor, pids: list[int]) -> list[int]:
+    with supervisor.db.engine.connect() as connection:
+        return list(
+            connection.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE pid = ANY(CAST(:p AS integer[]))"),
+                {"p": pids},
+            ).scalars()
+        )
+
+
+def test_read_row_keeps_one_connection_per_thread(supervisor: Supervisor) -> None:
+    mine = _backend(supervisor)
+    theirs: list[int] = []
+    thread = threading.Thread(target=lambda: theirs.append(_backend(supervisor)))
+    thread.start()
+    thread.join(timeout=30)
+
+    assert _backend(supervisor) == mine, "kept between calls"
+    [other] = theirs
+    assert other != mine
+    supervisor.db.dispose()
+    assert _alive(supervisor, [mine, other]) == [], "dispose closes every thread's"
+
+
+def test_read_row_survives_its_connection_being_killed(supervisor: Supervisor) -> None:
+    """Nothing pings the kept connection: a dead one shows on use, is closed and replaced."""
+    killed = _backend(supervisor)
+    _terminate(supervisor, [killed])
+
+    replacement = _backend(supervisor)
+
+    assert replacement != killed
+    assert _backend(supervisor) == replacement
+
+
+def test_read_row_replaces_its_connection_after_the_recycle_age(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _backend(supervisor)
+    later = time.monotonic() + db_module.RECYCLE_SECONDS + 1
+    monkeypatch.setattr(db_module.time, "monotonic", lambda: later)
+
+    assert _backend(supervisor) != first
+    assert _alive(supervisor, [first]) == [], "the old one is closed, not left open"
 
 
 def test_read_row_raises_what_is_not_a_dead_connection(supervisor: Supervisor) -> None:
+    before = _backend(supervisor)
     with pytest.raises(psycopg.errors.DivisionByZero):
         supervisor.db.read_row("SELECT 1 / 0", {})
-    assert supervisor.db.read_row("SELECT 2", {}) == (2,), "the connection is still usable"
+    assert _backend(supervisor) == before, "an error of the statement keeps the connection"
