@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     max_user_count: int = Field(10_000, ge=1)
     max_frames: int = Field(2_000_000, ge=1)
     initial_user_count: int = Field(4, ge=1)
-    progress_mapping_limit: int = Field(10_000, ge=0)
+    progress_mapping_limit: int = Field(100, ge=0)
     trusted_proxy_count: int = Field(0, ge=0, le=10)
     max_frames_per_assignment: int = Field(250, ge=1, le=100_000)
     max_frame_bytes: int = Field(4 * 1024**3, ge=1024)

@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
+import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+RECYCLE_SECONDS = 1800
+
+
+class _ReadConnection:
+    """One thread's connection for `read_row`, with its cursor kept between calls."""
+
+    def __init__(self, engine: Engine) -> None:
+        proxied = engine.raw_connection()  # the engine's connect-time setup, then ours
+        self.dbapi: psycopg.Connection[Any] = proxied.driver_connection  # type: ignore[assignment]
+        proxied.detach()
+        self.cursor = self.dbapi.cursor()
+        self.opened_at = time.monotonic()
+
+    @property
+    def usable(self) -> bool:
+        """Open, between statements, and younger than the engines' pool_recycle."""
+        return (
+            not self.dbapi.closed
+            and self.dbapi.info.transaction_status == TransactionStatus.IDLE
+            and time.monotonic() - self.opened_at < RECYCLE_SECONDS
+        )
+
+    def first_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        # Binary rows: less for the driver to parse (the arrays of the progress mapping).
+        self.cursor.execute(sql, params, binary=True)
+        return self.cursor.fetchone()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.dbapi.close()
 
 
 class Database:
-    """Owns the engine; rebuilt lazily in a forked child so no pool crosses a fork."""
+    """Owns the engines; rebuilt lazily in a forked child so no pool crosses a fork."""
 
     def __init__(self, url: str, *, pool_size: int = 5, statement_timeout_ms: int = 30_000) -> None:
         self.url = url
@@ -19,26 +57,49 @@ class Database:
         self._statement_timeout_ms = statement_timeout_ms
         self._pid: int | None = None
         self._engine: Engine | None = None
+        self._reader: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.local()
+        self._read_connections: set[_ReadConnection] = set()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            for engine in (self._engine, self._reader):
+                if engine is not None:
+                    engine.dispose(close=False)
+            self._engine = self._reader = None
+            self._sessions = None
+            # The parent's connections are left alone: closing them would end its sessions.
+            self._thread = threading.local()
+            self._read_connections = set()
+            self._pid = os.getpid()
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None or self._pid != os.getpid():
-            if self._engine is not None:
-                self._engine.dispose(close=False)
-            self._engine = self._make_engine()
+        self._check_pid()
+        if self._engine is None:
+            self._engine = self._make_engine(
+                pool_size=self._pool_size,
+                max_overflow=self._pool_size,
+                pool_pre_ping=True,
+                pool_recycle=RECYCLE_SECONDS,
+            )
             self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-            self._pid = os.getpid()
         return self._engine
 
-    def _make_engine(self) -> Engine:
-        engine = create_engine(
-            self.url,
-            pool_size=self._pool_size,
-            max_overflow=self._pool_size,
-            pool_pre_ping=True,
-            pool_recycle=1800,
-        )
+    @property
+    def reader(self) -> Engine:
+        """Makes the connections of `read_row`: autocommit, so a lone SELECT goes without
+        BEGIN and ROLLBACK. Each thread keeps the one it gets (see read_row), so there is
+        no pool to check out from and nothing to pre-ping."""
+        self._check_pid()
+        if self._reader is None:
+            self._reader = self._make_engine(poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        return self._reader
+
+    def _make_engine(self, **options: Any) -> Engine:
+        engine = create_engine(self.url, **options)
         timeout = self._statement_timeout_ms
 
         @event.listens_for(engine, "connect")
@@ -61,7 +122,53 @@ class Database:
         with self.session() as session, session.begin():
             yield session
 
+    def read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of one read-only statement (driver paramstyle, `%(name)s`) in one
+        round trip: the hot path of status polling, where the ORM session, BEGIN, ROLLBACK,
+        the pre-ping and the pool's checkout and checkin together cost several times the
+        query. Each thread keeps its own connection and cursor, as Django's persistent
+        connections do; gunicorn's threads are few and long-lived.
+
+        A connection found dead (Postgres restarted, the backend was terminated) is closed
+        and the statement runs once more on a new one; it changes nothing, so that is safe."""
+        connection = self._read_connection()
+        try:
+            return connection.first_row(sql, params)
+        except psycopg.Error as exc:
+            if not self.reader.dialect.is_disconnect(exc, connection.dbapi, connection.cursor):
+                raise
+            self._forget(connection)
+        return self._read_connection().first_row(sql, params)
+
+    def _read_connection(self) -> _ReadConnection:
+        engine = self.reader
+        connection: _ReadConnection | None = getattr(self._thread, "connection", None)
+        if connection is not None and connection.usable:
+            return connection
+        if connection is not None:
+            self._forget(connection)
+        connection = _ReadConnection(engine)
+        with self._lock:
+            self._read_connections.add(connection)
+        self._thread.connection = connection
+        return connection
+
+    def _forget(self, connection: _ReadConnection) -> None:
+        with self._lock:
+            self._read_connections.discard(connection)
+        if getattr(self._thread, "connection", None) is connection:
+            self._thread.connection = None
+        connection.close()
+
     def dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        """Close every connection, the threads' read connections included."""
+        with self._lock:
+            read_connections, self._read_connections = self._read_connections, set()
+            self._thread = threading.local()
+        for connection in read_connections:
+            connection.close()
+        for engine in (self._engine, self._reader):
+            if engine is not None:
+                engine.dispose()
+        self._engine = self._reader = None
+        self._sessions = None

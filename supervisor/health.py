@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 PEERS = ("catalog", "blob-service", "user-service", "user-manager")
 DEGRADED_SECONDS = 60
+READ_EVERY_SECONDS = 1.0
 
 
 def _key(peer: str) -> str:
@@ -43,3 +44,31 @@ def degraded_peers(redis: Redis) -> dict[str, dict[str, object]]:
         logger.warning("could not read peer health", exc_info=True)
         return {}
     return {peer: json.loads(value) for peer, value in zip(PEERS, values, strict=True) if value}
+
+
+class PeerHealth:
+    """The marks as one process sees them, read from Redis at most once a `max_age`.
+
+    Every status poll used to pay a Redis round trip for marks that live a minute; now a
+    mark set by another process shows within `max_age`, and one set by this process (its
+    own failing call) at once."""
+
+    def __init__(self, redis: Redis, *, max_age: float = READ_EVERY_SECONDS) -> None:
+        self._redis = redis
+        self._max_age = max_age
+        self._record = failure_recorder(redis)
+        self._seen: tuple[float, dict[str, dict[str, object]]] | None = None
+
+    def record(self, error: PeerError) -> None:
+        """Mark the peer degraded for every process, and stop trusting what we last read."""
+        self._record(error)
+        self._seen = None
+
+    def degraded(self) -> dict[str, dict[str, object]]:
+        """Like `degraded_peers`; a copy, so a caller may put it in a body and change it."""
+        seen = self._seen
+        now = time.monotonic()
+        if seen is None or now - seen[0] >= self._max_age:
+            seen = (now, degraded_peers(self._redis))
+            self._seen = seen
+        return dict(seen[1])

@@ -9,7 +9,7 @@ import redis
 
 from supervisor.config import Settings
 from supervisor.db import Database
-from supervisor.health import failure_recorder
+from supervisor.health import PeerHealth
 from supervisor.messaging import (
     DeadLetters,
     IntakeTopology,
@@ -34,6 +34,7 @@ class Supervisor:
     settings: Settings
     db: Database
     redis: redis.Redis
+    health: PeerHealth
     peers: Peers
     publisher: UserManagerPublisher
     topology: IntakeTopology
@@ -49,11 +50,13 @@ class Supervisor:
             dead_letter_queue_name=settings.dead_letter_queue,
         )
         client = redis.Redis.from_url(settings.redis_url)
+        health = PeerHealth(client)
         supervisor = cls(
             settings=settings,
             db=Database(settings.database_url),
             redis=client,
-            peers=Peers.from_settings(settings, on_failure=failure_recorder(client)),
+            health=health,
+            peers=Peers.from_settings(settings, on_failure=health.record),
             publisher=UserManagerPublisher(settings.user_manager_broker_url),
             topology=topology,
             bindings=SessionBindings(topology),

@@ -28,7 +28,6 @@ from supervisor.errors import (
     PeerError,
     WorkloadAlreadyActive,
 )
-from supervisor.health import degraded_peers
 from supervisor.models import (
     ACTIVE_STATUSES,
     Frame,
@@ -333,18 +332,33 @@ def delete_workload(session: Session, workload_id: str) -> None:
 
 # --- reading --------------------------------------------------------------------------
 
+# Status is polled by every customer's UI, so each read is one statement in one round trip
+# (Database.read_row), written for the driver: the ORM's session and row loading cost more
+# than the query. The counters are O(1) columns of the workload row; nothing counts frames.
+_LATEST = (
+    "SELECT status, total_frames, rendered_frames, failure_reason FROM workloads "
+    "WHERE customer_id = %(customer_id)s ORDER BY created_at DESC LIMIT 1"
+)
+# The mapping walks the partial index ix_frames_assigned_number (assigned frames only, by
+# number), so its cost is the limit's, whatever the size of the workload or how far it got.
+# Two arrays cost the database and the driver less than building and parsing a JSON object.
+_PROGRESS = (
+    "SELECT w.status, w.total_frames, w.rendered_frames, w.failure_reason, "
+    "(SELECT count(*) FROM workload_users u "
+    " WHERE u.workload_id = w.id AND u.state = 'active') AS active_users, "
+    "m.numbers, m.users "
+    "FROM (SELECT id, status, total_frames, rendered_frames, failure_reason FROM workloads "
+    " WHERE customer_id = %(customer_id)s ORDER BY created_at DESC LIMIT 1) AS w "
+    "CROSS JOIN LATERAL (SELECT array_agg(a.number ORDER BY a.number) AS numbers, "
+    " array_agg(a.user_id ORDER BY a.number) AS users FROM "
+    " (SELECT f.number, f.user_id FROM frames f "
+    "  WHERE f.workload_id = w.id AND f.state = 'assigned' "
+    "  ORDER BY f.number LIMIT %(fetch)s) AS a) AS m"
+)
 
-def _latest_workload(session: Session, customer_id: str) -> Workload:
-    validate_id("customer_id", customer_id)
-    workload = session.scalars(
-        select(Workload)
-        .where(Workload.customer_id == customer_id)
-        .order_by(Workload.created_at.desc())
-        .limit(1)
-    ).one_or_none()
-    if workload is None:
-        raise NoActiveWorkload(f"No workload for customer_id: {customer_id}")
-    return workload
+
+def _no_workload(customer_id: str) -> NoActiveWorkload:
+    return NoActiveWorkload(f"No workload for customer_id: {customer_id}")
 
 
 def _percentage(done: int, total: int) -> float:
@@ -353,61 +367,58 @@ def _percentage(done: int, total: int) -> float:
 
 def workload_status(sv: Supervisor, customer_id: str) -> dict[str, Any]:
     """The customer's current workload, or the last one it finished, from O(1) counters."""
-    with sv.db.session() as session:
-        workload = _latest_workload(session, customer_id)
-        status: dict[str, Any] = {
-            "workload_status": workload.status,
-            "total_frames": workload.total_frames,
-            "completed_frames": workload.rendered_frames,
-            "completion_percentage": _percentage(workload.rendered_frames, workload.total_frames),
-        }
-        if workload.failure_reason:
-            status["failure_reason"] = workload.failure_reason
-    _add_degradation(sv, status, workload.status)
+    validate_id("customer_id", customer_id)
+    row = sv.db.read_row(_LATEST, {"customer_id": customer_id})
+    if row is None:
+        raise _no_workload(customer_id)
+    state, total, rendered, failure_reason = row
+    status: dict[str, Any] = {
+        "workload_status": state,
+        "total_frames": total,
+        "completed_frames": rendered,
+        "completion_percentage": _percentage(rendered, total),
+    }
+    if failure_reason:
+        status["failure_reason"] = failure_reason
+    _add_degradation(sv, status, state)
     return status
 
 
 def _add_degradation(sv: Supervisor, body: dict[str, Any], status: str) -> None:
     """While a workload is active, name the peers it is waiting on (absent when healthy)."""
     if status in ACTIVE_STATUSES:
-        degraded = degraded_peers(sv.redis)
+        degraded = sv.health.degraded()
         if degraded:
             body["degraded_peers"] = degraded
 
 
 def workload_progress(sv: Supervisor, customer_id: str) -> dict[str, Any]:
-    """Counters plus the frames still out with users; the mapping is capped for huge jobs."""
+    """Counters plus the frames still out with users, lowest first; the mapping holds at
+    most `progress_mapping_limit` of them, so a huge workload answers as fast as a small
+    one, and `frame_mapping_truncated` says when there are more."""
+    validate_id("customer_id", customer_id)
     limit = sv.settings.progress_mapping_limit
-    with sv.db.session() as session:
-        workload = _latest_workload(session, customer_id)
-        active_users = session.scalar(
-            select(func.count())
-            .select_from(WorkloadUser)
-            .where(
-                WorkloadUser.workload_id == workload.id,
-                WorkloadUser.state == UserState.ACTIVE,
-            )
-        )
-        assigned = session.execute(
-            select(Frame.number, Frame.user_id)
-            .where(Frame.workload_id == workload.id, Frame.state == FrameState.ASSIGNED)
-            .order_by(Frame.number)
-            .limit(limit + 1)
-        ).all()
-        truncated = len(assigned) > limit
-        body: dict[str, Any] = {
-            "total_frames": workload.total_frames,
-            "completed_frames": workload.rendered_frames,
-            "remaining_frames": workload.total_frames - workload.rendered_frames,
-            "progress_percentage": _percentage(workload.rendered_frames, workload.total_frames),
-            "workload_status": workload.status,
-            "active_users": active_users or 0,
-            "frame_mapping": {str(number): user for number, user in assigned[:limit]},
-            "frame_mapping_truncated": truncated,
-        }
-        if workload.failure_reason:
-            body["failure_reason"] = workload.failure_reason
-    _add_degradation(sv, body, workload.status)
+    row = sv.db.read_row(_PROGRESS, {"customer_id": customer_id, "fetch": limit + 1})
+    if row is None:
+        raise _no_workload(customer_id)
+    state, total, rendered, failure_reason, active_users, numbers, users = row
+    numbers, users = numbers or [], users or []
+    truncated = len(numbers) > limit
+    pairs = zip(numbers[:limit], users[:limit], strict=True)
+    mapping = {str(number): user for number, user in pairs}
+    body: dict[str, Any] = {
+        "total_frames": total,
+        "completed_frames": rendered,
+        "remaining_frames": total - rendered,
+        "progress_percentage": _percentage(rendered, total),
+        "workload_status": state,
+        "active_users": active_users,
+        "frame_mapping": mapping,
+        "frame_mapping_truncated": truncated,
+    }
+    if failure_reason:
+        body["failure_reason"] = failure_reason
+    _add_degradation(sv, body, state)
     return body
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from app.errors import ALREADY_RUNNING
+from supervisor import workloads
 from supervisor.models import (
     Frame,
     FrameState,
@@ -241,6 +242,94 @@ def test_progress_caps_the_frame_mapping(client, supervisor: Supervisor, range_1
     body = client.get(f"{PREFIX}/get-workload-progress?customer_id=cust-1").get_json()
     assert body["frame_mapping"] == {"10": "user-a", "11": "user-a", "12": "user-a"}
     assert body["frame_mapping_truncated"] is True
+
+
+def _big_workload(sv: Supervisor, frames: int, rendered: int, assigned: int) -> str:
+    """A running workload made set-based, as the status benchmark makes its 1M-frame one:
+    frames 1..rendered rendered, the next `assigned` held round-robin by user-0..user-2, a
+    released user-3 that holds nothing, the rest pending."""
+    with sv.db.transaction() as session:
+        workload = Workload(
+            customer_id="big",
+            object_id="obj",
+            status="running",
+            total_frames=frames,
+            rendered_frames=rendered,
+            target_user_count=3,
+        )
+        session.add(workload)
+        session.flush()
+        session.execute(
+            text(
+                "INSERT INTO frames (workload_id, number, state, user_id) "
+                "SELECT :id, n, CASE WHEN n <= r THEN 'rendered' "
+                "  WHEN n <= r + a THEN 'assigned' ELSE 'pending' END, "
+                "  CASE WHEN n > r AND n <= r + a THEN 'user-' || (n % 3) END "
+                "FROM CAST(:rendered AS integer) AS r, CAST(:assigned AS integer) AS a, "
+                "  generate_series(1, CAST(:frames AS integer)) AS n"
+            ),
+            {"id": workload.id, "frames": frames, "rendered": rendered, "assigned": assigned},
+        )
+        session.execute(
+            insert(WorkloadUser),
+            [
+                {"workload_id": workload.id, "user_id": f"user-{n}", "state": "active"}
+                for n in (0, 1, 2)
+            ]
+            + [{"workload_id": workload.id, "user_id": "user-3", "state": "released"}],
+        )
+        session.execute(text("ANALYZE frames"))
+        return workload.id
+
+
+def test_progress_of_a_huge_workload_counts_everything_and_maps_the_lowest_frames(
+    client, supervisor: Supervisor
+) -> None:  # type: ignore[no-untyped-def]
+    limit = supervisor.settings.progress_mapping_limit
+    _big_workload(supervisor, frames=50_000, rendered=30_000, assigned=limit * 3)
+
+    response = client.get(f"{PREFIX}/get-workload-progress?customer_id=big")
+    body = response.get_json()
+
+    assert len(response.data) < 4096, "a poll of a huge workload stays as small as any other"
+    first = range(30_001, 30_001 + limit)
+    assert body == {
+        "total_frames": 50_000,
+        "completed_frames": 30_000,
+        "remaining_frames": 20_000,
+        "progress_percentage": 60.0,
+        "workload_status": "running",
+        "active_users": 3,
+        "frame_mapping": {str(n): f"user-{n % 3}" for n in first},
+        "frame_mapping_truncated": True,
+    }
+    assert list(body["frame_mapping"]) == [str(n) for n in first], "lowest frames first"
+
+
+def test_progress_is_not_truncated_when_exactly_the_limit_is_out(
+    client, supervisor: Supervisor
+) -> None:  # type: ignore[no-untyped-def]
+    supervisor.settings.progress_mapping_limit = 5
+    _big_workload(supervisor, frames=20, rendered=10, assigned=5)
+
+    body = client.get(f"{PREFIX}/get-workload-progress?customer_id=big").get_json()
+
+    assert body["frame_mapping"] == {str(n): f"user-{n % 3}" for n in range(11, 16)}
+    assert body["frame_mapping_truncated"] is False
+
+
+def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Supervisor) -> None:
+    """The mapping must walk ix_frames_assigned_number: through the primary key it would
+    step over every rendered frame below the first assigned one (100 ms at 1M frames)."""
+    _big_workload(supervisor, frames=50_000, rendered=40_000, assigned=300)
+    with supervisor.db.engine.connect() as connection:
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = connection.exec_driver_sql(
+            "EXPLAIN " + workloads._PROGRESS,
+            {"customer_id": "big", "fetch": 101},
+        ).scalars()
+        plan_text = "\n".join(plan)
+    assert "ix_frames_assigned_number" in plan_text, plan_text
 
 
 def test_stop_and_delete_tells_users_and_the_user_manager(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -13,6 +15,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
+from supervisor import db as db_module
 from supervisor.errors import WorkloadAlreadyActive
 from supervisor.models import Base, Workload
 from supervisor.service import Supervisor
@@ -104,3 +107,93 @@ def test_a_million_frames_are_created_set_based(
         ).one()
     assert workload.status == "running"
     assert tuple(rows) == (1_000_000, 1, 1_000_000)
+
+
+def _terminate(supervisor: Supervisor, pids: list[int]) -> None:
+    with supervisor.db.engine.connect() as connection:
+        connection.execute(
+            text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"),
+            {"pids": pids},
+        )
+
+
+def test_read_row_answers_in_autocommit_with_the_statement_timeout(
+    supervisor: Supervisor,
+) -> None:
+    db = supervisor.db
+    pid, timeout = db.read_row("SELECT pg_backend_pid(), current_setting('statement_timeout')", {})
+    assert timeout == "30s"
+    assert db.read_row("SELECT 1 WHERE false", {}) is None
+    with db.engine.connect() as connection:
+        state = connection.execute(
+            text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        ).scalar_one()
+    assert state == "idle", "no transaction left open on the pooled connection"
+
+
+def test_read_row_does_not_ping(supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pre-ping's `SELECT 1` per checkout doubled the round trips of a status poll."""
+
+    def no_ping(_connection: object) -> bool:
+        raise AssertionError("read_row pinged its connection")
+
+    monkeypatch.setattr(supervisor.db.reader.dialect, "do_ping", no_ping)
+    assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
+    assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
+
+
+def _backend(supervisor: Supervisor) -> int:
+    return supervisor.db.read_row("SELECT pg_backend_pid()", {})[0]
+
+
+def _alive(supervisor: Supervisor, pids: list[int]) -> list[int]:
+    with supervisor.db.engine.connect() as connection:
+        return list(
+            connection.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE pid = ANY(CAST(:p AS integer[]))"),
+                {"p": pids},
+            ).scalars()
+        )
+
+
+def test_read_row_keeps_one_connection_per_thread(supervisor: Supervisor) -> None:
+    mine = _backend(supervisor)
+    theirs: list[int] = []
+    thread = threading.Thread(target=lambda: theirs.append(_backend(supervisor)))
+    thread.start()
+    thread.join(timeout=30)
+
+    assert _backend(supervisor) == mine, "kept between calls"
+    [other] = theirs
+    assert other != mine
+    supervisor.db.dispose()
+    assert _alive(supervisor, [mine, other]) == [], "dispose closes every thread's"
+
+
+def test_read_row_survives_its_connection_being_killed(supervisor: Supervisor) -> None:
+    """Nothing pings the kept connection: a dead one shows on use, is closed and replaced."""
+    killed = _backend(supervisor)
+    _terminate(supervisor, [killed])
+
+    replacement = _backend(supervisor)
+
+    assert replacement != killed
+    assert _backend(supervisor) == replacement
+
+
+def test_read_row_replaces_its_connection_after_the_recycle_age(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _backend(supervisor)
+    later = time.monotonic() + db_module.RECYCLE_SECONDS + 1
+    monkeypatch.setattr(db_module.time, "monotonic", lambda: later)
+
+    assert _backend(supervisor) != first
+    assert _alive(supervisor, [first]) == [], "the old one is closed, not left open"
+
+
+def test_read_row_raises_what_is_not_a_dead_connection(supervisor: Supervisor) -> None:
+    before = _backend(supervisor)
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        supervisor.db.read_row("SELECT 1 / 0", {})
+    assert _backend(supervisor) == before, "an error of the statement keeps the connection"
