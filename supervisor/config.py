@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     initial_user_count: int = Field(4, ge=1)
     progress_mapping_limit: int = Field(100, ge=0)
     trusted_proxy_count: int = Field(0, ge=0, le=10)
-    max_frames_per_assignment: int = Field(250, ge=1, le=100_000)
+    max_frames_per_assignment: int = Field(50, ge=1, le=100_000)
     max_frame_bytes: int = Field(4 * 1024**3, ge=1024)
     stale_frame_seconds: float = Field(900.0, gt=0)
     redemand_seconds: float = Field(120.0, gt=0)

@@ -145,6 +145,29 @@ def _assign(session: Session, workload_id: str, plan: dict[str, list[int]]) -> N
     )
 
 
+def _assign_pending_runs(session: Session, workload_id: str, plan: dict[str, list[int]]) -> None:
+    """Assign runs cut from the lowest pending frames: every pending frame between a run's
+    first and last number belongs to that run, so each user's run is one index range
+    (one statement per user, sent as a batch) instead of one joined row per frame. The
+    caller holds the workload row lock."""
+    runs = [
+        {"workload_id": workload_id, "first": frames[0], "last": frames[-1], "user_id": user}
+        for user, frames in plan.items()
+        if frames
+    ]
+    if not runs:
+        return
+    session.execute(
+        text(
+            "UPDATE frames SET state = 'assigned', user_id = :user_id, "
+            "assigned_at = now(), attempts = attempts + 1 "
+            "WHERE workload_id = :workload_id AND state = 'pending' "
+            "AND number BETWEEN :first AND :last"
+        ),
+        runs,
+    )
+
+
 def _send_lists(
     session: Session,
     workload: Workload,
@@ -191,7 +214,7 @@ def distribute(
             .limit(wanted)
         ).all()
         plan = scheduling.split_runs(frames, grants)
-        _assign(session, workload.id, plan)
+        _assign_pending_runs(session, workload.id, plan)
         fresh = {user: frames for user, frames in plan.items() if held[user] == 0}
         _send_lists(session, workload, plan, known=fresh)
         return {user: len(frames) for user, frames in plan.items()}

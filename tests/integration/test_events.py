@@ -633,3 +633,29 @@ def test_a_batch_retries_only_the_upload_whose_copy_failed(
     assert "tmp/u1/11.png" in fake_peers.temp_blobs
     supervisor.peers.blob.transfer_temp_to_final = copy
     assert events.record_rendered_frame(supervisor, batch[1]) == "stored"
+
+
+def test_runs_cut_around_frames_that_are_not_pending_assign_only_pending_frames(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    supervisor.settings.max_frames_per_assignment = 3
+    with supervisor.db.transaction() as session:
+        session.execute(
+            update(Frame)
+            .where(Frame.workload_id == session_id, Frame.number.in_([11, 13]))
+            .values(state=FrameState.RENDERED)
+        )
+        session.execute(update(Workload).where(Workload.id == session_id).values(rendered_frames=2))
+
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+
+    assert assignments(supervisor, session_id) == {
+        10: "u1",
+        12: "u1",
+        14: "u1",
+        15: "u2",
+        16: "u2",
+        17: "u2",
+    }
+    sent = {m["user_id"]: m["data"]["frame_list"] for m in lists_sent(fake_peers)}
+    assert sent == {"u1": [10, 12, 14], "u2": [15, 16, 17]}
