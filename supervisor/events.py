@@ -351,9 +351,13 @@ def _frame_view(sv: Supervisor, event: Event) -> _FrameView:
             )
             .where(Workload.id == event.session_id)
         ).one_or_none()
-    if row is None:
+    return _fitting(event, _FrameView(*row) if row is not None else None)
+
+
+def _fitting(event: Event, view: _FrameView | None) -> _FrameView:
+    """The view, if the event's session, user and frame are ours; else EventRefused."""
+    if view is None:
         raise EventRefused("unknown-session", event.session_id)
-    view = _FrameView(*row)
     if view.user_state is None:
         raise EventRefused("not-our-user", str(event.user_id))
     if view.frame_state is None:
@@ -366,88 +370,12 @@ def record_rendered_frame(sv: Supervisor, event: Event) -> str:
 
     The copy comes first and is idempotent (same bytes, same key), so a crash anywhere
     leaves either an assigned frame to copy again or a rendered frame with its image.
-    The catalog record and the temp deletion leave through the outbox after the commit."""
-    if event.frame_number is None or not event.temp_key or not event.extension:
-        raise EventRefused("incomplete-event", event.topic)
-    view = _frame_view(sv, event)
-    if view.frame_state == FrameState.RENDERED:
-        _discard_temp(sv, event)
-        _log("frame already rendered; its upload is discarded", event)
-        return "duplicate"
-    if view.workload_status != WorkloadStatus.RUNNING:
-        _discard_temp(sv, event)
-        raise EventRefused("workload-not-running", view.workload_status)
-    if view.frame_state != FrameState.ASSIGNED or view.frame_user != event.user_id:
-        _discard_temp(sv, event)
-        raise EventRefused("frame-not-assigned-to-user", f"frame {event.frame_number}")
-
-    final_key = final_frame_key(
-        view.customer_id, view.object_id, event.frame_number, event.extension
-    )
-    try:
-        size = sv.peers.blob.transfer_temp_to_final(
-            temp_key=event.temp_key,
-            final_key=final_key,
-            extension=event.extension,
-            max_bytes=sv.settings.max_frame_bytes,
-        )
-    except PeerError as exc:
-        if exc.transient:
-            raise
-        return _transfer_failed(sv, event, str(exc))
-
-    with sv.db.transaction() as session:
-        workload = lock_workload(session, event.session_id)
-        if workload is None or workload.status != WorkloadStatus.RUNNING:
-            outbox.delete_temp_blob(session, event.session_id, event.temp_key)
-            outcome = "workload-ended"
-        else:
-            outcome = _mark_rendered(session, workload, event, final_key)
-    if outcome not in ("stored", "completed"):
-        _log("upload not needed after its copy; discarded", event, outcome=outcome)
-        send_outbox_soon(sv)
-        return outcome
-    completed = outcome == "completed"
-    _log("frame stored", event, final_key=final_key, bytes=size, completed=completed)
-    send_outbox_soon(sv)
-    if completed:
-        unbind_after_grace(sv, event.session_id)
+    The catalog record and the temp deletion leave through the outbox after the commit.
+    One event is a batch of one: EventRefused refuses it, a transient PeerError retries it."""
+    [outcome] = record_rendered_frames(sv, [event])
+    if isinstance(outcome, Exception):
+        raise outcome
     return outcome
-
-
-def _mark_rendered(session: Session, workload: Workload, event: Event, final_key: str) -> str:
-    """In the caller's transaction, with the workload row locked: mark the frame rendered if
-    the sender still holds it ("stored" or "completed"), else discard the copied upload
-    ("duplicate": another copy won, or the frame moved on)."""
-    marked = session.execute(
-        update(Frame)
-        .where(*_held_by_sender(event))
-        .values(
-            state=FrameState.RENDERED,
-            final_key=final_key,
-            rendered_at=func.now(),
-            last_error=None,
-        )
-        .returning(Frame.number)
-    ).scalar_one_or_none()
-    if marked is None:
-        outbox.delete_temp_blob(session, workload.id, event.temp_key or "")
-        return "duplicate"
-    workload.rendered_frames += 1
-    _touch_user(session, workload.id, event.user_id or "")
-    outbox.record_in_catalog(
-        session,
-        workload.id,
-        object_id=workload.object_id,
-        customer_id=workload.customer_id,
-        frame_number=event.frame_number,
-        image_file_path=final_key,
-    )
-    outbox.delete_temp_blob(session, workload.id, event.temp_key or "")
-    completed = workload.rendered_frames >= workload.total_frames
-    if completed:
-        _complete(session, workload)
-    return "completed" if completed else "stored"
 
 
 def record_rendered_frames(sv: Supervisor, batch: Sequence[Event]) -> list[str | Exception]:
@@ -547,12 +475,7 @@ def _copy_target(event: Event, view: _FrameView | None) -> str | None:
     upload is a duplicate); EventRefused when the event does not fit our state."""
     if event.frame_number is None or not event.temp_key or not event.extension:
         raise EventRefused("incomplete-event", event.topic)
-    if view is None:
-        raise EventRefused("unknown-session", event.session_id)
-    if view.user_state is None:
-        raise EventRefused("not-our-user", str(event.user_id))
-    if view.frame_state is None:
-        raise EventRefused("frame-outside-workload", str(event.frame_number))
+    view = _fitting(event, view)
     if view.frame_state == FrameState.RENDERED:
         return None
     if view.workload_status != WorkloadStatus.RUNNING:
@@ -603,38 +526,100 @@ def _mark_all(
     outcomes: list[str | Exception | None],
     unwanted: list[Event],
 ) -> list[str]:
-    """One transaction: lock the workloads (in id order), mark every copied frame still held
-    by its sender, queue catalog records and temp deletions. Returns workloads completed."""
+    """One transaction: lock the workloads (in id order), mark in one statement every copied
+    frame still held by its sender, move the counters, queue catalog records and temp
+    deletions; an upload whose frame moved on meanwhile is discarded. Returns the workloads
+    this batch completed."""
     completed: list[str] = []
+    senders: set[tuple[str, str]] = set()
     with sv.db.transaction() as session:
-        for event in unwanted:
-            outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
-        sessions = sorted({batch[index].session_id for index in copied})
         workloads = {
             workload.id: workload
             for workload in session.scalars(
                 select(Workload)
-                .where(Workload.id.in_(sessions))
+                .where(Workload.id.in_({batch[index].session_id for index in copied}))
                 .order_by(Workload.id)
                 .with_for_update()
             )
         }
+        running = {
+            index: key
+            for index, key in copied.items()
+            if (w := workloads.get(batch[index].session_id)) and w.status == WorkloadStatus.RUNNING
+        }
+        marked = _mark_held_frames(session, [(batch[index], key) for index, key in running.items()])
         for index, final_key in copied.items():
             event = batch[index]
-            workload = workloads.get(event.session_id)
-            if workload is None or workload.status != WorkloadStatus.RUNNING:
-                outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
+            if index not in running:
                 outcomes[index] = "workload-ended"
-                continue
-            outcome = _mark_rendered(session, workload, event, final_key)
-            outcomes[index] = outcome
-            if outcome == "completed":
+                unwanted.append(event)
+            elif (event.session_id, event.frame_number) not in marked:
+                outcomes[index] = "duplicate"  # another copy won, or the frame moved on
+                unwanted.append(event)
+            else:
+                outcomes[index] = "stored"
+                _queue_stored_frame(session, workloads[event.session_id], event, final_key)
+                senders.add((event.session_id, event.user_id or ""))
+        for workload_id, user_id in sorted(senders):
+            _touch_user(session, workload_id, user_id)
+        for event in unwanted:
+            outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
+        for workload in workloads.values():
+            if workload.status == WorkloadStatus.RUNNING and (
+                workload.rendered_frames >= workload.total_frames
+            ):
+                _complete(session, workload)
                 completed.append(workload.id)
-    for index in copied:
+    for index, final_key in running.items():
         event = batch[index]
-        if outcomes[index] in ("stored", "completed"):
-            _log("frame stored", event, final_key=copied[index])
+        if outcomes[index] == "stored":
+            done = event.session_id in completed
+            outcomes[index] = "completed" if done else "stored"
+            _log("frame stored", event, final_key=final_key, completed=done)
+    for event in unwanted:
+        _log("upload not needed; discarded", event, temp_key=event.temp_key)
     return completed
+
+
+def _mark_held_frames(session: Session, copies: list[tuple[Event, str]]) -> set[tuple[str, int]]:
+    """Mark rendered, in one statement, each frame its sender still holds; the (workload,
+    frame) pairs marked. Frames are unique in a batch (duplicates are settled before)."""
+    if not copies:
+        return set()
+    rows = session.execute(
+        text(
+            "UPDATE frames AS f SET state = 'rendered', final_key = a.final_key, "
+            "rendered_at = now(), last_error = NULL "
+            "FROM unnest(CAST(:workloads AS varchar[]), CAST(:numbers AS integer[]), "
+            "CAST(:users AS varchar[]), CAST(:keys AS varchar[])) "
+            "AS a(workload_id, number, user_id, final_key) "
+            "WHERE f.workload_id = a.workload_id AND f.number = a.number "
+            "AND f.state = 'assigned' AND f.user_id = a.user_id "
+            "RETURNING f.workload_id, f.number"
+        ),
+        {
+            "workloads": [event.session_id for event, _ in copies],
+            "numbers": [event.frame_number for event, _ in copies],
+            "users": [event.user_id for event, _ in copies],
+            "keys": [key for _, key in copies],
+        },
+    ).all()
+    return {(row.workload_id, row.number) for row in rows}
+
+
+def _queue_stored_frame(session: Session, workload: Workload, event: Event, key: str) -> None:
+    """What follows a frame marked rendered, in its transaction: the counter, the catalog
+    record and the temp deletion."""
+    workload.rendered_frames += 1
+    outbox.record_in_catalog(
+        session,
+        workload.id,
+        object_id=workload.object_id,
+        customer_id=workload.customer_id,
+        frame_number=event.frame_number or 0,
+        image_file_path=key,
+    )
+    outbox.delete_temp_blob(session, workload.id, event.temp_key or "")
 
 
 def _held_by_sender(event: Event) -> tuple[Any, ...]:
@@ -645,14 +630,6 @@ def _held_by_sender(event: Event) -> tuple[Any, ...]:
         Frame.state == FrameState.ASSIGNED,
         Frame.user_id == event.user_id,
     )
-
-
-def _discard_temp(sv: Supervisor, event: Event) -> None:
-    """The user is ours but its upload is not wanted (or was already copied): remove it so
-    no temp file is left. Deleting a key already gone is harmless (delete-temp is idempotent)."""
-    with sv.db.transaction() as session:
-        outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
-    send_outbox_soon(sv)
 
 
 def _transfer_failed(sv: Supervisor, event: Event, reason: str) -> str:

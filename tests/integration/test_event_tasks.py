@@ -1,0 +1,62 @@
+"""tasks.frames_rendered: a batch's events are settled, refused or retried alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from supervisor import events, inbox
+from supervisor.errors import PeerError
+from supervisor.models import InboxEvent
+from supervisor.refusals import REFUSED_COUNTER
+from supervisor.service import Supervisor
+from supervisor.workloads import start_workload
+from tasks import event_tasks
+from tests.fakes import FakePeers
+from tests.integration.test_events import BLEND, new_users, rendered
+
+
+@pytest.fixture
+def session_id(supervisor: Supervisor, fake_peers: FakePeers) -> str:
+    fake_peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
+    workload_id = start_workload(supervisor, "cust-1", "obj-1")
+    events.add_users(supervisor, new_users(workload_id, "u1"))
+    return workload_id
+
+
+def test_a_batch_stores_refuses_and_retries_alone_what_it_cannot_settle(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers, monkeypatch: Any
+) -> None:
+    supervisor.redis.delete(REFUSED_COUNTER)
+    batch = [
+        rendered(session_id, "u1", 10, fake_peers),
+        rendered(session_id, "u1", 11, fake_peers),
+        rendered(session_id, "stranger", 12, fake_peers),
+    ]
+    ids = inbox.record_many(supervisor.db, batch)
+    copy = supervisor.peers.blob.transfer_temp_to_final
+
+    def blob_fails_for_frame_11(**kwargs: Any) -> int:
+        if kwargs["temp_key"].endswith("/11.png"):
+            raise PeerError("blob-service", "retrieve-temp", "down", status=503)
+        return copy(**kwargs)
+
+    supervisor.peers.blob.transfer_temp_to_final = blob_fails_for_frame_11
+    retried: list[list[int]] = []
+    monkeypatch.setattr(event_tasks, "supervisor", lambda: supervisor)
+    monkeypatch.setattr(
+        event_tasks.frame_rendered, "apply_async", lambda args, **_: retried.append(args)
+    )
+
+    counts = event_tasks.frames_rendered(ids)
+
+    assert counts == {"stored": 1, "retried-alone": 1, "refused": 1}
+    assert retried == [[ids[1]]]
+    with supervisor.db.session() as session:
+        left = session.execute(select(InboxEvent.id, InboxEvent.last_error)).all()
+    assert [row.id for row in left] == [ids[1]], "only the retried event stays in the inbox"
+    assert "down" in (left[0].last_error or "")
+    assert supervisor.redis.hget(REFUSED_COUNTER, "not-our-user") == b"1"
+    assert event_tasks.frames_rendered(ids) == {"retried-alone": 1}, "a redelivery redoes nothing"
