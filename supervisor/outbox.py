@@ -166,10 +166,11 @@ def _drain_locked(
     go SEND_CONCURRENCY at a time and are deleted a chunk at a time. Catalog records, which
     a repeat would duplicate, go one by one, each deleted in its own commit right after its
     send, so a crash resends at most the one record in flight."""
-    rows = session.scalars(_due(batch_size)).all()
+    due = session.execute(_due(batch_size)).all()
+    rows = [row for row, _key in due]
     session.commit()
     blocked: set[str] = set()
-    jobs = _jobs(row for row in rows if row.destination not in ONE_AT_A_TIME)
+    jobs = _jobs((row, key) for row, key in due if row.destination not in ONE_AT_A_TIME)
     with ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox") as pool:
         for start in range(0, len(jobs), SEND_CHUNK):
             chunk = jobs[start : start + SEND_CHUNK]
@@ -210,12 +211,11 @@ def _settle(
             result.failed += 1
 
 
-def _jobs(rows: Iterable[OutboxMessage]) -> list[list[OutboxMessage]]:
+def _jobs(due: Iterable[tuple[OutboxMessage, str | None]]) -> list[list[OutboxMessage]]:
     """One job per order key (its rows oldest first), one per row without a key."""
     jobs: list[list[OutboxMessage]] = []
-    by_key: dict[tuple[str, str], list[OutboxMessage]] = {}
-    for row in rows:
-        key = _row_order_key(row)
+    by_key: dict[str, list[OutboxMessage]] = {}
+    for row, key in due:
         if key is None:
             jobs.append([row])
         elif key in by_key:
@@ -224,14 +224,6 @@ def _jobs(rows: Iterable[OutboxMessage]) -> list[list[OutboxMessage]]:
             by_key[key] = [row]
             jobs.append(by_key[key])
     return jobs
-
-
-def _row_order_key(row: OutboxMessage) -> tuple[str, str] | None:
-    if row.destination == USER_SERVICE:
-        return (row.destination, str(row.body.get("user_id")))
-    if row.destination == USER_MANAGER:
-        return (row.destination, str(row.workload_id))
-    return None
 
 
 @dataclass
@@ -279,7 +271,12 @@ def _order_key(message: type[OutboxMessage] | Any) -> Any:
     )
 
 
-def _due(limit: int) -> Select[tuple[OutboxMessage]]:
+def _keyed(message: type[OutboxMessage] | Any) -> Any:
+    """The order key, prefixed with the destination so keys of two destinations differ."""
+    return message.destination + ":" + _order_key(message)
+
+
+def _due(limit: int) -> Select[tuple[OutboxMessage, str | None]]:
     """Due rows, oldest first, leaving out any row queued behind an older one of the same
     order key that waits for its retry, so a retried message is never overtaken. The heads
     are computed once (a materialized CTE), not once per candidate row."""
@@ -305,7 +302,7 @@ def _due(limit: int) -> Select[tuple[OutboxMessage]]:
         .exists()
     )
     return (
-        select(OutboxMessage)
+        select(OutboxMessage, _keyed(OutboxMessage).label("order_key"))
         .where(OutboxMessage.available_at <= func.now(), ~behind_a_retry)
         .order_by(OutboxMessage.id)
         .limit(limit)

@@ -119,10 +119,12 @@ class IntakeConsumer(ConsumerMixin):
                 self._refuse(sv, message, RefusedMessage("unknown-session", event.session_id))
             elif event.topic in BATCHED_TOPICS:
                 batched.append(inbox_id)
+            elif event.topic == "user-rendering-completed" and self.settle_seconds:
+                self._dispatch(TASK_FOR_TOPIC[event.topic], [inbox_id], self.settle_seconds)
             else:
-                self._dispatch(TASK_FOR_TOPIC[event.topic], event, [inbox_id])
+                self._dispatch(TASK_FOR_TOPIC[event.topic], [inbox_id])
         if batched:
-            self._dispatch("tasks.frames_rendered", None, [batched])
+            self._dispatch("tasks.frames_rendered", [batched])
         for message, _ in parsed:
             if not message.acknowledged:
                 message.ack()
@@ -137,11 +139,9 @@ class IntakeConsumer(ConsumerMixin):
         )
         message.ack()
 
-    def _dispatch(self, task: str, event: Event | None, args: list[Any]) -> None:
+    def _dispatch(self, task: str, args: list[Any], countdown: float | None = None) -> None:
         """Hand recorded events to a task; if that fails, beat re-dispatches them."""
-        options: dict[str, Any] = {}
-        if event is not None and event.topic == "user-rendering-completed" and self.settle_seconds:
-            options["countdown"] = self.settle_seconds
+        options = {"countdown": countdown} if countdown else {}
         try:
             self.celery.send_task(task, args=args, **options)
         except Exception:
