@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 from werkzeug.exceptions import HTTPException
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, DechunkedInput, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import wrap_file
+from werkzeug.wsgi import LimitedStream, wrap_file
 
 from simulator.blobs import (
     BLEND_BUCKET,
@@ -57,6 +57,7 @@ USER_MANAGER = "/api/user-manager/session-supervisor"
 MAX_ID_CHARS = 256
 FAULT_KEY = "simulator.fault"
 FORM_READ_BYTES = 256 * 1024
+KEEP_ALIVE_SECONDS = 30  # an idle kept connection's thread ends after this
 _FINAL_NAME = re.compile(r"(-?\d+)\.([A-Za-z0-9]{1,10})")
 _TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "exr": "image/x-exr"}
 
@@ -350,10 +351,20 @@ class SimulatorApp:
         return Response(page, mimetype="text/html")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Access lines at DEBUG through our logger instead of werkzeug's INFO lines; applies
-    injected faults before the application sees the request."""
+class _KeepAliveHandler(WSGIRequestHandler):
+    """HTTP/1.1 with keep-alive, as the real peers speak it: werkzeug's development handler
+    closes every connection, so each request cost a TCP connection on both sides and a
+    server thread. The request body is framed by its Content-Length (the rest is read and
+    discarded after the response, so the next request starts at its request line), the
+    response by its Content-Length or chunked encoding. A chunked request body, an error
+    after the headers went out, or a client's `Connection: close` ends the connection.
 
+    Access lines go to our logger at DEBUG; injected faults apply before the application
+    sees the request."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = KEEP_ALIVE_SECONDS
+    disable_nagle_algorithm = True  # a body written after its headers must not wait for an ACK
     _fault: str | None = None
 
     def log(self, type: str, message: str, *args: Any) -> None:
@@ -365,7 +376,96 @@ class _QuietHandler(WSGIRequestHandler):
         if self._fault == "down":
             self._drop()
             return
-        super().run_wsgi()
+        environ = self.make_environ()
+        if isinstance(environ["wsgi.input"], DechunkedInput):
+            self.close_connection = True
+            body = None
+        else:
+            body = LimitedStream(self.rfile, int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = body
+        try:
+            self._respond(environ)
+            if body is not None:
+                body.exhaust()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    def _respond(self, environ: WSGIEnvironment) -> None:
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):  # type: ignore[no-untyped-def]
+            if exc_info and self._headers_sent:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = [status, headers]
+            return self._refuse_write
+
+        self._headers_sent = False
+        try:
+            result = self.server.app(environ, start_response)
+        except Exception:
+            logger.exception("application failed", extra={"event": "http-error", "path": self.path})
+            self._send_whole("500 Internal Server Error", [], b"Internal server error")
+            return
+        try:
+            chunked = False
+            for data in result:
+                if not self._headers_sent:
+                    chunked = self._send_headers(environ, *started)
+                if data:
+                    self._write_body(data, chunked)
+            if not self._headers_sent:
+                chunked = self._send_headers(environ, *started)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception:
+            logger.exception("response failed", extra={"event": "http-error", "path": self.path})
+            if self._headers_sent:
+                self.close_connection = True
+            else:
+                self._send_whole("500 Internal Server Error", [], b"Internal server error")
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _send_headers(self, environ: WSGIEnvironment, status: str, headers: list[Any]) -> bool:
+        """Status line and headers; True when the body must go chunked (no length given)."""
+        code, _, reason = status.partition(" ")
+        self.send_response(int(code), reason)
+        names = set()
+        for name, value in headers:
+            names.add(name.lower())
+            self.send_header(name, value)
+        chunked = not (
+            "content-length" in names
+            or environ["REQUEST_METHOD"] == "HEAD"
+            or int(code) < 200
+            or int(code) in (204, 304)
+        )
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self._headers_sent = True
+        return chunked
+
+    def _write_body(self, data: bytes, chunked: bool) -> None:
+        if chunked:
+            self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        else:
+            self.wfile.write(data)
+
+    def _send_whole(self, status: str, headers: list[Any], body: bytes) -> None:
+        headers = [*headers, ("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        self._send_headers({"REQUEST_METHOD": "GET"}, status, headers)
+        self.wfile.write(body)
+
+    @staticmethod
+    def _refuse_write(data: bytes) -> None:
+        raise NotImplementedError("the simulator's application returns its body")
 
     def make_environ(self) -> WSGIEnvironment:
         environ = super().make_environ()
@@ -391,7 +491,7 @@ class HttpServer:
 
     def __init__(self, sim: Simulator, host: str, port: int) -> None:
         self._server: BaseWSGIServer = make_server(
-            host, port, SimulatorApp(sim), threaded=True, request_handler=_QuietHandler
+            host, port, SimulatorApp(sim), threaded=True, request_handler=_KeepAliveHandler
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sim-http"

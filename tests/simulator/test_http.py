@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import threading
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from requests_toolbelt import MultipartEncoder
+from werkzeug.serving import make_server
 
 from simulator import Simulator
 from simulator.blobs import TEMP_BUCKET
 from simulator.config import FIXTURES
-from simulator.web import FORM_READ_BYTES
+from simulator.web import FORM_READ_BYTES, _KeepAliveHandler
 from tests.simulator.conftest import NEW_SESSION, SEND, SEND_ACK
 
 CATALOG = "/api/mongodb-service/blender-objects"
@@ -391,3 +395,88 @@ def test_unknown_paths_and_methods_answer_json(http_sim: Simulator) -> None:
     wrong = requests.get(f"{http_sim.base_url}{BLOB}/delete-temp", timeout=5)
     assert (missing.status_code, wrong.status_code) == (404, 405)
     assert "message" in missing.json()
+
+
+def _exchange(connection: http.client.HTTPConnection, method: str, path: str, **kw: Any):  # type: ignore[no-untyped-def]
+    connection.request(method, path, **kw)
+    response = connection.getresponse()
+    return response.status, response.read(), response.getheader("Connection")
+
+
+def test_one_connection_carries_many_requests(http_sim: Simulator) -> None:
+    """Real peers keep connections alive; the simulator must too, or every supervisor call
+    pays a TCP connection (and the benchmarks measure that instead)."""
+    key = "temp/s1/u1/8-abc.png"
+    http_sim.blobs.write(TEMP_BUCKET, key, b"\x89PNG-kept")
+    host, port = http_sim.base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        path = f"{BLOB}/retrieve-temp?key={key}"
+        first = _exchange(connection, "GET", path)
+        sock = connection.sock
+        # a body the application never reads (an unknown path) must not be taken for the
+        # next request line
+        unread = _exchange(connection, "POST", "/api/nothing", body=b"GET / HTTP/1.1\r\n\r\n")
+        state = _exchange(connection, "GET", "/simulator/state")
+        again = _exchange(connection, "GET", path)
+        assert connection.sock is sock
+    finally:
+        connection.close()
+    assert first == (200, b"\x89PNG-kept", None)
+    assert unread[0] == 404
+    assert state[0] == 200
+    assert json.loads(state[1])["config"]
+    assert again == first
+
+
+def test_a_chunked_request_is_answered_then_its_connection_closed(http_sim: Simulator) -> None:
+    host, port = http_sim.base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        body = json.dumps({"user_id": "nobody", "topic": "stop-work", "data": {}}).encode()
+        connection.request(
+            "POST",
+            SEND,
+            body=iter([body]),
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        response.read()
+        assert response.getheader("Connection") == "close"
+    finally:
+        connection.close()
+    assert response.status == 404
+
+
+def test_a_down_fault_drops_a_kept_connection_without_an_answer(http_sim: Simulator) -> None:
+    session = requests.Session()
+    base = http_sim.base_url + CATALOG
+    assert session.get(f"{base}/get-blend-file-name/nothing", timeout=5).status_code in (400, 404)
+    http_sim.faults.inject("catalog", "down", seconds=30)
+    with pytest.raises(requests.ConnectionError):
+        session.post(f"{base}/add-rendered-image", json={}, timeout=5)
+    http_sim.faults.clear()
+    assert session.get(f"{base}/get-blend-file-name/nothing", timeout=5).status_code in (400, 404)
+
+
+def test_a_body_of_unknown_length_goes_chunked_on_a_kept_connection() -> None:
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"one ", b"", b"two"])
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_KeepAliveHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+    try:
+        first = _exchange(connection, "GET", "/")
+        sock = connection.sock
+        second = _exchange(connection, "GET", "/")
+        assert connection.sock is sock
+    finally:
+        connection.close()
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+    assert first == second == (200, b"one two", None)
