@@ -77,12 +77,22 @@ def lock_workload(session: Session, workload_id: str) -> Workload | None:
     ).one_or_none()
 
 
-def _touch_user(session: Session, workload_id: str, user_id: str) -> None:
-    session.execute(
-        update(WorkloadUser)
-        .where(WorkloadUser.workload_id == workload_id, WorkloadUser.user_id == user_id)
-        .values(last_seen_at=func.now())
-    )
+_TOUCH_USERS = text(
+    "UPDATE workload_users AS u SET last_seen_at = now() "
+    "FROM unnest(CAST(:workload_ids AS varchar[]), CAST(:user_ids AS varchar[])) "
+    "AS t(workload_id, user_id) "
+    "WHERE u.workload_id = t.workload_id AND u.user_id = t.user_id"
+)
+
+
+def _touch_users(session: Session, senders: Iterable[tuple[str, str]]) -> None:
+    """Note that these (workload, user) pairs were heard from, in one statement."""
+    pairs = sorted(set(senders))
+    if pairs:
+        session.execute(
+            _TOUCH_USERS,
+            {"workload_ids": [w for w, _ in pairs], "user_ids": [u for _, u in pairs]},
+        )
 
 
 # --- distribution -----------------------------------------------------------------------
@@ -560,8 +570,7 @@ def _mark_all(
                 outcomes[index] = "stored"
                 _queue_stored_frame(session, workloads[event.session_id], event, final_key)
                 senders.add((event.session_id, event.user_id or ""))
-        for workload_id, user_id in sorted(senders):
-            _touch_user(session, workload_id, user_id)
+        _touch_users(session, senders)
         for event in unwanted:
             outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
         for workload in workloads.values():
@@ -694,7 +703,7 @@ def user_finished_list(sv: Supervisor, event: Event) -> dict[str, Any]:
             raise EventRefused("not-our-user", str(event.user_id))
         if user_state != UserState.ACTIVE or workload.status != WorkloadStatus.RUNNING:
             return {"ignored": True}
-        _touch_user(session, workload.id, event.user_id or "")
+        _touch_users(session, [(workload.id, event.user_id or "")])
         owed = _queues(session, workload.id, [event.user_id or ""])[event.user_id or ""]
         if owed:
             blend_hash = workload.blend_file_hash or ""

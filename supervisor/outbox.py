@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from redis import Redis
-from sqlalchemy import Select, case, delete, func, literal_column, select, text, update
+from sqlalchemy import Select, case, func, literal_column, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -33,6 +33,7 @@ MAX_BACKOFF = timedelta(seconds=30)
 SEND_CONCURRENCY = 8
 SEND_CHUNK = 32
 ONE_AT_A_TIME = frozenset({CATALOG})
+_DELETE_SENT = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 
 
 class BodyPublisher(Protocol):
@@ -191,7 +192,7 @@ def _settle(
     done = [row.id for outcome in outcomes for row in outcome.done]
     try:
         if done:
-            session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
+            session.execute(_DELETE_SENT, {"ids": done})
         for outcome in outcomes:
             if outcome.failed is not None:
                 _postpone(session, *outcome.failed)
@@ -199,7 +200,7 @@ def _settle(
     except OperationalError:
         if done:
             with db.transaction() as fresh:
-                fresh.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(done)))
+                fresh.execute(_DELETE_SENT, {"ids": done})
             logger.warning(
                 "outbox drain lost its database connection; sent messages forgotten anyway",
                 extra={"sent": len(done)},
