@@ -38,7 +38,7 @@ from bench.harness import (
     log,
     ratio_at_least,
 )
-from bench.profiling import print_summary, recording, summarize
+from bench.profiling import PROFILE_DIR, print_summary, recording, summarize
 from simulator.png import frame_png
 from tests import services
 from tests.blendgen import blend_with_range
@@ -271,15 +271,28 @@ def run(opts: Options) -> list[Row]:
 
 
 def _profiled_round(stack, worker_pid: int, frames: int, blend: Path) -> None:  # type: ignore[no-untyped-def]
-    """One more round under py-spy (wall time, idle included), kept out of the figures."""
+    """Two more rounds under py-spy, kept out of the figures: wall time (idle included) of
+    the worker, which shows what a task waits on; then CPU time (busy samples only) of the
+    worker and of this process, which hosts the simulator, and shows what costs cores."""
+    summaries: dict[str, object] = {}
     with recording(worker_pid, "intake-worker") as output:
         _one_round(stack, "intake-profiled", frames, blend)
-    if output is None or not output.exists():
-        return
-    summaries = {
-        "tasks": summarize(output, within="fast_trace_task"),
-        "intake consumer": summarize(output, within="IntakeConsumer.on_message"),
-    }
+    if output is not None and output.exists():
+        summaries["tasks (wall time)"] = summarize(output, within="fast_trace_task")
+        summaries["intake consumer (wall time)"] = summarize(
+            output, within="IntakeConsumer.on_message"
+        )
+    with (
+        recording(worker_pid, "intake-worker-cpu", idle=False) as worker_cpu,
+        recording(os.getpid(), "intake-simulator-cpu", idle=False) as simulator_cpu,
+    ):
+        _one_round(stack, "intake-profiled-cpu", frames, blend)
+    if worker_cpu is not None and worker_cpu.exists():
+        summaries["worker (CPU time)"] = summarize(worker_cpu)
+    if simulator_cpu is not None and simulator_cpu.exists():
+        summaries["bench process: simulator (CPU time)"] = summarize(simulator_cpu)
     for title, summary in summaries.items():
-        print_summary(f"intake worker, {title} (wall time)", summary)
-    output.with_suffix(".summary.json").write_text(json.dumps(summaries, indent=2))
+        print_summary(f"intake {title}", summary)
+    if summaries:
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        (PROFILE_DIR / "intake.summary.json").write_text(json.dumps(summaries, indent=2))

@@ -80,7 +80,7 @@ def recording(pid: int, name: str, *, rate: int = 100, idle: bool = True) -> Ite
             process.wait()
 
 
-PROJECT = ("supervisor/", "tasks/", "app/")
+PROJECT = ("supervisor/", "tasks/", "app/", "simulator/")
 
 
 def _frame_name(frame: str) -> str:
