@@ -284,7 +284,7 @@ def _profiled_round(stack, worker_pid: int, frames: int, blend: Path) -> None:  
         )
     with (
         recording(worker_pid, "intake-worker-cpu", idle=False) as worker_cpu,
-        recording(os.getpid(), "intake-simulator-cpu", idle=False) as simulator_cpu,
+        recording(os.getpid(), "intake-simulator-cpu", idle=False, children=False) as simulator_cpu,
     ):
         _one_round(stack, "intake-profiled-cpu", frames, blend)
     if worker_cpu is not None and worker_cpu.exists():

@@ -39,11 +39,13 @@ def py_spy() -> str | None:
 
 
 @contextmanager
-def recording(pid: int, name: str, *, rate: int = 100, idle: bool = True) -> Iterator[Path | None]:
+def recording(
+    pid: int, name: str, *, rate: int = 100, idle: bool = True, children: bool = True
+) -> Iterator[Path | None]:
     """Record `pid` and its children with py-spy while the block runs; yields the output
     path (collapsed stacks), or None when py-spy is not available. `idle` keeps samples of
     threads waiting on I/O, so the shares are of wall time, which is what bounds a
-    throughput."""
+    throughput. `children` follows the process's children too."""
     binary = py_spy()
     if binary is None:
         log("py-spy not found; no profile")
@@ -57,7 +59,7 @@ def recording(pid: int, name: str, *, rate: int = 100, idle: bool = True) -> Ite
             "record",
             "--pid",
             str(python_pid(pid)),
-            "--subprocesses",
+            *(["--subprocesses"] if children else []),
             "--rate",
             str(rate),
             "--format",
