@@ -140,7 +140,7 @@ def _rendered_span(database_url: str, customer: str) -> tuple[int, float, float]
 
 
 def _catalog_count(stack, customer: str) -> int:  # type: ignore[no-untyped-def]
-    return sum(1 for r in stack.simulator.catalog_records() if r.get("customerId") == customer)
+    return stack.simulator.catalog_count(customer)
 
 
 def _one_round(stack, customer: str, frames: int, blend: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class Catalog:
         self._objects: dict[tuple[str, str], BlendObject] = {}
         self._records: list[dict[str, Any]] = []
         self._received_at: list[float] = []
+        self._per_customer: Counter[str] = Counter()
 
     def add_object(self, customer_id: str, object_id: str, blend_file: Path) -> str:
         """Copy `blend_file` into the blend-files bucket and register it; return its key."""
@@ -91,6 +93,7 @@ class Catalog:
         with self._lock:
             self._records.append(dict(body))
             self._received_at.append(time.monotonic())
+            self._per_customer[str(body.get("customerId"))] += 1
             with self._records_file.open("a", encoding="utf-8") as out:
                 out.write(line + "\n")
         logger.info(
@@ -101,6 +104,11 @@ class Catalog:
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(r) for r in self._records]
+
+    def count(self, customer_id: str) -> int:
+        """How many records name this customer, without copying them (pollers use it)."""
+        with self._lock:
+            return self._per_customer[customer_id]
 
     def arrival_times(self) -> list[float]:
         """time.monotonic() at which each record of `records()` arrived, in the same order."""

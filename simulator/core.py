@@ -211,6 +211,10 @@ class Simulator:
         """add-rendered-image bodies received since start, in order."""
         return self.catalog.records()
 
+    def catalog_count(self, customer_id: str) -> int:
+        """How many add-rendered-image records name `customer_id`."""
+        return self.catalog.count(customer_id)
+
     def catalog_arrival_times(self) -> list[float]:
         """time.monotonic() of each catalog record's arrival, in `catalog_records()` order."""
         return self.catalog.arrival_times()

@@ -93,6 +93,7 @@ def test_add_rendered_image_is_recorded_in_memory_and_on_disk(http_sim: Simulato
     lines = (http_sim.data_dir / "catalog-records.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [body]
     assert http_sim.state()["catalog"]["records_count"] == 1
+    assert (http_sim.catalog_count("demo-customer"), http_sim.catalog_count("other")) == (1, 0)
 
 
 @pytest.mark.parametrize(
