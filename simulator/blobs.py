@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,11 +63,31 @@ class BlobStore:
             self._buckets[name] = folder.resolve()
 
     def path(self, bucket: str, key: str) -> Path:
-        """The file of `key`, resolved and checked to stay inside its bucket."""
+        """The file of `key`, resolved and checked to stay inside its bucket.
+
+        A checked key has no '.' or '..' segment, so only a symlink inside the bucket could
+        lead out of it: the key's own segments are looked at (one lstat each) and the whole
+        path is resolved only when one of them is a link. Resolving every path in full cost
+        the simulator a fifth of its CPU in the intake benchmark."""
         folder = self._buckets.get(bucket)
         if folder is None:
             raise UnknownBucket(f"no bucket {bucket!r}")
-        resolved = (folder / check_key(key)).resolve()
+        segments = check_key(key).split("/")
+        candidate = folder.joinpath(*segments)
+        prefix = str(folder)
+        for segment in segments:
+            prefix = f"{prefix}/{segment}"
+            try:
+                link = stat.S_ISLNK(os.lstat(prefix).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                return candidate  # nothing below a missing segment can be a link
+            if link:
+                return self._resolved(folder, candidate)
+        return candidate
+
+    @staticmethod
+    def _resolved(folder: Path, candidate: Path) -> Path:
+        resolved = candidate.resolve()
         if resolved == folder or not resolved.is_relative_to(folder):
             raise BadKey("key escapes its bucket")
         return resolved

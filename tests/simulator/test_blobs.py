@@ -60,6 +60,24 @@ def test_symlinks_out_of_a_bucket_are_refused(tmp_path: Path) -> None:
         store.path(TEMP_BUCKET, "link/file")
 
 
+def test_a_file_symlink_out_of_a_bucket_is_refused_deep_in_the_key(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "data")
+    (tmp_path / "secret").write_text("secret")
+    folder = tmp_path / "data" / "buckets" / TEMP_BUCKET / "s" / "u"
+    folder.mkdir(parents=True)
+    (folder / "1.png").symlink_to(tmp_path / "secret")
+    with pytest.raises(BadKey):
+        store.path(TEMP_BUCKET, "s/u/1.png")
+
+
+def test_a_symlink_that_stays_in_its_bucket_is_followed(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "data")
+    store.write(TEMP_BUCKET, "real/1.png", b"png")
+    (tmp_path / "data" / "buckets" / TEMP_BUCKET / "alias").symlink_to("real")
+    assert store.path(TEMP_BUCKET, "alias/1.png") == store.path(TEMP_BUCKET, "real/1.png")
+    assert store.read(TEMP_BUCKET, "alias/1.png") == b"png"
+
+
 def test_unknown_buckets_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UnknownBucket):
         BlobStore(tmp_path).path("secrets", "a")
