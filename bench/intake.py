@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import tempfile
 import time
 import uuid
@@ -194,6 +195,7 @@ def _cpu(stack) -> dict[str, float]:  # type: ignore[no-untyped-def]
 def run(opts: Options) -> list[Row]:
     frames, users = (200, 10) if opts.smoke else (5000, 100)
     rounds = opts.rounds_or(2)
+    sys.setswitchinterval(0.0005)
     amqp_url = services.rabbitmq_url()
     ours: dict[str, list[float]] = {}
     bare: list[float] = []

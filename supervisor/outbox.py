@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 from typing import Any, Protocol
 
 from redis import Redis
@@ -164,23 +163,39 @@ def _drain_locked(
     result: DrainResult,
 ) -> None:
     """Messages a repeat cannot harm (temp deletions, users' lists, User Manager demands)
-    go SEND_CONCURRENCY at a time and are deleted a chunk at a time. Catalog records, which
-    a repeat would duplicate, go one by one, each deleted in its own commit right after its
-    send, so a crash resends at most the one record in flight."""
+    go SEND_CONCURRENCY at a time on a pool. Catalog records, which a repeat would
+    duplicate, go one by one on this thread meanwhile, each deleted in its own commit right
+    after its send, so a crash resends at most the one record in flight; between two of
+    them, whatever the pool finished is deleted in one commit. The database is used from
+    this thread only."""
     due = session.execute(_due(batch_size)).all()
     rows = [row for row, _key in due]
     session.commit()
     blocked: set[str] = set()
     jobs = _jobs((row, key) for row, key in due if row.destination not in ONE_AT_A_TIME)
     with ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox") as pool:
-        for start in range(0, len(jobs), SEND_CHUNK):
-            chunk = jobs[start : start + SEND_CHUNK]
-            outcomes = list(pool.map(partial(_send_in_order, publisher, peers, blocked), chunk))
-            _settle(db, session, outcomes, result)
-    for row in rows:
-        if row.destination in ONE_AT_A_TIME:
-            _settle(db, session, [_send_in_order(publisher, peers, blocked, [row])], result)
+        running = [pool.submit(_send_in_order, publisher, peers, blocked, job) for job in jobs]
+        for row in rows:
+            if row.destination in ONE_AT_A_TIME:
+                _settle(db, session, [_send_in_order(publisher, peers, blocked, [row])], result)
+                running = _settle_finished(db, session, running, result)
+        for start in range(0, len(running), SEND_CHUNK):
+            chunk = running[start : start + SEND_CHUNK]
+            _settle(db, session, [future.result() for future in chunk], result)
     result.remaining = len(rows) - result.sent
+
+
+def _settle_finished(
+    db: Database, session: Session, running: list[Future[_JobOutcome]], result: DrainResult
+) -> list[Future[_JobOutcome]]:
+    """Settle the pool's finished jobs, if any; return those still running."""
+    finished: list[Future[_JobOutcome]] = []
+    still: list[Future[_JobOutcome]] = []
+    for future in running:
+        (finished if future.done() else still).append(future)
+    if finished:
+        _settle(db, session, [future.result() for future in finished], result)
+    return still
 
 
 def _settle(
