@@ -165,9 +165,8 @@ def _drain_locked(
     """Messages a repeat cannot harm (temp deletions, users' lists, User Manager demands)
     go SEND_CONCURRENCY at a time on a pool. Catalog records, which a repeat would
     duplicate, go one by one on this thread meanwhile, each deleted in its own commit right
-    after its send, so a crash resends at most the one record in flight; between two of
-    them, whatever the pool finished is deleted in one commit. The database is used from
-    this thread only."""
+    after its send (with whatever the pool has finished meanwhile), so a crash resends at
+    most the one record in flight. The database is used from this thread only."""
     due = session.execute(_due(batch_size)).all()
     rows = [row for row, _key in due]
     session.commit()
@@ -177,25 +176,27 @@ def _drain_locked(
         running = [pool.submit(_send_in_order, publisher, peers, blocked, job) for job in jobs]
         for row in rows:
             if row.destination in ONE_AT_A_TIME:
-                _settle(db, session, [_send_in_order(publisher, peers, blocked, [row])], result)
-                running = _settle_finished(db, session, running, result)
+                sent = _send_in_order(publisher, peers, blocked, [row])
+                finished, running = _split_finished(running)
+                _settle(db, session, [sent, *finished], result)
         for start in range(0, len(running), SEND_CHUNK):
             chunk = running[start : start + SEND_CHUNK]
             _settle(db, session, [future.result() for future in chunk], result)
     result.remaining = len(rows) - result.sent
 
 
-def _settle_finished(
-    db: Database, session: Session, running: list[Future[_JobOutcome]], result: DrainResult
-) -> list[Future[_JobOutcome]]:
-    """Settle the pool's finished jobs, if any; return those still running."""
-    finished: list[Future[_JobOutcome]] = []
+def _split_finished(
+    running: list[Future[_JobOutcome]],
+) -> tuple[list[_JobOutcome], list[Future[_JobOutcome]]]:
+    """The outcomes of the pool's finished jobs, and the jobs still running."""
+    finished: list[_JobOutcome] = []
     still: list[Future[_JobOutcome]] = []
     for future in running:
-        (finished if future.done() else still).append(future)
-    if finished:
-        _settle(db, session, [future.result() for future in finished], result)
-    return still
+        if future.done():
+            finished.append(future.result())
+        else:
+            still.append(future)
+    return finished, still
 
 
 def _settle(

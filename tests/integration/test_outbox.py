@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +15,7 @@ from supervisor.models import OutboxMessage
 from supervisor.outbox import (
     CATALOG,
     OUTBOX_DRAIN_LOCK_ID,
+    delete_temp_blob,
     drain,
     record_in_catalog,
     to_user_manager,
@@ -177,3 +179,41 @@ def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_ag
     drain(supervisor.db, supervisor.publisher, peers)
 
     assert calls == [7]
+
+
+def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Supervisor) -> None:
+    """The one-at-a-time catalog lane runs while the pool sends the idempotent messages:
+    a slow Blob Service must not hold back the records (they used to wait for every
+    deletion of the drain)."""
+    release = threading.Event()
+    recorded_while_deleting: list[bool] = []
+
+    class Blob:
+        def delete_temp(self, key: str) -> None:
+            assert release.wait(10), "the drain never let the catalog lane run"
+
+    class Catalog:
+        def add_rendered_image(self, **record: Any) -> None:
+            recorded_while_deleting.append(not release.is_set())
+            if record["frame_number"] == 2:
+                release.set()
+
+    with supervisor.db.transaction() as session:
+        for frame in range(3):
+            delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
+            record_in_catalog(
+                session,
+                "session-1",
+                object_id="o",
+                customer_id="c",
+                frame_number=frame,
+                image_file_path=f"c/o/{frame:03d}.png",
+            )
+    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=Blob())
+
+    result = drain(supervisor.db, supervisor.publisher, peers)
+
+    assert recorded_while_deleting == [True, True, True]
+    assert (result.sent, result.failed, result.remaining) == (6, 0, 0)
+    with supervisor.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
