@@ -172,7 +172,8 @@ def _drain_locked(
     session.commit()
     blocked: set[str] = set()
     jobs = _jobs((row, key) for row, key in due if row.destination not in ONE_AT_A_TIME)
-    with ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox") as pool:
+    pool = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox")
+    try:
         running = [pool.submit(_send_in_order, publisher, peers, blocked, job) for job in jobs]
         for row in rows:
             if row.destination in ONE_AT_A_TIME:
@@ -182,6 +183,10 @@ def _drain_locked(
         for start in range(0, len(running), SEND_CHUNK):
             chunk = running[start : start + SEND_CHUNK]
             _settle(db, session, [future.result() for future in chunk], result)
+    finally:
+        # A drain that failed (its database went away) stops sending what it cannot
+        # settle: queued jobs are dropped, only those already sending finish.
+        pool.shutdown(wait=True, cancel_futures=True)
     result.remaining = len(rows) - result.sent
 
 

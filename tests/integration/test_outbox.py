@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -217,3 +218,44 @@ def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Supervisor) 
     assert (result.sent, result.failed, result.remaining) == (6, 0, 0)
     with supervisor.db.session() as session:
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+def test_a_drain_that_loses_its_database_stops_sending_what_it_cannot_settle(
+    supervisor: Supervisor,
+) -> None:
+    deleted: list[str] = []
+
+    class Blob:
+        def delete_temp(self, key: str) -> None:
+            time.sleep(0.02)
+            deleted.append(key)
+
+    class Catalog:
+        def add_rendered_image(self, **_record: Any) -> None:
+            with supervisor.db.session() as session:  # the database restarts the drainer
+                session.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
+                        "locktype = 'advisory' AND granted "
+                        "AND ((classid::bigint << 32) | objid::bigint) = :id"
+                    ),
+                    {"id": OUTBOX_DRAIN_LOCK_ID},
+                )
+
+    with supervisor.db.transaction() as session:
+        record_in_catalog(
+            session,
+            "session-1",
+            object_id="o",
+            customer_id="c",
+            frame_number=1,
+            image_file_path="c/o/001.png",
+        )
+        for frame in range(100):
+            delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
+    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=Blob())
+
+    with pytest.raises(OperationalError):
+        drain(supervisor.db, supervisor.publisher, peers)
+
+    assert len(deleted) < 50, f"{len(deleted)} deletions sent after the drain had failed"
