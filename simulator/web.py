@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, DechunkedInput, WSGIRequestHandler, make_server
@@ -394,7 +394,7 @@ class _KeepAliveHandler(WSGIRequestHandler):
             self._respond(environ)
             if body is not None:
                 body.exhaust()
-        except (ConnectionError, TimeoutError):
+        except (ConnectionError, TimeoutError, ClientDisconnected):
             self.close_connection = True
 
     def _respond(self, environ: WSGIEnvironment) -> None:

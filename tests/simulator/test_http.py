@@ -6,7 +6,9 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -481,3 +483,19 @@ def test_a_body_of_unknown_length_goes_chunked_on_a_kept_connection() -> None:
         thread.join(5)
         server.server_close()
     assert first == second == (200, b"one two", None)
+
+
+def test_a_client_gone_mid_body_closes_quietly(
+    http_sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host, port = http_sim.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(
+            b"POST /api/nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+        )
+        raw.shutdown(socket.SHUT_WR)
+        answer = raw.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 404")
+    time.sleep(0.2)  # the server thread finishes with the connection
+    assert "Traceback" not in capsys.readouterr().err
+    assert requests.get(f"{http_sim.base_url}/simulator/state", timeout=5).status_code == 200
