@@ -2,8 +2,9 @@
 registration) under their contract prefixes, plus `/simulator/...` pages for inspection and
 fault injection.
 
-Bodies are streamed: downloads in 1 MiB chunks from disk, multipart uploads parsed by
-werkzeug straight into a spool file that is then renamed into its bucket.
+Connections are kept alive (HTTP/1.1, as the real peers). Bodies are streamed: downloads
+with sendfile(2), multipart uploads parsed by werkzeug 1 MiB at a time straight into a
+spool file that is then renamed into its bucket.
 
 Injected faults are decided once per request, by the request handler, before any of the
 request's body is read: `down` closes the connection there without any response, `error`
@@ -373,6 +374,7 @@ class _KeepAliveHandler(WSGIRequestHandler):
     timeout = KEEP_ALIVE_SECONDS
     disable_nagle_algorithm = True  # a body written after its headers must not wait for an ACK
     _fault: str | None = None
+    _headers_sent = False
 
     def log(self, type: str, message: str, *args: Any) -> None:
         logger.debug(message, *args, extra={"event": "http", "level_hint": type})
@@ -411,7 +413,7 @@ class _KeepAliveHandler(WSGIRequestHandler):
             result = self.server.app(environ, start_response)
         except Exception:
             logger.exception("application failed", extra={"event": "http-error", "path": self.path})
-            self._send_whole("500 Internal Server Error", [], b"Internal server error")
+            self._send_server_error()
             return
         try:
             if isinstance(result, _SendFile) and self._send_file(environ, result, *started):
@@ -433,7 +435,7 @@ class _KeepAliveHandler(WSGIRequestHandler):
             if self._headers_sent:
                 self.close_connection = True
             else:
-                self._send_whole("500 Internal Server Error", [], b"Internal server error")
+                self._send_server_error()
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -481,9 +483,10 @@ class _KeepAliveHandler(WSGIRequestHandler):
         else:
             self.wfile.write(data)
 
-    def _send_whole(self, status: str, headers: list[Any], body: bytes) -> None:
-        headers = [*headers, ("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
-        self._send_headers({"REQUEST_METHOD": "GET"}, status, headers)
+    def _send_server_error(self) -> None:
+        body = b"Internal server error"
+        headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        self._send_headers({"REQUEST_METHOD": "GET"}, "500 Internal Server Error", headers)
         self.wfile.write(body)
 
     @staticmethod

@@ -465,6 +465,8 @@ def test_a_down_fault_drops_a_kept_connection_without_an_answer(http_sim: Simula
 
 def test_a_body_of_unknown_length_goes_chunked_on_a_kept_connection() -> None:
     def app(environ, start_response):  # type: ignore[no-untyped-def]
+        if environ["PATH_INFO"] == "/broken":
+            raise RuntimeError("the application failed")
         start_response("200 OK", [("Content-Type", "text/plain")])
         return iter([b"one ", b"", b"two"])
 
@@ -475,6 +477,7 @@ def test_a_body_of_unknown_length_goes_chunked_on_a_kept_connection() -> None:
     try:
         first = _exchange(connection, "GET", "/")
         sock = connection.sock
+        broken = _exchange(connection, "GET", "/broken")
         second = _exchange(connection, "GET", "/")
         assert connection.sock is sock
     finally:
@@ -483,6 +486,7 @@ def test_a_body_of_unknown_length_goes_chunked_on_a_kept_connection() -> None:
         thread.join(5)
         server.server_close()
     assert first == second == (200, b"one two", None)
+    assert broken == (500, b"Internal server error", None)
 
 
 def test_a_client_gone_mid_body_closes_quietly(
