@@ -21,6 +21,8 @@ import tempfile
 import time
 import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -47,7 +49,11 @@ from tests.stack import ROOT, platform
 
 SOURCE = ROOT / "tests/fixtures/blend/blender-5.0/default_1_250.blend"
 IMAGE_BYTES = 4096
-PREFETCH = 64  # as tasks/intake.py, so the bare consumer gets the same window
+PREFETCH = 256  # as tasks/intake.py, so the bare consumer gets the same window
+# This process hosts the simulator's four peers and its users' threads. With CPython's
+# default 5 ms a catalog request waited behind the users' Python work, and the catalog
+# lane (one record per round trip) measured that; real peers are separate processes.
+SIMULATOR_SWITCH_SECONDS = 0.0005
 
 
 def sized_png(blend_path: Path | None, frame: int) -> bytes:
@@ -192,10 +198,20 @@ def _cpu(stack) -> dict[str, float]:  # type: ignore[no-untyped-def]
     )
 
 
+@contextmanager
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """CPython's thread switch interval for this process while the block runs."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
 def run(opts: Options) -> list[Row]:
     frames, users = (200, 10) if opts.smoke else (5000, 100)
     rounds = opts.rounds_or(2)
-    sys.setswitchinterval(0.0005)
     amqp_url = services.rabbitmq_url()
     ours: dict[str, list[float]] = {}
     bare: list[float] = []
@@ -203,6 +219,7 @@ def run(opts: Options) -> list[Row]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-intake-", dir=opts.workdir) as folder,
         mock.patch("simulator.core.render_frame", sized_png),
+        _switch_interval(SIMULATOR_SWITCH_SECONDS),
     ):
         tmp = Path(folder)
         blend = blend_with_range(SOURCE, tmp / "intake.blend", 1, frames)

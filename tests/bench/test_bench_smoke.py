@@ -35,3 +35,10 @@ def test_every_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
     ran = json.loads(results.read_text())["benchmarks"]
     assert {name: entry["status"] for name, entry in ran.items()} == dict.fromkeys(BENCHMARKS, "ok")
     assert all(entry["rows"] for entry in ran.values()), "a benchmark measured nothing"
+
+
+def test_the_bare_intake_consumer_gets_the_same_prefetch_window_as_ours() -> None:
+    from bench import intake as bench_intake
+    from tasks import intake
+
+    assert bench_intake.PREFETCH == intake.PREFETCH
