@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from supervisor.errors import PeerError
 from supervisor.models import OutboxMessage
@@ -35,6 +36,30 @@ def drain_locks_held(supervisor: Supervisor) -> int:
             ),
             {"id": OUTBOX_DRAIN_LOCK_ID},
         )
+
+
+def terminate_the_drainer(supervisor: Supervisor) -> None:
+    """What a database restart does to a drain: the backend holding its lock goes away."""
+    with supervisor.db.session() as session:
+        session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
+                "locktype = 'advisory' AND granted "
+                "AND ((classid::bigint << 32) | objid::bigint) = :id"
+            ),
+            {"id": OUTBOX_DRAIN_LOCK_ID},
+        )
+
+
+def queue_record(session: Session, frame: int) -> None:
+    record_in_catalog(
+        session,
+        "session-1",
+        object_id="o",
+        customer_id="c",
+        frame_number=frame,
+        image_file_path=f"c/o/{frame:03d}.png",
+    )
 
 
 def warm_pool(supervisor: Supervisor, connections: int) -> None:
@@ -130,14 +155,7 @@ def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Supe
 
     with supervisor.db.transaction() as session:
         for frame in range(5):
-            record_in_catalog(
-                session,
-                "session-1",
-                object_id="o",
-                customer_id="c",
-                frame_number=frame,
-                image_file_path=f"c/o/{frame:03d}.png",
-            )
+            queue_record(session, frame)
     peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
 
     result = drain(supervisor.db, supervisor.publisher, peers)
@@ -154,25 +172,10 @@ def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_ag
     class Catalog:
         def add_rendered_image(self, **record: Any) -> None:
             calls.append(record["frame_number"])
-            with supervisor.db.session() as session:  # the database restarts the drainer
-                session.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
-                        "locktype = 'advisory' AND granted "
-                        "AND ((classid::bigint << 32) | objid::bigint) = :id"
-                    ),
-                    {"id": OUTBOX_DRAIN_LOCK_ID},
-                )
+            terminate_the_drainer(supervisor)
 
     with supervisor.db.transaction() as session:
-        record_in_catalog(
-            session,
-            "session-1",
-            object_id="o",
-            customer_id="c",
-            frame_number=7,
-            image_file_path="c/o/007.png",
-        )
+        queue_record(session, 7)
     peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
 
     with pytest.raises(OperationalError):
@@ -202,14 +205,7 @@ def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Supervisor) 
     with supervisor.db.transaction() as session:
         for frame in range(3):
             delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
-            record_in_catalog(
-                session,
-                "session-1",
-                object_id="o",
-                customer_id="c",
-                frame_number=frame,
-                image_file_path=f"c/o/{frame:03d}.png",
-            )
+            queue_record(session, frame)
     peers = SimpleNamespace(users=None, catalog=Catalog(), blob=Blob())
 
     result = drain(supervisor.db, supervisor.publisher, peers)
@@ -232,25 +228,10 @@ def test_a_drain_that_loses_its_database_stops_sending_what_it_cannot_settle(
 
     class Catalog:
         def add_rendered_image(self, **_record: Any) -> None:
-            with supervisor.db.session() as session:  # the database restarts the drainer
-                session.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
-                        "locktype = 'advisory' AND granted "
-                        "AND ((classid::bigint << 32) | objid::bigint) = :id"
-                    ),
-                    {"id": OUTBOX_DRAIN_LOCK_ID},
-                )
+            terminate_the_drainer(supervisor)
 
     with supervisor.db.transaction() as session:
-        record_in_catalog(
-            session,
-            "session-1",
-            object_id="o",
-            customer_id="c",
-            frame_number=1,
-            image_file_path="c/o/001.png",
-        )
+        queue_record(session, 1)
         for frame in range(100):
             delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
     peers = SimpleNamespace(users=None, catalog=Catalog(), blob=Blob())
