@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from queue import SimpleQueue
 from typing import Any, Protocol
 
 from redis import Redis
@@ -172,17 +173,24 @@ def _drain_locked(
     session.commit()
     blocked: set[str] = set()
     jobs = _jobs((row, key) for row, key in due if row.destination not in ONE_AT_A_TIME)
+    finished: SimpleQueue[Future[_JobOutcome]] = SimpleQueue()
     pool = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox")
     try:
-        running = [pool.submit(_send_in_order, publisher, peers, blocked, job) for job in jobs]
+        for job in jobs:
+            pool.submit(_send_in_order, publisher, peers, blocked, job).add_done_callback(
+                finished.put
+            )
+        unsettled = len(jobs)
         for row in rows:
             if row.destination in ONE_AT_A_TIME:
                 sent = _send_in_order(publisher, peers, blocked, [row])
-                finished, running = _split_finished(running)
-                _settle(db, session, [sent, *finished], result)
-        for start in range(0, len(running), SEND_CHUNK):
-            chunk = running[start : start + SEND_CHUNK]
-            _settle(db, session, [future.result() for future in chunk], result)
+                ready = _take_ready(finished)
+                unsettled -= len(ready)
+                _settle(db, session, [sent, *ready], result)
+        while unsettled:
+            chunk = [finished.get().result() for _ in range(min(SEND_CHUNK, unsettled))]
+            unsettled -= len(chunk)
+            _settle(db, session, chunk, result)
     finally:
         # A drain that failed (its database went away) stops sending what it cannot
         # settle: queued jobs are dropped, only those already sending finish.
@@ -190,18 +198,12 @@ def _drain_locked(
     result.remaining = len(rows) - result.sent
 
 
-def _split_finished(
-    running: list[Future[_JobOutcome]],
-) -> tuple[list[_JobOutcome], list[Future[_JobOutcome]]]:
-    """The outcomes of the pool's finished jobs, and the jobs still running."""
-    finished: list[_JobOutcome] = []
-    still: list[Future[_JobOutcome]] = []
-    for future in running:
-        if future.done():
-            finished.append(future.result())
-        else:
-            still.append(future)
-    return finished, still
+def _take_ready(finished: SimpleQueue[Future[_JobOutcome]]) -> list[_JobOutcome]:
+    """The outcomes of the jobs the pool has finished so far, without waiting."""
+    ready: list[_JobOutcome] = []
+    while not finished.empty():
+        ready.append(finished.get_nowait().result())
+    return ready
 
 
 def _settle(
