@@ -406,15 +406,16 @@ def record_rendered_frames(sv: Supervisor, batch: Sequence[Event]) -> list[str |
             if exc.discard_upload:
                 unwanted.append(event)
             continue
+        frame = (event.session_id, event.frame_number or 0)
         if final_key is None:
             outcomes[index] = "duplicate"
             unwanted.append(event)
-        elif (event.session_id, event.frame_number or 0) in claimed:
+        elif frame in claimed:
             outcomes[index] = "duplicate"
-            if claimed[(event.session_id, event.frame_number or 0)] != event.temp_key:
+            if claimed[frame] != event.temp_key:
                 unwanted.append(event)  # a second upload of the frame: one copy is enough
         else:
-            claimed[(event.session_id, event.frame_number or 0)] = event.temp_key
+            claimed[frame] = event.temp_key
             copies[index] = final_key
     copied = _copy_all(sv, batch, copies, outcomes)
     completed = _mark_all(sv, batch, copied, outcomes, unwanted)
