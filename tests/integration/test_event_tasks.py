@@ -8,14 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from supervisor import events, inbox
-from supervisor.errors import PeerError
 from supervisor.models import InboxEvent
 from supervisor.refusals import REFUSED_COUNTER
 from supervisor.service import Supervisor
 from supervisor.workloads import start_workload
 from tasks import event_tasks
 from tests.fakes import FakePeers
-from tests.integration.test_events import BLEND, new_users, rendered
+from tests.integration.test_events import BLEND, fail_copies_of_frame, new_users, rendered
 
 
 @pytest.fixture
@@ -36,14 +35,7 @@ def test_a_batch_stores_refuses_and_retries_alone_what_it_cannot_settle(
         rendered(session_id, "stranger", 12, fake_peers),
     ]
     ids = inbox.record_many(supervisor.db, batch)
-    copy = supervisor.peers.blob.transfer_temp_to_final
-
-    def blob_fails_for_frame_11(**kwargs: Any) -> int:
-        if kwargs["temp_key"].endswith("/11.png"):
-            raise PeerError("blob-service", "retrieve-temp", "down", status=503)
-        return copy(**kwargs)
-
-    supervisor.peers.blob.transfer_temp_to_final = blob_fails_for_frame_11
+    fail_copies_of_frame(supervisor, 11)
     retried: list[list[int]] = []
     monkeypatch.setattr(event_tasks, "supervisor", lambda: supervisor)
     monkeypatch.setattr(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,6 +71,20 @@ def lists_sent(fake_peers: FakePeers, topic: str = "start-rendering") -> list[di
 def by_user(messages: list[dict]) -> list[dict]:
     """Messages to different users go out concurrently: only each user's own order holds."""
     return sorted(messages, key=lambda message: message["user_id"])
+
+
+def fail_copies_of_frame(sv: Supervisor, frame: int) -> Callable[..., int]:
+    """Make the Blob Service fail (transiently) every copy of `frame`'s upload; returns the
+    real transfer, to put back."""
+    copy = sv.peers.blob.transfer_temp_to_final
+
+    def failing(**kwargs: Any) -> int:
+        if kwargs["temp_key"].endswith(f"/{frame}.png"):
+            raise PeerError("blob-service", "retrieve-temp", "down", status=503)
+        return copy(**kwargs)
+
+    sv.peers.blob.transfer_temp_to_final = failing  # type: ignore[method-assign]
+    return copy
 
 
 def render_all(sv: Supervisor, session_id: str, fake_peers: FakePeers) -> None:
@@ -621,14 +636,7 @@ def test_a_batch_retries_only_the_upload_whose_copy_failed(
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1"))
     batch = [rendered(session_id, "u1", n, fake_peers) for n in (10, 11, 12)]
-    copy = supervisor.peers.blob.transfer_temp_to_final
-
-    def blob_fails_for_frame_11(**kwargs: Any) -> int:
-        if kwargs["temp_key"].endswith("/11.png"):
-            raise PeerError("blob-service", "retrieve-temp", "down", status=503)
-        return copy(**kwargs)
-
-    supervisor.peers.blob.transfer_temp_to_final = blob_fails_for_frame_11
+    copy = fail_copies_of_frame(supervisor, 11)
 
     outcomes = events.record_rendered_frames(supervisor, batch)
 

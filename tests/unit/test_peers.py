@@ -333,6 +333,25 @@ def test_validate_extension_lowercases() -> None:
 # ---------------------------------------------------------------- catalog
 
 
+def test_peers_are_reached_directly_whatever_the_proxy_environment(
+    server: _PeerServer, peers: Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{closed_port()}")
+    server.route(
+        "GET",
+        BLEND_NAME + "obj",
+        json_reply({"blendFilePath": "cust/obj/s.blend", "blendFileHash": "h"}),
+    )
+
+    ref = peers.catalog.get_blend_file("obj", "cust")
+
+    assert ref.path == "cust/obj/s.blend"
+    assert len(server.seen) == 1
+
+
 def test_get_blend_file_sends_exact_request(server: _PeerServer, peers: Peers) -> None:
     object_id, customer_id = "obj 1+é", "cust&1=é"
     blend_path = f"{customer_id}/{object_id}/scene.blend"
@@ -761,19 +780,24 @@ def test_transfer_temp_to_final_round_trip(
     assert list(tmp_path.iterdir()) == []
 
 
+def transfer(peers: Peers, workdir: Path, *, max_bytes: int, final_key: str = "c/o/001.png") -> int:
+    """The transfer the tests below make: temp key t/1.png, a png, spooling in `workdir`."""
+    return peers.blob.transfer_temp_to_final(
+        temp_key="t/1.png",
+        final_key=final_key,
+        extension="png",
+        max_bytes=max_bytes,
+        workdir=workdir,
+    )
+
+
 def test_transfer_removes_temp_file_on_failure(
     server: _PeerServer, peers: Peers, tmp_path: Path
 ) -> None:
     server.route("GET", RETRIEVE_TEMP, Reply(200, b"img"))
     server.route("POST", STORE_IMAGE, json_reply({"message": "bucket missing"}, 400))
     with pytest.raises(PeerError) as info:
-        peers.blob.transfer_temp_to_final(
-            temp_key="t/1.png",
-            final_key="c/o/001.png",
-            extension="png",
-            max_bytes=10,
-            workdir=tmp_path,
-        )
+        transfer(peers, tmp_path, max_bytes=10)
     assert (info.value.operation, info.value.transient) == ("store-image", False)
     assert list(tmp_path.iterdir()) == []
 
@@ -783,13 +807,7 @@ def test_transfer_over_limit_never_uploads(
 ) -> None:
     server.route("GET", RETRIEVE_TEMP, Reply(200, b"x" * 11))
     with pytest.raises(PeerError):
-        peers.blob.transfer_temp_to_final(
-            temp_key="t/1.png",
-            final_key="c/o/001.png",
-            extension="png",
-            max_bytes=10,
-            workdir=tmp_path,
-        )
+        transfer(peers, tmp_path, max_bytes=10)
     assert server.calls("POST", STORE_IMAGE) == []
     assert list(tmp_path.iterdir()) == []
 
@@ -849,13 +867,7 @@ def test_transfer_memory_stays_bounded(
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        size = peers.blob.transfer_temp_to_final(
-            temp_key="t/1.png",
-            final_key="c/o/001.png",
-            extension="png",
-            max_bytes=total,
-            workdir=tmp_path,
-        )
+        size = transfer(peers, tmp_path, max_bytes=total)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -885,13 +897,7 @@ def test_transfer_streams_a_declared_body_straight_into_the_upload(
     server.route("GET", RETRIEVE_TEMP, Reply(200, data))
     server.route("POST", STORE_IMAGE, noting_workdir(tmp_path, Reply(200)))
 
-    size = peers.blob.transfer_temp_to_final(
-        temp_key="t/1.png",
-        final_key="cust/obj/007.png",
-        extension="png",
-        max_bytes=len(data),
-        workdir=tmp_path,
-    )
+    size = transfer(peers, tmp_path, max_bytes=len(data), final_key="cust/obj/007.png")
 
     assert size == len(data)
     (post,) = server.calls("POST", STORE_IMAGE)
@@ -919,13 +925,7 @@ def test_transfer_of_an_undeclared_body_goes_through_a_temp_file(
     server.route("GET", RETRIEVE_TEMP, stream_without_length(pieces))
     server.route("POST", STORE_IMAGE, noting_workdir(tmp_path, Reply(200)))
 
-    size = peers.blob.transfer_temp_to_final(
-        temp_key="t/1.png",
-        final_key="c/o/001.png",
-        extension="png",
-        max_bytes=len(data),
-        workdir=tmp_path,
-    )
+    size = transfer(peers, tmp_path, max_bytes=len(data))
 
     assert size == len(data)
     (post,) = server.calls("POST", STORE_IMAGE)
@@ -941,13 +941,7 @@ def test_transfer_refuses_an_undeclared_body_over_the_limit_as_it_arrives(
 ) -> None:
     server.route("GET", RETRIEVE_TEMP, stream_without_length([b"x" * 60, b"y" * 60]))
     with pytest.raises(PeerError) as info:
-        peers.blob.transfer_temp_to_final(
-            temp_key="t/1.png",
-            final_key="c/o/001.png",
-            extension="png",
-            max_bytes=100,
-            workdir=tmp_path,
-        )
+        transfer(peers, tmp_path, max_bytes=100)
     assert (info.value.operation, info.value.transient) == ("retrieve-temp", False)
     assert "limit" in info.value.detail
     assert server.calls("POST", STORE_IMAGE) == []
@@ -961,13 +955,7 @@ def test_transfer_retried_upload_fetches_the_temp_blob_again(
     server.route("GET", RETRIEVE_TEMP, Reply(200, data))
     server.route("POST", STORE_IMAGE, Reply(503), Reply(502), Reply(200))
 
-    size = peers.blob.transfer_temp_to_final(
-        temp_key="t/1.png",
-        final_key="c/o/001.png",
-        extension="png",
-        max_bytes=len(data),
-        workdir=tmp_path,
-    )
+    size = transfer(peers, tmp_path, max_bytes=len(data))
 
     assert size == len(data)
     posts = server.calls("POST", STORE_IMAGE)
@@ -996,13 +984,7 @@ def test_transfer_retry_needs_the_same_temp_blob(
     server.route("GET", RETRIEVE_TEMP, Reply(200, b"first"), again)
     server.route("POST", STORE_IMAGE, Reply(503), Reply(200))
     with pytest.raises(PeerError) as info:
-        peers.blob.transfer_temp_to_final(
-            temp_key="t/1.png",
-            final_key="c/o/001.png",
-            extension="png",
-            max_bytes=100,
-            workdir=tmp_path,
-        )
+        transfer(peers, tmp_path, max_bytes=100)
     err = info.value
     assert (err.operation, err.status, err.transient) == ("retrieve-temp", status, transient)
     assert detail in err.detail
@@ -1024,13 +1006,7 @@ def test_transfer_truncated_download_aborts_the_upload(
     server.route("GET", RETRIEVE_TEMP, short)
     server.route("POST", STORE_IMAGE, Reply(200))
     with pytest.raises(PeerError) as info:
-        peers.blob.transfer_temp_to_final(
-            temp_key="t/1.png",
-            final_key="c/o/001.png",
-            extension="png",
-            max_bytes=10 * UPLOAD_CHUNK_BYTES,
-            workdir=tmp_path,
-        )
+        transfer(peers, tmp_path, max_bytes=10 * UPLOAD_CHUNK_BYTES)
     assert (info.value.operation, info.value.transient) == ("retrieve-temp", True)
     deadline = time.monotonic() + 5
     while not server.calls("POST", STORE_IMAGE) and time.monotonic() < deadline:
@@ -1047,13 +1023,7 @@ def test_transfers_reuse_their_connections(
     server.route("GET", RETRIEVE_TEMP, Reply(200, data))
     server.route("POST", STORE_IMAGE, Reply(200))
     for _ in range(3):
-        peers.blob.transfer_temp_to_final(
-            temp_key="t/1.png",
-            final_key="c/o/001.png",
-            extension="png",
-            max_bytes=len(data),
-            workdir=tmp_path,
-        )
+        transfer(peers, tmp_path, max_bytes=len(data))
     assert len({s.port for s in server.calls("GET", RETRIEVE_TEMP)}) == 1
     assert len({s.port for s in server.calls("POST", STORE_IMAGE)}) == 1
 
