@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection, Exchange, Producer, Queue
+from kombu.transport import redis as redis_transport
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +167,39 @@ class SessionBindings:
         logger.info("session bound", extra={"workload_id": session_id})
 
     def unbind(self, session_id: str) -> None:
+        routing_key = session_routing_key(session_id)
         with Connection(self.topology.url, connect_timeout=self.timeout) as connection:
-            queue = self.topology.declare(connection.default_channel)
-            queue.unbind_from(
-                SESSION_SUPERVISOR_EXCHANGE, routing_key=session_routing_key(session_id)
-            )
+            channel = connection.default_channel
+            queue = self.topology.declare(channel)
+            queue.unbind_from(SESSION_SUPERVISOR_EXCHANGE, routing_key=routing_key)
+            if isinstance(channel, redis_transport.Channel):
+                _forget_redis_binding(
+                    channel, queue.name, SESSION_SUPERVISOR_EXCHANGE.name, routing_key
+                )
         logger.info("session unbound", extra={"workload_id": session_id})
+
+
+def _forget_redis_binding(
+    channel: redis_transport.Channel, queue: str, exchange: str, routing_key: str
+) -> None:
+    """Remove a binding from where kombu's Redis transport keeps it.
+
+    kombu's virtual `queue_unbind` filters the list `get_table` returned, but on Redis that
+    list is a fresh copy of the set `_kombu.binding.<exchange>`, and the transport has no
+    `_queue_unbind` to write the change back: the member stays, and every later connection
+    routes the session's messages to the queue again. We delete it as the transport's own
+    queue deletion does: from that set and from the one that keeps the table from a sweep."""
+    meta = channel.typeof(exchange).prepare_bind(queue, exchange, routing_key, None)
+    member = channel.sep.join(part or "" for part in meta)
+    keys = [channel.keyprefix_queue % (exchange,)]
+    # Older kombu releases (setup.cfg allows 5.4) have no binding expiry, hence no such set.
+    permanent = getattr(channel, "keyprefix_binding_permanent", None)
+    if permanent:
+        keys.append(permanent % (exchange,))
+    with channel.conn_or_acquire() as client, client.pipeline() as pipe:
+        for key in keys:
+            pipe.srem(key, member)
+        pipe.execute()
 
 
 class DeadLetters:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -57,6 +58,14 @@ class LockedScheduler(PersistentScheduler):
         settings = self.app.conf.supervisor_settings
         self.beat_lock = BeatLock(redis.Redis.from_url(settings.redis_url))
         self._waiting_logged = False
+
+    def setup_schedule(self) -> None:
+        # The schedule file's directory (var/ by default) is git-ignored, so a fresh checkout
+        # or a new dyno's empty disk lacks it, and shelve cannot create a file there. The
+        # file only remembers last run times, so starting with a new one is harmless.
+        if self.schedule_filename:
+            Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if not self.beat_lock.hold():

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = ROOT / "Procfile"
 
 
-def procfile() -> dict[str, str]:
+def procfile(path: Path = PROCFILE) -> dict[str, str]:
     commands = {}
-    for line in PROCFILE.read_text().splitlines():
+    for line in path.read_text().splitlines():
         name, sep, command = line.partition(":")
         if sep and name.strip() and not line.startswith("#"):
             commands[name.strip()] = command.strip()
@@ -38,9 +38,12 @@ def free_port() -> int:
 
 
 class ProcfileProcess:
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    """One Procfile process type, its command read from the Procfile in `cwd` and run there."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, *, cwd: Path = ROOT) -> None:
         self.name = name
-        self.command = procfile()[name]
+        self.cwd = cwd
+        self.command = procfile(cwd / "Procfile")[name]
         self.env = env
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -51,7 +54,7 @@ class ProcfileProcess:
         self.process = subprocess.Popen(
             self.command,
             shell=True,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
