@@ -17,6 +17,7 @@ from simulator.config import (
     DEFAULT_BROKER_URL,
     DEFAULT_DEMO_BLEND,
     DEFAULT_QUEUE,
+    PEER_MODES,
     RENDER_MODES,
     SimulatorConfig,
 )
@@ -40,14 +41,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--users", type=int, default=5, help="size of the idle-user pool")
     add("--frame-time", type=float, default=0.5, help="seconds to render one frame")
     add("--jitter", type=float, default=0.0, help="± seconds, uniform, on each frame")
-    add("--join-delay", type=float, default=0.0, help="seconds before each wave of users")
-    add("--join-batch", type=int, default=0, help="most users per wave, 0 for all")
+    add(
+        "--join-delay",
+        type=float,
+        default=0.0,
+        help="seconds between waves (ideal) or arrivals (real) of users",
+    )
+    add(
+        "--join-batch",
+        type=int,
+        default=0,
+        help="users per wave (ideal) or arrival (real; connected at start too), 0 for all",
+    )
     add("--disconnect-share", type=float, default=0.0, help="share of users that disconnect")
     add("--fail-share", type=float, default=0.0, help="share of frames that fail to send")
     add("--early-complete-share", type=float, default=0.0, help="share of users done too early")
     add("--duplicate", type=float, default=0.0, help="probability an event is sent twice")
     add("--reorder", type=float, default=0.0, help="most seconds an event is held back")
     add("--quirks", action="store_true", help="use the contract's tolerated variants at random")
+    add(
+        "--peer-mode",
+        choices=PEER_MODES,
+        default="real",
+        help="real: the peers as they really behave (CONTRACT.md section 7); ideal: as written",
+    )
     add("--seed", type=int, default=None, help="random seed for a reproducible run")
     add("--demo-blend", default=DEFAULT_DEMO_BLEND, help="fixture name or path, '' for none")
     add("--render", choices=RENDER_MODES, default="placeholder", help="placeholder PNG or bpy")
@@ -75,6 +92,7 @@ def config_from(args: argparse.Namespace) -> SimulatorConfig:
         duplicate=args.duplicate,
         reorder=args.reorder,
         quirks=args.quirks,
+        peer_mode=args.peer_mode,
         seed=args.seed,
         demo_blend=args.demo_blend or None,
         render=args.render,

@@ -40,7 +40,8 @@ def connection_for(url: str) -> Connection:
 
 
 class EventPublisher:
-    """Publishes `{"topic", "supervisor-id", "data"}` bodies to a session's routing key.
+    """Publishes `{"topic", "supervisor-id", "data"}` bodies to a session's routing key
+    (`{"topic", "data"}` when asked, as the real User Manager sends them).
 
     One connection behind a lock, so any thread may publish. `duplicate` is the chance that a
     body is sent twice; with `quirks`, bodies randomly take the tolerated variants: no
@@ -86,14 +87,18 @@ class EventPublisher:
             self._producer = Producer(self._connection, serializer="json")
         return self._producer
 
-    def _body(self, session_id: str, topic: str, data: dict[str, Any]) -> dict[str, Any]:
+    def _body(
+        self, session_id: str, topic: str, data: dict[str, Any], *, supervisor_id: bool
+    ) -> dict[str, Any]:
         data = dict(data)
-        body: dict[str, Any] = {"topic": topic, "supervisor-id": session_id}
+        body: dict[str, Any] = {"topic": topic}
+        if supervisor_id:
+            body["supervisor-id"] = session_id
         if self._quirks:
             if "frame-number" in data and self._rng.random() < 0.5:
                 data["frame-number"] = str(data["frame-number"])
             if self._rng.random() < 0.3:
-                del body["supervisor-id"]
+                body.pop("supervisor-id", None)
             if topic == "user-rendering-completed" and self._rng.random() < 0.5:
                 body["payload"] = data
                 return body
@@ -107,8 +112,11 @@ class EventPublisher:
         data: dict[str, Any],
         *,
         on_failure: Callable[[], None] | None = None,
+        supervisor_id: bool = True,
     ) -> bool:
         """Send one event (twice with probability `duplicate`); False if it could not be sent.
+        `supervisor_id=False` leaves the body's `supervisor-id` out, as the real User Manager
+        does on everything it forwards.
 
         With `reorder`, the copies are only scheduled here and True means "scheduled"; if
         later none of them can be sent, `on_failure` is called (on a scheduler thread).
@@ -117,7 +125,7 @@ class EventPublisher:
             if self._closed:
                 self._dropped(session_id, topic)
                 return False
-            body = self._body(session_id, topic, data)
+            body = self._body(session_id, topic, data, supervisor_id=supervisor_id)
             copies = 2 if self._rng.random() < self._duplicate else 1
             if self._reorder > 0 and self._scheduler is not None:
                 outing = _Outing(copies, on_failure)

@@ -19,6 +19,8 @@ from simulator.blobs import BLEND_BUCKET, BlobStore
 logger = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("objectId", "customerId", "frameNumber", "imageFilePath")
+OBJECT_STATES = ("ready-to-render", "processing", "video-ready")
+INITIAL_STATE = "processing"  # what the Customer Service sets before starting a workload
 _ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -52,6 +54,8 @@ class Catalog:
         self._records: list[dict[str, Any]] = []
         self._received_at: list[float] = []
         self._per_customer: Counter[str] = Counter()
+        self._states: dict[tuple[str, str], str] = {}
+        self._state_changes: list[dict[str, Any]] = []
 
     def add_object(self, customer_id: str, object_id: str, blend_file: Path) -> str:
         """Copy `blend_file` into the blend-files bucket and register it; return its key."""
@@ -64,6 +68,7 @@ class Catalog:
         entry = BlendObject(customer_id, object_id, key, _file_hash(stored))
         with self._lock:
             self._objects[(customer_id, object_id)] = entry
+            self._states[(customer_id, object_id)] = INITIAL_STATE
         logger.info(
             "object added",
             extra={"event": "object-added", "customer_id": customer_id, "object_id": object_id},
@@ -74,6 +79,43 @@ class Catalog:
         with self._lock:
             return self._objects.get((customer_id, object_id))
 
+    def change_state(self, customer_id: str, object_id: str, state: str) -> str | None:
+        """Set an object's state (one of OBJECT_STATES, checked by the caller); None when it
+        changed, else what is unknown ("customer" or "object"), as the real service tells."""
+        with self._lock:
+            if not any(customer == customer_id for customer, _ in self._objects):
+                return "customer"
+            if (customer_id, object_id) not in self._objects:
+                return "object"
+            self._states[(customer_id, object_id)] = state
+            self._state_changes.append(
+                {
+                    "customer_id": customer_id,
+                    "object_id": object_id,
+                    "state": state,
+                    "time": time.monotonic(),
+                }
+            )
+        logger.info(
+            "object state changed",
+            extra={
+                "event": "object-state",
+                "customer_id": customer_id,
+                "object_id": object_id,
+                "state": state,
+            },
+        )
+        return None
+
+    def state_of(self, customer_id: str, object_id: str) -> str | None:
+        with self._lock:
+            return self._states.get((customer_id, object_id))
+
+    def state_changes(self) -> list[dict[str, Any]]:
+        """Every change-state applied since start, in order, with its monotonic time."""
+        with self._lock:
+            return [dict(change) for change in self._state_changes]
+
     def blend_for_hash(self, blend_hash: str) -> Path | None:
         """The stored .blend with this hash, for real rendering."""
         with self._lock:
@@ -83,7 +125,12 @@ class Catalog:
     def objects(self) -> list[dict[str, str]]:
         with self._lock:
             return [
-                {"customer_id": o.customer_id, "object_id": o.object_id, **o.as_json()}
+                {
+                    "customer_id": o.customer_id,
+                    "object_id": o.object_id,
+                    **o.as_json(),
+                    "objectState": self._states[(o.customer_id, o.object_id)],
+                }
                 for o in self._objects.values()
             ]
 

@@ -11,6 +11,7 @@ DEFAULT_QUEUE = "USER_MANAGER_QUEUE"
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "blend" / "blender-5.0"
 DEFAULT_DEMO_BLEND = "range_10_20.blend"
 RENDER_MODES = ("placeholder", "real")
+PEER_MODES = ("real", "ideal")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,14 @@ class SimulatorConfig:
     durable one, so several simulators on one broker each see every demand. `reorder` delays
     every event to SESSION_SUPERVISOR_EXCHANGE (each copy of a duplicate on its own) by a
     uniform random time in [0, reorder], so events arrive shuffled.
+
+    `peer_mode="real"` plays the peers as CONTRACT.md section 7 says they really behave:
+    `more-users` ignored while a demand is queued, a demand served in part is forgotten,
+    `user-rendering-completed` never forwarded, events only for registered sessions and
+    mapped users, the real event shapes and User Service paths, and `join_delay` /
+    `join_batch` read as idle users connecting over time. `"ideal"` plays the contract's
+    tables as written (demand kept until filled, every event forwarded, waves of users).
+    `quirks` adds the contract's tolerated variants at random, in either mode.
     """
 
     host: str = "127.0.0.1"
@@ -40,6 +49,7 @@ class SimulatorConfig:
     duplicate: float = 0.0
     reorder: float = 0.0
     quirks: bool = False
+    peer_mode: str = "real"
     seed: int | None = None
     demo_blend: str | None = DEFAULT_DEMO_BLEND
     render: str = "placeholder"
@@ -62,6 +72,8 @@ class SimulatorConfig:
             problems.append("workers must be at least 1")
         if not 0 <= self.port <= 65535:
             problems.append("port must be 0..65535")
+        if self.peer_mode not in PEER_MODES:
+            problems.append(f"peer_mode must be one of {', '.join(PEER_MODES)}")
         if self.render not in RENDER_MODES:
             problems.append(f"render must be one of {', '.join(RENDER_MODES)}")
         if not self.user_manager_queue:
@@ -70,6 +82,11 @@ class SimulatorConfig:
             raise ValueError("; ".join(problems))
         if self.data_dir is not None and not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def real_peers(self) -> bool:
+        """Whether the peers behave as the real ones of CONTRACT.md section 7."""
+        return self.peer_mode == "real"
 
     def demo_blend_path(self) -> Path | None:
         """The demo .blend: a path as given, or a name among the project's 5.0 fixtures."""

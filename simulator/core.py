@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +61,8 @@ class Simulator:
         self._publisher: EventPublisher | None = None
         self._started = False
         self.faults = Faults()
+        self._store_lock = threading.Lock()
+        self._store_calls: Counter[str] = Counter()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -103,7 +107,9 @@ class Simulator:
         self.users = UserPool(
             config,
             blobs=self.blobs,
-            publisher=self._publisher,
+            route=lambda session_id, topic, data: self.user_manager.forward(
+                session_id, topic, data
+            ),
             scheduler=self._scheduler,
             renderer=renderer,
             blend_lookup=self.catalog.blend_for_hash,
@@ -114,6 +120,7 @@ class Simulator:
             self._scheduler,
             join_delay=config.join_delay,
             join_batch=config.join_batch,
+            real=config.real_peers,
         )
         self._consumer = UserManagerConsumer(
             config.broker_url,
@@ -131,6 +138,7 @@ class Simulator:
         except OSError as exc:
             raise SimulatorError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
         self._http.start()
+        self.user_manager.start()
 
     def _pick_renderer(self) -> RenderFrame:
         if self.config.render == "placeholder":
@@ -207,6 +215,37 @@ class Simulator:
                 frames[int(match.group(1))] = self.blobs.read(FRAMES_BUCKET, key)
         return frames
 
+    def count_store(self, key: str) -> None:
+        """Note one store-image call for a final key (called by the Blob Service route)."""
+        with self._store_lock:
+            self._store_calls[key] += 1
+
+    def store_calls(self, customer_id: str, object_id: str) -> dict[int, int]:
+        """How many store-image calls each frame of one object received."""
+        prefix = f"{customer_id}/{object_id}/"
+        with self._store_lock:
+            calls = dict(self._store_calls)
+        counts: dict[int, int] = {}
+        for key, count in calls.items():
+            match = _FRAME_NAME.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+            if match:
+                counts[int(match.group(1))] = counts.get(int(match.group(1)), 0) + count
+        return counts
+
+    def user_timeline(self) -> list[dict[str, Any]]:
+        """What each render node saw and did, in time order: `list` (a start-rendering with
+        its frames), `upload` (a frame it uploaded) and `reset` (stop-work, release, restart),
+        each with `t` (time.monotonic()) and `user_id`."""
+        return self.users.timeline()
+
+    def joined_log(self) -> list[dict[str, Any]]:
+        """Each user handed to a session: `user_id`, `session_id`, `t` (time.monotonic())."""
+        return [
+            {"user_id": user, "session_id": entry["session_id"], "t": entry["time"]}
+            for entry in self.user_manager.new_users_log()
+            for user in entry["users"]
+        ]
+
     def catalog_records(self) -> list[dict[str, Any]]:
         """add-rendered-image bodies received since start, in order."""
         return self.catalog.records()
@@ -246,6 +285,55 @@ class Simulator:
     def clear_faults(self) -> None:
         """End every injected fault now."""
         self.faults.clear()
+
+    def restart_user_manager(self) -> list[str]:
+        """Play a User Manager restart (CONTRACT.md section 7): every registration, demand and
+        user-to-session mapping is forgotten and every user assigned to a session stops,
+        forgets it and is idle again; nothing is routed to a session until it registers
+        and demands again. Return the users that were reset."""
+        return self._running().user_manager.restart()
+
+    def object_state(self, customer_id: str, object_id: str) -> str | None:
+        """The catalog's objectState of an object (`processing` when added, then whatever
+        change-state set), or None for an unknown object."""
+        return self._running().catalog.state_of(customer_id, object_id)
+
+    def object_state_changes(self) -> list[dict[str, Any]]:
+        """change-state calls applied, in order: customer_id, object_id, state, time."""
+        return self._running().catalog.state_changes()
+
+    def user_manager_sessions(self) -> dict[str, dict[str, Any]]:
+        """The User Manager's view by session id: `registered` (bool), `demand` (queued users
+        still wanted) and `users` (mapped to it, sorted), for every session registered or
+        with users still mapped to it (a cleaned-up session's unreleased users show here)."""
+        return self._running().user_manager.sessions()
+
+    def cleanup_calls(self) -> dict[str, int]:
+        """cleanup-session calls received, by session id (unknown sessions included)."""
+        return self._running().user_manager.cleanup_calls()
+
+    def demand_log(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Messages received on USER_MANAGER_EXCHANGE, in order, each with `topic`,
+        `session_id`, `data`, `time` (time.monotonic() at receipt) and `outcome` (`applied`,
+        or `ignored: ...` with the reason); only `session_id`'s when given."""
+        log = self._running().user_manager.demand_log()
+        return [e for e in log if session_id is None or e["session_id"] == session_id]
+
+    def new_users_log(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """`new-users` sent, in order, each with `session_id`, `users` and `time`
+        (time.monotonic() when sent); only `session_id`'s when given."""
+        log = self._running().user_manager.new_users_log()
+        return [e for e in log if session_id is None or e["session_id"] == session_id]
+
+    def dropped_events(self) -> dict[str, int]:
+        """Users' events the peers did not forward to a supervisor, by reason (real peer
+        mode: `user-rendering-completed`, error reports with a hash, unregistered sessions)."""
+        return self._running().user_manager.dropped_events()
+
+    def _running(self) -> Simulator:
+        if not self._started:
+            raise SimulatorError("the simulator is not running")
+        return self
 
     def wait_until(
         self, predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02
@@ -296,5 +384,7 @@ class Simulator:
                 "recent": demand["ignored_recent"],
             },
             "dropped_user_messages": self.users.dropped_stats(),
+            "user_manager": self.user_manager.inspection(),
+            "object_state_changes": self.catalog.state_changes()[-RECENT:],
             "faults": self.faults.snapshot(),
         }

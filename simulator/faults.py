@@ -4,6 +4,11 @@ it were unreachable (`down`: the connection is dropped without any response).
 A fault ends by itself after its seconds on the monotonic clock; expiry is noticed lazily,
 on the next request or inspection, so no timer is needed. Only the HTTP side of a peer is
 affected: the User Manager keeps consuming and publishing over AMQP whatever its fault.
+
+One fault is a moment rather than a while: `restart` of the `user-manager` (POST
+/simulator/faults `{"service": "user-manager", "mode": "restart"}`, or
+`Simulator.restart_user_manager()`), which forgets every registration, demand and
+user-to-session mapping at once; it is played by the User Manager, not kept here.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ SERVICE_PREFIXES = {
     "user-manager": "/api/user-manager/",
 }
 FAULT_MODES = ("error", "down")
+RESTART_MODE = "restart"
 INJECTED_MESSAGE = "injected fault"
 RECENT = 50
 

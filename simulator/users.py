@@ -7,6 +7,12 @@ entries, not threads. A generation counter per user makes timers scheduled befor
 early completion) are decided per user from the seed, so a seeded run is reproducible per
 user whatever the thread interleaving.
 
+Events go out through `route` (the User Manager's forwarding, which may drop them as the real
+one does), never straight to the broker.
+
+In real peer mode with `join_batch` and `join_delay`, only the first `join_batch` users are
+connected at start; the User Manager connects the rest over time (`connect_next`).
+
 Every upload to the temp bucket is remembered as the SHA-256 of its bytes by session and frame
 (32 bytes each, kept after the supervisor deletes the temp copy), so a test can tell whether
 the supervisor stored exactly what a user uploaded.
@@ -19,13 +25,13 @@ import logging
 import random
 import re
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.amqp import EventPublisher
 from simulator.blobs import TEMP_BUCKET, BlobStore
 from simulator.config import SimulatorConfig
 from simulator.render import RenderFrame
@@ -35,8 +41,12 @@ logger = logging.getLogger(__name__)
 
 USER_TOPICS = ("start-rendering", "stop-work", "retrieve-frames-from-frame-list", "retrieve-frame")
 RECENT = 100
+TIMELINE_LIMIT = 200_000
 FRAME_LIST_TOPICS = ("start-rendering", "retrieve-frames-from-frame-list")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+# Hands one event of a user to the User Manager: (session_id, topic, data) -> sent.
+Route = Callable[[str | None, str, dict[str, Any]], bool]
 
 
 class BadMessage(ValueError):
@@ -81,6 +91,7 @@ class SimUser:
     disconnect_after: int | None = None
     early_complete: bool = False
     session_id: str | None = None
+    connected: bool = True
     disconnected: bool = False
     blend_hash: str | None = None
     queue: deque[int] = field(default_factory=deque)
@@ -95,6 +106,8 @@ class SimUser:
     def status(self) -> str:
         if self.disconnected:
             return "disconnected"
+        if not self.connected:
+            return "not-connected"
         if self.session_id is None:
             return "idle"
         return "rendering" if self.queue else "assigned"
@@ -130,14 +143,14 @@ class UserPool:
         config: SimulatorConfig,
         *,
         blobs: BlobStore,
-        publisher: EventPublisher,
+        route: Route,
         scheduler: Scheduler,
         renderer: RenderFrame,
         blend_lookup: Callable[[str], Path | None],
     ) -> None:
         self._config = config
         self._blobs = blobs
-        self._publisher = publisher
+        self._route = route
         self._scheduler = scheduler
         self._renderer = renderer
         self._blend_lookup = blend_lookup
@@ -145,9 +158,11 @@ class UserPool:
         self._stats_lock = threading.Lock()
         self._users: dict[str, SimUser] = {}
         self._idle: deque[str] = deque()
+        self._arriving: deque[str] = deque()
         self.dropped: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.dropped_counts: Counter[str] = Counter()
         self._uploads: dict[str, dict[int, set[bytes]]] = {}
+        self._timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE_LIMIT)
         self._create(config)
 
     def _create(self, config: SimulatorConfig) -> None:
@@ -155,13 +170,19 @@ class UserPool:
         ids = [f"sim-user-{index:03d}" for index in range(1, config.users + 1)]
         disconnecting = set(master.sample(ids, _share(len(ids), config.disconnect_share)))
         early = set(master.sample(ids, _share(len(ids), config.early_complete_share)))
+        staggered = config.real_peers and config.join_batch > 0 and config.join_delay > 0
+        connected_at_start = config.join_batch if staggered else len(ids)
         for user_id in ids:
             seed = f"{config.seed}/{user_id}" if config.seed is not None else None
             user = SimUser(user_id, random.Random(seed), early_complete=user_id in early)
             if user_id in disconnecting:
                 user.disconnect_after = master.randint(1, 3)
             self._users[user_id] = user
-            self._idle.append(user_id)
+            if len(self._idle) < connected_at_start:
+                self._idle.append(user_id)
+            else:
+                user.connected = False
+                self._arriving.append(user_id)
 
     # ------------------------------------------------------------ User Manager side
 
@@ -177,6 +198,41 @@ class UserPool:
                     user.session_id = session_id
                 taken.append(user.user_id)
         return taken
+
+    def connect_next(self, count: int) -> list[str]:
+        """Connect up to `count` users not connected yet; they join the idle pool."""
+        joined = []
+        with self._lock:
+            while self._arriving and len(joined) < count:
+                user = self._users[self._arriving.popleft()]
+                with user.lock:
+                    user.connected = True
+                self._idle.append(user.user_id)
+                joined.append(user.user_id)
+        return joined
+
+    def arriving(self) -> int:
+        """How many users have yet to connect."""
+        with self._lock:
+            return len(self._arriving)
+
+    def reset_all(self) -> list[str]:
+        """Every connected user with a session stops, forgets it and goes back to the idle
+        pool, in user order (what a restarted User Manager sees of the nodes); return them."""
+        moved = []
+        with self._lock:
+            for user_id in sorted(self._users):
+                user = self._users[user_id]
+                with user.lock:
+                    if user.session_id is None or user.disconnected:
+                        continue
+                    self._note(user, "reset")
+                    user.reset()
+                    user.rendered.clear()
+                    user.session_id = None
+                self._idle.append(user_id)
+                moved.append(user_id)
+        return moved
 
     def release(self, session_id: str, user_ids: list[str]) -> list[str]:
         """Return a session's users to the idle pool (they stop rendering); return those moved."""
@@ -200,6 +256,17 @@ class UserPool:
         with self._lock:
             users = list(self._users.values())
         return sorted(u.user_id for u in users if u.session_id == session_id and not u.disconnected)
+
+    def assignments(self) -> dict[str, list[str]]:
+        """The users of every session, as the User Manager maps them (disconnected ones are
+        forgotten)."""
+        with self._lock:
+            users = list(self._users.values())
+        result: dict[str, list[str]] = {}
+        for user in sorted(users, key=lambda u: u.user_id):
+            if user.session_id is not None and not user.disconnected:
+                result.setdefault(user.session_id, []).append(user.user_id)
+        return result
 
     def idle(self) -> list[str]:
         with self._lock:
@@ -227,7 +294,7 @@ class UserPool:
         if user is None:
             return None
         with user.lock:
-            if user.disconnected:
+            if user.disconnected or not user.connected:
                 return None
             if user.session_id is None and topic != "stop-work":
                 self._drop(user_id, topic, "user is in the idle pool")
@@ -236,8 +303,10 @@ class UserPool:
                 "user message", extra={"event": "user-message", "user_id": user_id, "topic": topic}
             )
             if topic == "start-rendering":
+                self._note(user, "list", frames=frames)
                 self._start(user, frames, data)
             elif topic == "stop-work":
+                self._note(user, "reset")
                 user.reset()
             elif topic == "retrieve-frames-from-frame-list":
                 self._retrieve_list(user, frames, data)
@@ -258,6 +327,16 @@ class UserPool:
         """Messages to users in the idle pool, which no session would ever hear about."""
         with self._stats_lock:
             return {"count": sum(self.dropped_counts.values()), "recent": list(self.dropped)}
+
+    def _note(self, user: SimUser, kind: str, **fields: Any) -> None:
+        """One line of the users' timeline (see Simulator.user_timeline)."""
+        entry = {"t": time.monotonic(), "user_id": user.user_id, "kind": kind, **fields}
+        with self._stats_lock:
+            self._timeline.append(entry)
+
+    def timeline(self) -> list[dict[str, Any]]:
+        with self._stats_lock:
+            return list(self._timeline)
 
     def _remember_upload(self, session_id: str, frame: int, image: bytes) -> None:
         digest = hashlib.sha256(image).digest()
@@ -300,7 +379,10 @@ class UserPool:
         key = user.rendered.get(frame)
         if key is None or not self._blobs.exists(TEMP_BUCKET, key):
             return False
-        return self._publish_frame(user, frame, key)
+        sent = self._publish_frame(user, frame, key)
+        # A real node answers whether it has the frame; what the User Manager then does with
+        # the re-sent frame is out of its sight.
+        return True if self._config.real_peers else sent
 
     # ------------------------------------------------------------ rendering
 
@@ -353,6 +435,7 @@ class UserPool:
             self._blobs.write(TEMP_BUCKET, key, image)
             self._remember_upload(session_id, frame, image)
             user.rendered[frame] = key
+            self._note(user, "upload", frame=frame)
             self._publish_frame(user, frame, key)
         user.frames_done += 1
         if user.disconnect_after is not None and user.frames_done >= user.disconnect_after:
@@ -373,6 +456,4 @@ class UserPool:
         return self._publish(user, "user-frame-rendered", data)
 
     def _publish(self, user: SimUser, topic: str, data: dict[str, Any]) -> bool:
-        if user.session_id is None:
-            return False
-        return self._publisher.publish(user.session_id, topic, data)
+        return self._route(user.session_id, topic, data)

@@ -41,7 +41,14 @@ from simulator.blobs import (
     BadKey,
     check_key,
 )
-from simulator.faults import INJECTED_MESSAGE, SERVICE_PREFIXES, Faults, check_fault
+from simulator.catalog import OBJECT_STATES
+from simulator.faults import (
+    INJECTED_MESSAGE,
+    RESTART_MODE,
+    SERVICE_PREFIXES,
+    Faults,
+    check_fault,
+)
 from simulator.users import BadMessage
 
 if TYPE_CHECKING:
@@ -66,17 +73,24 @@ URL_MAP = Map(
     [
         Rule(f"{CATALOG}/get-blend-file-name/<object_id>", methods=["GET"], endpoint="blend_name"),
         Rule(f"{CATALOG}/add-rendered-image", methods=["POST"], endpoint="add_rendered_image"),
+        Rule(f"{CATALOG}/change-state", methods=["PUT"], endpoint="change_state"),
         Rule(f"{BLOB}/retrieve-blend", methods=["GET"], endpoint="retrieve_blend"),
         Rule(f"{BLOB}/retrieve-temp", methods=["GET"], endpoint="retrieve_temp"),
         Rule(f"{BLOB}/delete-temp", methods=["DELETE"], endpoint="delete_temp"),
         Rule(f"{BLOB}/store-image", methods=["POST"], endpoint="store_image"),
         Rule(f"{USER_SERVICE}/send-msg-to-user", methods=["POST"], endpoint="send"),
         Rule(
-            f"{USER_SERVICE}/send-msg-to-user-with-acknowledgment",
+            f"{USER_SERVICE}/send-msg-to-user-with-acknowledgement",
             methods=["POST"],
             endpoint="send_with_ack",
         ),
+        Rule(
+            f"{USER_SERVICE}/send-msg-to-user-with-acknowledgment",
+            methods=["POST"],
+            endpoint="send_with_ack_misspelled",
+        ),
         Rule(f"{USER_MANAGER}/new-session", methods=["POST"], endpoint="new_session"),
+        Rule(f"{USER_MANAGER}/cleanup-session", methods=["DELETE"], endpoint="cleanup_session"),
         Rule("/simulator/state", methods=["GET"], endpoint="state"),
         Rule("/simulator/faults", methods=["GET"], endpoint="faults"),
         Rule("/simulator/faults", methods=["POST"], endpoint="inject_fault"),
@@ -180,6 +194,7 @@ class SimulatorApp:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.faults: Faults = sim.faults
+        self.real = sim.config.real_peers
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get(FAULT_KEY) == "error":
@@ -226,6 +241,30 @@ class SimulatorApp:
         self.sim.catalog.record(body)
         return _json(200, {"message": "Rendered image added"})
 
+    def on_change_state(self, request: Request) -> Response:
+        """Checked in the real service's order: fields, then the state, then the customer,
+        then the object."""
+        body = request.get_json(silent=True)
+        fields = ("objectId", "customerId", "objectState")
+        if not isinstance(body, dict) or any(not isinstance(body.get(f), str) for f in fields):
+            return _error(400, "objectId, customerId and objectState are required")
+        customer_id, object_id, state = (body[f] for f in ("customerId", "objectId", "objectState"))
+        if state not in OBJECT_STATES:
+            return _error(400, f"Invalid objectState. Must be one of: {', '.join(OBJECT_STATES)}")
+        unknown = self.sim.catalog.change_state(customer_id, object_id, state)
+        if unknown == "customer":
+            return _error(404, "Customer not found")
+        if unknown == "object":
+            return _error(404, "Blender object not found")
+        answer = {
+            "message": "Object state updated successfully",
+            "objectId": object_id,
+            "customerId": customer_id,
+            "objectState": state,
+            "success": True,
+        }
+        return _json(200, answer)
+
     # ---------------------------------------------------------------- blob service
 
     def _send_blob(self, request: Request, bucket: str, key: str | None) -> Response:
@@ -266,6 +305,7 @@ class SimulatorApp:
             return _error(400, "file field 'image' is required")
         image.stream.flush()
         self.sim.blobs.adopt(FRAMES_BUCKET, key, request.spool_path(image.stream))
+        self.sim.count_store(key)
         logger.info("frame stored", extra={"event": "frame-stored", "key": key})
         return _json(200, {"message": "Image stored"})
 
@@ -297,8 +337,19 @@ class SimulatorApp:
         return outcome if isinstance(outcome, Response) else _json(200, {"message": "Sent"})
 
     def on_send_with_ack(self, request: Request) -> Response:
+        """The real User Service answers with the node's own answer to the call, a bare JSON
+        `true` or `false`; the ideal one wraps it."""
         outcome = self._deliver(request)
-        return outcome if isinstance(outcome, Response) else _json(200, {"acknowledged": outcome})
+        if isinstance(outcome, Response):
+            return outcome
+        return _json(200, outcome if self.real else {"acknowledged": outcome})
+
+    def on_send_with_ack_misspelled(self, request: Request) -> Response:
+        """The path without the e, which the original supervisor calls: the real User Service
+        has no such route (FastAPI's 404); the ideal one takes both spellings."""
+        if self.real:
+            return _json(404, {"detail": "Not Found"})
+        return self.on_send_with_ack(request)
 
     # ---------------------------------------------------------------- user manager
 
@@ -308,7 +359,15 @@ class SimulatorApp:
         if not session_id or len(session_id) > MAX_ID_CHARS or not count.isdigit():
             return _error(400, "session_supervisor_id and a numeric user_count are required")
         self.sim.user_manager.register(session_id, int(count))
-        return _json(200, {"message": "Session registered"})
+        # The real route returns nothing, which FastAPI sends as `null`.
+        return _json(200, None if self.real else {"message": "Session registered"})
+
+    def on_cleanup_session(self, request: Request) -> Response:
+        session_id = request.form.get("session_supervisor_id", "")
+        if not session_id or len(session_id) > MAX_ID_CHARS:
+            return _error(400, "session_supervisor_id is required")
+        self.sim.user_manager.cleanup(session_id)
+        return _json(200, {"message": "Session supervisor cleaned up successfully"})
 
     # ---------------------------------------------------------------- inspection
 
@@ -323,6 +382,8 @@ class SimulatorApp:
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object with service, mode and seconds")
         service, mode, seconds = body.get("service"), body.get("mode"), body.get("seconds")
+        if mode == RESTART_MODE:
+            return self._restart(service)
         try:
             check_fault(service, mode, seconds)
         except ValueError as exc:
@@ -330,6 +391,14 @@ class SimulatorApp:
         self.sim.inject_fault(service, mode, seconds)
         fault = {"service": service, "mode": mode, "seconds": seconds}
         return _json(200, {"message": "Fault injected", "fault": fault})
+
+    def _restart(self, service: object) -> Response:
+        """A restart is a moment, not a while: it takes no seconds."""
+        if service != "user-manager":
+            return _error(400, f"mode {RESTART_MODE} is for the user-manager only")
+        reset = self.sim.restart_user_manager()
+        fault = {"service": service, "mode": RESTART_MODE}
+        return _json(200, {"message": "Fault injected", "fault": fault, "users_reset": reset})
 
     def on_clear_faults(self, request: Request) -> Response:
         service = request.args.get("service")

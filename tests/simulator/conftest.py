@@ -25,8 +25,11 @@ from tests import services
 SESSION_SUPERVISOR_EXCHANGE = Exchange("SESSION_SUPERVISOR_EXCHANGE", type="direct", durable=True)
 USER_MANAGER_EXCHANGE = Exchange("USER_MANAGER_EXCHANGE", type="direct", durable=True)
 NEW_SESSION = "/api/user-manager/session-supervisor/new-session"
+CLEANUP_SESSION = "/api/user-manager/session-supervisor/cleanup-session"
 SEND = "/api/user-service/user/send-msg-to-user"
-SEND_ACK = "/api/user-service/user/send-msg-to-user-with-acknowledgment"
+SEND_ACK = "/api/user-service/user/send-msg-to-user-with-acknowledgement"
+# The spelling the original supervisor calls, which the real User Service does not serve.
+SEND_ACK_MISSPELLED = "/api/user-service/user/send-msg-to-user-with-acknowledgment"
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +156,11 @@ class Supervisor:
     def register(self, user_count: int = 1) -> None:
         form = {"user_count": str(user_count), "session_supervisor_id": self.session_id}
         response = requests.post(self.sim.base_url + NEW_SESSION, data=form, timeout=5)
+        assert response.status_code == 200
+
+    def cleanup(self) -> None:
+        form = {"session_supervisor_id": self.session_id}
+        response = requests.delete(self.sim.base_url + CLEANUP_SESSION, data=form, timeout=5)
         assert response.status_code == 200
 
     def demand(self, topic: str, data: dict[str, Any], *, raw: Any = None) -> None:

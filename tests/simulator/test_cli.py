@@ -26,7 +26,8 @@ def test_every_knob_has_a_flag(tmp_path: Path) -> None:
             "--broker-url", "redis://127.0.0.1:6379/5", "--users", "7", "--frame-time", "0.2",
             "--jitter", "0.1", "--join-delay", "1.5", "--join-batch", "2",
             "--disconnect-share", "0.1", "--fail-share", "0.2", "--early-complete-share", "0.3",
-            "--duplicate", "0.4", "--reorder", "0.25", "--quirks", "--seed", "9",
+            "--duplicate", "0.4", "--reorder", "0.25", "--quirks", "--peer-mode", "ideal",
+            "--seed", "9",
             "--demo-blend", "default_1_250.blend",
             "--queue", "Q", "--private-queue", "--workers", "2",
         ]
@@ -47,6 +48,7 @@ def test_every_knob_has_a_flag(tmp_path: Path) -> None:
         duplicate=0.4,
         reorder=0.25,
         quirks=True,
+        peer_mode="ideal",
         seed=9,
         demo_blend="default_1_250.blend",
         user_manager_queue="Q",

@@ -57,7 +57,7 @@ def test_uploaded_digests_match_the_temp_blobs(
     broker: Connection,
     session_id: str,
 ) -> None:
-    sim = make_sim(renderer=counting_renderer(), broker_url=amqp_url, users=3)
+    sim = make_sim(renderer=counting_renderer(), broker_url=amqp_url, users=3, peer_mode="ideal")
     sv = supervisor_for(sim)
     first, second = sv.get_users(tap, 2)
     rendered = uploads(sim, tap, sv, {first: [1, 2, 3], second: [2, 3]})
@@ -94,7 +94,7 @@ def test_failed_frames_upload_nothing(
     tap: Tap,
     session_id: str,
 ) -> None:
-    sim = rabbit_sim(fail_share=1.0, seed=3)
+    sim = rabbit_sim(fail_share=1.0, seed=3, peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     uploads(sim, tap, sv, {user: [1, 2]})

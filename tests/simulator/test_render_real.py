@@ -178,7 +178,7 @@ def test_simulated_users_store_blender_frames(
     supervisor_for: Callable[[Simulator], Supervisor],
     tap: Tap,
 ) -> None:
-    sim = rabbit_sim(render="real", demo_blend=str(DEFAULT_42))
+    sim = rabbit_sim(render="real", demo_blend=str(DEFAULT_42), peer_mode="ideal")
     demo = sim.catalog.lookup(DEMO_CUSTOMER, DEMO_OBJECT)
     assert demo is not None
     sv = supervisor_for(sim)

@@ -106,7 +106,7 @@ def test_events_and_duplicates_arrive_shuffled_each_exactly_twice(
     supervisor_for: Callable[[Simulator], Supervisor],
     tap: Tap,
 ) -> None:
-    sim = rabbit_sim(reorder=REORDER, duplicate=1.0, seed=21, users=1)
+    sim = rabbit_sim(reorder=REORDER, duplicate=1.0, seed=21, users=1, peer_mode="ideal")
     sv = supervisor_for(sim)
     sv.register(1)
     sv.demand("more-users", {"user_count": 1})

@@ -35,7 +35,7 @@ def ignored(sim: Simulator, session_id: str) -> list[dict]:
 def test_more_users_for_a_registered_session_gets_new_users(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap, session_id: str
 ) -> None:
-    sim = rabbit_sim(users=3)
+    sim = rabbit_sim(users=3, peer_mode="ideal")
     sv = supervisor_for(sim)
     sv.register(2)
     sv.demand("more-users", {"user_count": 2})
@@ -84,7 +84,7 @@ def test_demand_from_an_unregistered_session_is_ignored(
 def test_users_join_late_in_batches(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
-    sim = rabbit_sim(users=5, join_delay=0.25, join_batch=2)
+    sim = rabbit_sim(users=5, join_delay=0.25, join_batch=2, peer_mode="ideal")
     sv = supervisor_for(sim)
     sv.register(5)
     sent = time.monotonic()
@@ -109,7 +109,7 @@ def test_users_join_late_in_batches(
 def test_update_user_count_replaces_the_outstanding_demand(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap, session_id: str
 ) -> None:
-    sim = rabbit_sim(users=5, join_delay=0.3)
+    sim = rabbit_sim(users=5, join_delay=0.3, peer_mode="ideal")
     sv = supervisor_for(sim)
     sv.register(5)
     sv.demand("more-users", {"user_count": 4})
@@ -124,7 +124,7 @@ def test_update_user_count_replaces_the_outstanding_demand(
 def test_remove_users_demand_completely_drops_the_demand(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap, session_id: str
 ) -> None:
-    sim = rabbit_sim(join_delay=0.3)
+    sim = rabbit_sim(join_delay=0.3, peer_mode="ideal")
     sv = supervisor_for(sim)
     sv.register(3)
     sv.demand("more-users", {"user_count": 3})

@@ -43,7 +43,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_a_user_renders_its_list_in_order_then_reports_completion(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap, session_id: str
 ) -> None:
-    sim = rabbit_sim()
+    sim = rabbit_sim(peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     start(sv, user, [3, 1, 2])
@@ -73,7 +73,7 @@ def test_a_user_renders_its_list_in_order_then_reports_completion(
 def test_duplicate_one_publishes_every_event_twice(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
-    sim = rabbit_sim(duplicate=1.0)
+    sim = rabbit_sim(duplicate=1.0, peer_mode="ideal")
     sv = supervisor_for(sim)
     sv.register(1)
     sv.demand("more-users", {"user_count": 1})
@@ -109,7 +109,7 @@ def test_stop_work_stops_the_user(
 def test_start_rendering_replaces_the_queue(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
-    sim = rabbit_sim(frame_time=0.05)
+    sim = rabbit_sim(frame_time=0.05, peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     start(sv, user, list(range(100, 140)))
@@ -125,7 +125,7 @@ def test_start_rendering_replaces_the_queue(
 def test_retrieve_frame_acknowledges_only_frames_the_user_still_has(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
-    sim = rabbit_sim()
+    sim = rabbit_sim(peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     start(sv, user, [5])
@@ -152,7 +152,7 @@ def test_retrieve_frame_acknowledges_only_frames_the_user_still_has(
 def test_retrieve_frames_from_frame_list_renders_them_and_completes_again(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
-    sim = rabbit_sim()
+    sim = rabbit_sim(peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     start(sv, user, [1])
@@ -169,7 +169,7 @@ def test_retrieve_frames_from_frame_list_renders_them_and_completes_again(
 def test_disconnecting_users_say_so_after_one_to_three_frames_then_go_silent(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap, session_id: str
 ) -> None:
-    sim = rabbit_sim(disconnect_share=1.0, seed=7)
+    sim = rabbit_sim(disconnect_share=1.0, seed=7, peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     planned = sim.state()["users"][user]["disconnects_after"]
@@ -190,7 +190,7 @@ def test_disconnecting_users_say_so_after_one_to_three_frames_then_go_silent(
 def test_failing_frames_are_reported_and_not_kept(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
-    sim = rabbit_sim(fail_share=1.0, seed=3)
+    sim = rabbit_sim(fail_share=1.0, seed=3, peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     start(sv, user, [1, 2])
@@ -210,7 +210,7 @@ def test_failing_frames_are_reported_and_not_kept(
 def test_early_completing_users_owe_their_last_frames_until_asked(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
-    sim = rabbit_sim(early_complete_share=1.0, seed=11)
+    sim = rabbit_sim(early_complete_share=1.0, seed=11, peer_mode="ideal")
     sv = supervisor_for(sim)
     [user] = sv.get_users(tap, 1)
     frames = [1, 2, 3, 4, 5]
@@ -232,7 +232,7 @@ def test_early_completing_users_owe_their_last_frames_until_asked(
 def test_quirks_use_only_the_tolerated_variants(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap, session_id: str
 ) -> None:
-    sim = rabbit_sim(quirks=True, seed=5, users=4)
+    sim = rabbit_sim(quirks=True, seed=5, users=4, peer_mode="ideal")
     sv = supervisor_for(sim)
     users = sv.get_users(tap, 4)
     for user in users:
@@ -285,7 +285,7 @@ def test_a_hundred_users_render_on_a_few_threads(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap
 ) -> None:
     threads_before = threading.active_count()
-    sim = rabbit_sim(users=100, frame_time=0.02, jitter=0.01)
+    sim = rabbit_sim(users=100, frame_time=0.02, jitter=0.01, peer_mode="ideal")
     sv = supervisor_for(sim)
     users = sv.get_users(tap, 100)
     began = time.monotonic()
