@@ -86,3 +86,20 @@ def set_user_count(customer_id: str, user_count: str) -> ResponseReturnValue:
     if not USER_COUNT.fullmatch(user_count):
         raise InvalidInput("user_count must be a whole number written with the digits 0-9")
     return jsonify(workloads.set_user_count(_supervisor(), customer_id, int(user_count)))
+
+
+@api.get("/get-session-supervisor-overview/<customer_id>")
+@privileged
+def get_session_supervisor_overview(customer_id: str) -> ResponseReturnValue:
+    """The Customer Service asks for this right after a stop, to find the session to clean
+    up; an unknown customer gets the original's 200 with an `error` key (CONTRACT.md §1)."""
+    overview = workloads.session_overview(_supervisor(), customer_id)
+    if overview is None:
+        return jsonify(error=f"No active session for customer_id: {customer_id}")
+    return jsonify(overview)
+
+
+@api.get("/get-all-supervisor-information")
+@privileged
+def get_all_supervisor_information() -> ResponseReturnValue:
+    return jsonify(workloads.all_overviews(_supervisor()))

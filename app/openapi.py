@@ -150,6 +150,21 @@ def _components(spec: APISpec, settings: Settings) -> None:
                             "maximum": 100,
                             "example": 50.0,
                         },
+                        "stored_frames": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Frames in the final store (as completed_frames).",
+                            "example": 125,
+                        },
+                        "recorded_frames": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": (
+                                "Frames the catalog has confirmed. The workload is "
+                                "`completed` only once this is total_frames."
+                            ),
+                            "example": 120,
+                        },
                         "failure_reason": failure_reason,
                     },
                     "additionalProperties": False,
@@ -224,6 +239,36 @@ def _components(spec: APISpec, settings: Settings) -> None:
                     "minimum": 0,
                     "description": "How many users it has now.",
                     "example": 2,
+                },
+            },
+            "additionalProperties": False,
+        },
+    )
+    spec.components.schema(
+        "SessionOverview",
+        {
+            "type": "object",
+            "required": [
+                "customer_id",
+                "object_id",
+                "session_routing_key",
+                "session_id",
+                "number_of_users",
+                "session_status",
+            ],
+            "properties": {
+                "customer_id": {"type": "string", "example": "cust-1"},
+                "object_id": {"type": "string", "example": "obj-1"},
+                "session_routing_key": {
+                    "type": "string",
+                    "example": "SESSION_SUPERVISOR_6f1c0f3e2b9d4a7c8e5f0a1b2c3d4e5f",
+                },
+                "session_id": {"type": "string", "example": "6f1c0f3e2b9d4a7c8e5f0a1b2c3d4e5f"},
+                "number_of_users": {"type": "integer", "minimum": 0, "example": 3},
+                "session_status": {
+                    "type": "string",
+                    "description": "The workload's status; `stopped` right after a stop.",
+                    "example": "running",
                 },
             },
             "additionalProperties": False,
@@ -500,6 +545,75 @@ def _paths(spec: APISpec, settings: Settings) -> None:
                         "`No active session for customer_id: <customer_id>`, or a path that "
                         "names no route.",
                     ),
+                    "500": "ServerError",
+                },
+            }
+        },
+    )
+
+    spec.path(
+        path=f"{PREFIX}/get-session-supervisor-overview/{{customer_id}}",
+        operations={
+            "get": {
+                "operationId": "getSessionSupervisorOverview",
+                "tags": ["admin"],
+                "summary": "The customer's latest session (also one stopped moments ago)",
+                "description": (
+                    "Called by the Customer Service right after a stop, for the session to "
+                    'clean up. An unknown customer answers 200 `{"error": "No active session '
+                    'for customer_id: <customer_id>"}`, as the original did.' + admin_note
+                ),
+                "security": admin_security,
+                "parameters": ["CustomerIdPath"],
+                "responses": {
+                    "200": {
+                        "description": "The overview, or the original's error object.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/SessionOverview"},
+                                        {
+                                            "type": "object",
+                                            "required": ["error"],
+                                            "properties": {"error": {"type": "string"}},
+                                            "additionalProperties": False,
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "400": "BadRequest",
+                    "403": "Forbidden",
+                    "404": _json("Error", "A path that names no route."),
+                    "500": "ServerError",
+                },
+            }
+        },
+    )
+    spec.path(
+        path=f"{PREFIX}/get-all-supervisor-information",
+        operations={
+            "get": {
+                "operationId": "getAllSupervisorInformation",
+                "tags": ["admin"],
+                "summary": "One overview per active workload (the Admin Panel's list)",
+                "description": admin_note.strip(),
+                "security": admin_security,
+                "responses": {
+                    "200": {
+                        "description": "The overviews.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/SessionOverview"},
+                                }
+                            }
+                        },
+                    },
+                    "403": "Forbidden",
                     "500": "ServerError",
                 },
             }

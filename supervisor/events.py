@@ -1,10 +1,15 @@
-"""What the supervisor does with each User Manager event (CONTRACT.md §6).
+"""What the supervisor does with each User Manager event (CONTRACT.md §6 and §7).
 
 Handlers are safe under at-least-once delivery and any number of worker processes:
 - every state change is a conditional statement, so a repeated event changes nothing;
 - everything that touches a workload's assignments first locks its row (`FOR UPDATE`),
   so two workers never hand the same frames to different users;
 - messages to peers are written to the outbox in the same transaction.
+
+A rendered frame is claimed before its image is copied: the first valid upload of a frame,
+from whichever of the session's users, marks the frame `storing` with its temporary key,
+and only that upload is copied to the final store, so the final store is written once per
+frame. A claim whose copy fails for good is given up, and another upload can win.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from supervisor.models import (
 )
 from supervisor.peers import final_frame_key
 from supervisor.workloads import (
-    release_all_users,
+    demand_missing_users,
+    end_late_users,
     release_users,
     send_outbox_soon,
-    unbind_after_grace,
 )
 
 if TYPE_CHECKING:
@@ -119,6 +124,19 @@ def _held_by_active_users(session: Session, workload_id: str) -> dict[str, int]:
     return {user_id: count for user_id, count in rows}
 
 
+def _rates(session: Session, workload_id: str) -> dict[str, float | None]:
+    """Each active user's measured rate (frames per second), None until it has one."""
+    rows = session.execute(
+        select(WorkloadUser.user_id, WorkloadUser.frames_done, WorkloadUser.busy_seconds).where(
+            WorkloadUser.workload_id == workload_id, WorkloadUser.state == UserState.ACTIVE
+        )
+    ).all()
+    return {
+        row.user_id: (row.frames_done / row.busy_seconds if row.busy_seconds > 0 else None)
+        for row in rows
+    }
+
+
 def _queues(session: Session, workload_id: str, user_ids: Iterable[str]) -> dict[str, list[int]]:
     queues: dict[str, list[int]] = {user_id: [] for user_id in user_ids}
     if not queues:
@@ -137,19 +155,32 @@ def _queues(session: Session, workload_id: str, user_ids: Iterable[str]) -> dict
     return queues
 
 
+def _storing(session: Session, workload_id: str) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Frame)
+            .where(Frame.workload_id == workload_id, Frame.state == FrameState.STORING)
+        )
+        or 0
+    )
+
+
 def _assign(session: Session, workload_id: str, plan: dict[str, list[int]]) -> None:
+    """Give these assigned frames to new holders (a steal: the donor is not told, see
+    distribute); the frames must still be assigned."""
     numbers = [n for frames in plan.values() for n in frames]
     owners = [user for user, frames in plan.items() for _ in frames]
     if not numbers:
         return
     session.execute(
         text(
-            "UPDATE frames AS f SET state = 'assigned', user_id = a.user_id, "
-            "assigned_at = now(), attempts = f.attempts + 1 "
+            "UPDATE frames AS f SET user_id = a.user_id, assigned_at = now(), "
+            "attempts = f.attempts + 1 "
             "FROM unnest(CAST(:numbers AS integer[]), CAST(:owners AS varchar[])) "
             "AS a(number, user_id) "
             "WHERE f.workload_id = :workload_id AND f.number = a.number "
-            "AND f.state IN ('pending', 'assigned')"
+            "AND f.state = 'assigned'"
         ),
         {"workload_id": workload_id, "numbers": numbers, "owners": owners},
     )
@@ -178,210 +209,177 @@ def _assign_pending_runs(session: Session, workload_id: str, plan: dict[str, lis
     )
 
 
-def _send_lists(
-    session: Session,
-    workload: Workload,
-    users: Iterable[str],
-    known: dict[str, list[int]] | None = None,
-) -> int:
-    """Send each user its whole current list; `start-rendering` replaces a user's queue.
-    Lists in `known` (users who held nothing before this assignment) are not read back."""
-    known = known or {}
-    queues = _queues(session, workload.id, sorted(set(users) - set(known)))
-    queues = {user: queues[user] if user in queues else known[user] for user in sorted(set(users))}
+def _send_lists(session: Session, workload: Workload, lists: dict[str, list[int]]) -> None:
+    """Send each receiver its new list, and start the clock its rate is measured by."""
+    lists = {user: frames for user, frames in lists.items() if frames}
+    if not lists:
+        return
     blend_hash = workload.blend_file_hash or ""
     outbox.to_users(
         session,
         workload.id,
-        [user for user, frames in queues.items() if frames],
+        sorted(lists),
         "start-rendering",
-        lambda user: {"blend_file_hash": blend_hash, "frame_list": queues[user]},
+        lambda user: {"blend_file_hash": blend_hash, "frame_list": lists[user]},
     )
-    return sum(len(frames) for frames in queues.values())
+    session.execute(
+        update(WorkloadUser)
+        .where(WorkloadUser.workload_id == workload.id, WorkloadUser.user_id.in_(list(lists)))
+        .values(clock_at=func.now())
+    )
 
 
 def distribute(
-    session: Session, workload: Workload, cap: int, *, skip: Iterable[str] = ()
+    session: Session,
+    workload: Workload,
+    cap: int,
+    *,
+    skip: Iterable[str] = (),
+    steal: bool = False,
 ) -> dict[str, int]:
-    """Give pending frames to active users up to a fair share (idle ones first); when
-    nothing is pending, move unstarted tails from long queues to idle users. Users in
-    `skip` (silent ones) get nothing this time. The caller holds the workload row lock."""
+    """Give a list to every active user that holds nothing: its fair share of the lowest
+    unassigned frames (scheduling.list_sizes). With `steal`, users still empty when
+    nothing is unassigned take the tail half of the longest lists; the donor is not sent
+    a new list (that would make it render its frame in hand again): the frames go to the
+    first upload, from either. Users in `skip` get nothing. The caller holds the lock."""
     if workload.status != WorkloadStatus.RUNNING:
         return {}
     held = _held_by_active_users(session, workload.id)
-    for user_id in skip:
-        held.pop(user_id, None)
-    if not held:
+    skipped = set(skip)
+    receivers = sorted(user for user, count in held.items() if count == 0 and user not in skipped)
+    if not receivers:
         return {}
-    pending = workload.total_frames - workload.rendered_frames - sum(held.values())
-    if pending > 0:
-        grants = scheduling.top_ups(pending, held, cap)
-        wanted = sum(grants.values())
+    unassigned = (
+        workload.total_frames
+        - workload.rendered_frames
+        - sum(held.values())
+        - _storing(session, workload.id)
+    )
+    lists: dict[str, list[int]] = {}
+    if unassigned > 0:
+        rates = _rates(session, workload.id)
+        expected = max(workload.target_user_count, len(held))
+        sizes = scheduling.list_sizes(unassigned, receivers, rates, expected, cap)
         frames = session.scalars(
             select(Frame.number)
             .where(Frame.workload_id == workload.id, Frame.state == FrameState.PENDING)
             .order_by(Frame.number)
-            .limit(wanted)
+            .limit(sum(sizes.values()))
         ).all()
-        plan = scheduling.split_runs(frames, grants)
-        _assign_pending_runs(session, workload.id, plan)
-        fresh = {user: frames for user, frames in plan.items() if held[user] == 0}
-        _send_lists(session, workload, plan, known=fresh)
-        return {user: len(frames) for user, frames in plan.items()}
-    idle = sorted(user for user, count in held.items() if count == 0)
-    if not idle:
-        return {}
-    busy = [user for user, count in held.items() if count > 0]
-    moves = scheduling.steal_plan(idle, _queues(session, workload.id, busy), min_queue=2)
-    plan: dict[str, list[int]] = {}
-    for _donor, receiver, frames in moves:
-        plan[receiver] = frames
-    _assign(session, workload.id, plan)
-    touched = {donor for donor, _, _ in moves} | set(plan)
-    _send_lists(session, workload, touched)
-    if moves:
-        logger.info(
-            "frames moved to idle users",
-            extra={"workload_id": workload.id, "moves": len(moves)},
-        )
-    return {user: len(frames) for user, frames in plan.items()}
-
-
-def demand_missing_users(session: Session, workload: Workload) -> int:
-    """Ask for the users the workload lacks beyond what is already asked for."""
-    active = session.scalar(
-        select(func.count())
-        .select_from(WorkloadUser)
-        .where(WorkloadUser.workload_id == workload.id, WorkloadUser.state == UserState.ACTIVE)
-    )
-    missing = workload.target_user_count - (active or 0) - workload.users_demanded
-    if missing > 0:
-        outbox.to_user_manager(session, workload.id, "more-users", {"user_count": missing})
-        workload.users_demanded += missing
-        workload.demanded_at = func.now()
-    return max(missing, 0)
+        lists = scheduling.split_runs(frames, sizes)
+        _assign_pending_runs(session, workload.id, lists)
+    empty = [user for user in receivers if user not in lists]
+    if steal and empty:
+        holders = [user for user, count in held.items() if count > 0] + list(lists)
+        moves = scheduling.steal_plan(empty, _queues(session, workload.id, holders), min_queue=2)
+        stolen = scheduling.stolen_lists(moves)
+        _assign(session, workload.id, stolen)
+        moved = {frame for frames in stolen.values() for frame in frames}
+        lists = {user: [f for f in frames if f not in moved] for user, frames in lists.items()}
+        lists.update(stolen)
+        if moves:
+            logger.info(
+                "list tails moved to idle users",
+                extra={"workload_id": workload.id, "moves": len(moves)},
+            )
+    _send_lists(session, workload, lists)
+    return {user: len(frames) for user, frames in lists.items()}
 
 
 # --- new-users --------------------------------------------------------------------------
 
 
 def add_users(sv: Supervisor, event: Event) -> dict[str, Any]:
-    """Take the users; users banned from this workload (and not yet forgiven) go back."""
+    """Take the users the workload still lacks and give each a list; users beyond its
+    count, and users banned from it (not yet forgiven), go back at once. Then ask for the
+    users still missing: the User Manager forgot the rest of the demand."""
     forgiven_before = datetime.now(UTC) - timedelta(seconds=sv.settings.forgive_user_seconds)
     with sv.db.transaction() as session:
         workload = lock_workload(session, event.session_id)
         if workload is None:
             raise EventRefused("unknown-session", event.session_id)
         if workload.status not in ACTIVE_STATUSES:
-            outbox.to_user_manager(
-                session, workload.id, "users-released", {"user_list": list(event.user_ids)}
-            )
+            end_late_users(session, workload, list(event.user_ids))
             _log("users returned: workload has ended", event, users=len(event.user_ids))
+            send_outbox_soon(sv)
             return {"added": 0, "returned": len(event.user_ids)}
-        statement = insert(WorkloadUser).values(
-            [{"workload_id": workload.id, "user_id": user} for user in event.user_ids]
-        )
-        existing = WorkloadUser.__table__.c
-        statement = statement.on_conflict_do_update(
-            index_elements=["workload_id", "user_id"],
-            set_={
-                "state": UserState.ACTIVE,
-                "left_at": None,
-                "last_seen_at": func.now(),
-                "failed_frames": 0,
-            },
-            where=or_(
-                existing.state.in_([UserState.RELEASED, UserState.DISCONNECTED]),
-                and_(existing.state == UserState.BANNED, existing.left_at < forgiven_before),
-            ),
-        ).returning(WorkloadUser.user_id)
-        added = list(session.scalars(statement))
-        refused = _still_banned(session, workload.id, event.user_ids, set(added))
+        active = set(_active_users(session, workload.id))
+        room = max(0, workload.target_user_count - len(active))
+        newcomers = [user for user in dict.fromkeys(event.user_ids) if user not in active]
+        wanted, surplus = newcomers[:room], newcomers[room:]
+        added = _activate(session, workload.id, wanted, forgiven_before)
+        refused = [user for user in wanted if user not in set(added)] + surplus
         if refused:
             outbox.to_user_manager(session, workload.id, "users-released", {"user_list": refused})
-        workload.users_demanded = max(0, workload.users_demanded - len(added))
-        granted = distribute(session, workload, sv.settings.max_frames_per_assignment)
-    _log("users added", event, added=len(added), refused=len(refused), assigned=granted)
+        granted = distribute(session, workload, sv.settings.max_frames_per_assignment, steal=True)
+        missing = demand_missing_users(session, workload, force=True)
+    _log(
+        "users added",
+        event,
+        added=len(added),
+        returned=len(refused),
+        assigned=granted,
+        still_missing=missing,
+    )
     send_outbox_soon(sv)
-    return {"added": len(added), "refused": refused, "assigned": granted}
+    return {"added": len(added), "refused": refused, "assigned": granted, "missing": missing}
 
 
-def _still_banned(
-    session: Session, workload_id: str, user_ids: Iterable[str], added: set[str]
-) -> list[str]:
-    candidates = [user for user in user_ids if user not in added]
-    if not candidates:
-        return []
+def _active_users(session: Session, workload_id: str) -> list[str]:
     return list(
         session.scalars(
             select(WorkloadUser.user_id).where(
-                WorkloadUser.workload_id == workload_id,
-                WorkloadUser.user_id.in_(candidates),
-                WorkloadUser.state == UserState.BANNED,
+                WorkloadUser.workload_id == workload_id, WorkloadUser.state == UserState.ACTIVE
             )
         )
     )
+
+
+def _activate(
+    session: Session, workload_id: str, user_ids: list[str], forgiven_before: datetime
+) -> list[str]:
+    """Add users, or take back ones that left; banned ones only once forgiven."""
+    if not user_ids:
+        return []
+    statement = insert(WorkloadUser).values(
+        [{"workload_id": workload_id, "user_id": user} for user in user_ids]
+    )
+    existing = WorkloadUser.__table__.c
+    statement = statement.on_conflict_do_update(
+        index_elements=["workload_id", "user_id"],
+        set_={
+            "state": UserState.ACTIVE,
+            "left_at": None,
+            "last_seen_at": func.now(),
+            "failed_frames": 0,
+        },
+        where=or_(
+            existing.state.in_([UserState.RELEASED, UserState.DISCONNECTED]),
+            and_(existing.state == UserState.BANNED, existing.left_at < forgiven_before),
+        ),
+    ).returning(WorkloadUser.user_id)
+    return list(session.scalars(statement))
 
 
 # --- user-frame-rendered ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _FrameView:
-    customer_id: str
-    object_id: str
-    workload_status: str
-    frame_state: str | None
-    frame_user: str | None
-    user_state: str | None
+class _Claim:
+    """An upload this batch copies to the final store, and the holder it took over from."""
 
-
-def _frame_view(sv: Supervisor, event: Event) -> _FrameView:
-    with sv.db.session() as session:
-        row = session.execute(
-            select(
-                Workload.customer_id,
-                Workload.object_id,
-                Workload.status,
-                Frame.state,
-                Frame.user_id,
-                WorkloadUser.state,
-            )
-            .select_from(Workload)
-            .outerjoin(
-                Frame,
-                and_(Frame.workload_id == Workload.id, Frame.number == event.frame_number),
-            )
-            .outerjoin(
-                WorkloadUser,
-                and_(
-                    WorkloadUser.workload_id == Workload.id,
-                    WorkloadUser.user_id == event.user_id,
-                ),
-            )
-            .where(Workload.id == event.session_id)
-        ).one_or_none()
-    return _fitting(event, _FrameView(*row) if row is not None else None)
-
-
-def _fitting(event: Event, view: _FrameView | None) -> _FrameView:
-    """The view, if the event's session, user and frame are ours; else EventRefused."""
-    if view is None:
-        raise EventRefused("unknown-session", event.session_id)
-    if view.user_state is None:
-        raise EventRefused("not-our-user", str(event.user_id))
-    if view.frame_state is None:
-        raise EventRefused("frame-outside-workload", str(event.frame_number))
-    return view
+    final_key: str
+    holder: str | None
 
 
 def record_rendered_frame(sv: Supervisor, event: Event) -> str:
-    """Move the image to its final key, then mark the frame rendered exactly once.
+    """Claim the frame for this upload, copy it temp -> final, mark the frame rendered.
 
-    The copy comes first and is idempotent (same bytes, same key), so a crash anywhere
-    leaves either an assigned frame to copy again or a rendered frame with its image.
-    The catalog record and the temp deletion leave through the outbox after the commit.
-    One event is a batch of one: EventRefused refuses it, a transient PeerError retries it."""
+    The copy is idempotent (same bytes, same key), and a claim is taken again by the same
+    upload, so a crash anywhere leaves a frame to claim or copy again, or a rendered frame
+    with its image. The catalog record and the temp deletion leave through the outbox after
+    the commit. One event is a batch of one: EventRefused refuses it, a transient PeerError
+    retries it."""
     [outcome] = record_rendered_frames(sv, [event])
     if isinstance(outcome, Exception):
         raise outcome
@@ -390,144 +388,233 @@ def record_rendered_frame(sv: Supervisor, event: Event) -> str:
 
 def record_rendered_frames(sv: Supervisor, batch: Sequence[Event]) -> list[str | Exception]:
     """Many user-frame-rendered events at once, with record_rendered_frame's outcomes and
-    guarantees: one read of their state, the copies run concurrently, one transaction marks
-    them all. An event the batch cannot settle comes back as an exception (EventRefused to
-    refuse it, PeerError to retry it alone) instead of failing the others."""
+    guarantees: one transaction claims them all, the copies run concurrently, one
+    transaction marks them all. An event the batch cannot settle comes back as an
+    exception (EventRefused to refuse it, PeerError to retry it alone)."""
     outcomes: list[str | Exception | None] = [None] * len(batch)
-    views = _frame_views(sv, batch)
-    copies: dict[int, str] = {}
-    claimed: dict[tuple[str, int], str | None] = {}
-    unwanted: list[Event] = []
-    for index, event in enumerate(batch):
-        try:
-            final_key = _copy_target(event, views.get(index))
-        except EventRefused as exc:
-            outcomes[index] = exc
-            if exc.discard_upload:
-                unwanted.append(event)
-            continue
-        frame = (event.session_id, event.frame_number or 0)
-        if final_key is None:
-            outcomes[index] = "duplicate"
-            unwanted.append(event)
-        elif frame in claimed:
-            outcomes[index] = "duplicate"
-            if claimed[frame] != event.temp_key:
-                unwanted.append(event)  # a second upload of the frame: one copy is enough
-        else:
-            claimed[frame] = event.temp_key
-            copies[index] = final_key
-    copied = _copy_all(sv, batch, copies, outcomes)
-    completed = _mark_all(sv, batch, copied, outcomes, unwanted)
+    claims = _claim_all(sv, batch, outcomes)
+    copied = _copy_all(sv, batch, claims, outcomes)
+    _mark_all(sv, batch, copied, outcomes)
     send_outbox_soon(sv)
-    for workload_id in completed:
-        unbind_after_grace(sv, workload_id)
     return [outcome if outcome is not None else "duplicate" for outcome in outcomes]
 
 
-def _frame_views(sv: Supervisor, batch: Sequence[Event]) -> dict[int, _FrameView | None]:
-    """The state each event is judged against, in three reads for the whole batch."""
-    sessions = {event.session_id for event in batch}
-    frames = {(e.session_id, e.frame_number) for e in batch if e.frame_number is not None}
-    users = {(e.session_id, e.user_id) for e in batch if e.user_id}
-    with sv.db.session() as session:
-        workloads = {
-            row.id: row
-            for row in session.execute(
-                select(
-                    Workload.id, Workload.customer_id, Workload.object_id, Workload.status
-                ).where(Workload.id.in_(sessions))
+def _lock_workloads(session: Session, workload_ids: Iterable[str]) -> dict[str, Workload]:
+    """Lock the workloads in id order, so two batches never wait on each other in a cycle."""
+    ids = sorted(set(workload_ids))
+    if not ids:
+        return {}
+    return {
+        workload.id: workload
+        for workload in session.scalars(
+            select(Workload).where(Workload.id.in_(ids)).order_by(Workload.id).with_for_update()
+        )
+    }
+
+
+def _claim_all(
+    sv: Supervisor, batch: Sequence[Event], outcomes: list[str | Exception | None]
+) -> dict[int, _Claim]:
+    """One transaction: judge every upload against the locked state, claim the frames of
+    the first valid uploads, discard the uploads that are not needed, and hand a new list
+    to each user whose list is now all in. Returns the claims to copy, by batch index."""
+    claims: dict[int, _Claim] = {}
+    unwanted: list[Event] = []
+    with sv.db.transaction() as session:
+        workloads = _lock_workloads(session, (event.session_id for event in batch))
+        frames, users = _read_frames_and_users(session, batch)
+        taken: dict[tuple[str, int], str] = {}
+        for index, event in enumerate(batch):
+            try:
+                claim = _judge(event, workloads, frames, users, taken)
+            except EventRefused as exc:
+                outcomes[index] = exc
+                if exc.discard_upload:
+                    unwanted.append(event)
+                continue
+            if claim is None:
+                outcomes[index] = "duplicate"
+                if taken.get(_frame_of(event)) != event.temp_key:
+                    unwanted.append(event)
+                continue
+            taken[_frame_of(event)] = event.temp_key or ""
+            claims[index] = claim
+        _take_claims(session, [(batch[index], claim) for index, claim in claims.items()])
+        senders = {(batch[index].session_id, batch[index].user_id or "") for index in claims}
+        _count_work(session, senders)
+        _touch_users(session, {(e.session_id, e.user_id or "") for e in batch if e.user_id})
+        for event in unwanted:
+            outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
+        cap = sv.settings.max_frames_per_assignment
+        for workload_id in sorted({batch[index].session_id for index in claims}):
+            workload = workloads[workload_id]
+            workload.progress_at = func.now()
+            distribute(session, workload, cap, steal=True)
+    for event in unwanted:
+        _log("upload not needed; discarded", event, temp_key=event.temp_key)
+    return claims
+
+
+def _frame_of(event: Event) -> tuple[str, int]:
+    return (event.session_id, event.frame_number or 0)
+
+
+@dataclass(frozen=True)
+class _FrameRow:
+    state: str
+    user_id: str | None
+    claim_key: str | None
+
+
+def _read_frames_and_users(
+    session: Session, batch: Sequence[Event]
+) -> tuple[dict[tuple[str, int], _FrameRow], dict[tuple[str, str], str]]:
+    """The frames and users the batch names, in two reads."""
+    frame_keys = {(e.session_id, e.frame_number) for e in batch if e.frame_number is not None}
+    user_keys = {(e.session_id, e.user_id) for e in batch if e.user_id}
+    frames: dict[tuple[str, int], _FrameRow] = {}
+    if frame_keys:
+        for row in session.execute(
+            select(
+                Frame.workload_id, Frame.number, Frame.state, Frame.user_id, Frame.claim_key
+            ).where(tuple_(Frame.workload_id, Frame.number).in_(list(frame_keys)))
+        ):
+            frames[(row.workload_id, row.number)] = _FrameRow(row.state, row.user_id, row.claim_key)
+    users: dict[tuple[str, str], str] = {}
+    if user_keys:
+        for row in session.execute(
+            select(WorkloadUser.workload_id, WorkloadUser.user_id, WorkloadUser.state).where(
+                tuple_(WorkloadUser.workload_id, WorkloadUser.user_id).in_(list(user_keys))
             )
-        }
-        frame_rows = (
-            {
-                (row.workload_id, row.number): row
-                for row in session.execute(
-                    select(Frame.workload_id, Frame.number, Frame.state, Frame.user_id).where(
-                        tuple_(Frame.workload_id, Frame.number).in_(list(frames))
-                    )
-                )
-            }
-            if frames
-            else {}
-        )
-        user_rows = (
-            {
-                (row.workload_id, row.user_id): row.state
-                for row in session.execute(
-                    select(
-                        WorkloadUser.workload_id, WorkloadUser.user_id, WorkloadUser.state
-                    ).where(tuple_(WorkloadUser.workload_id, WorkloadUser.user_id).in_(list(users)))
-                )
-            }
-            if users
-            else {}
-        )
-    views: dict[int, _FrameView | None] = {}
-    for index, event in enumerate(batch):
-        workload = workloads.get(event.session_id)
-        if workload is None:
-            views[index] = None
-            continue
-        frame = frame_rows.get((event.session_id, event.frame_number))
-        views[index] = _FrameView(
-            workload.customer_id,
-            workload.object_id,
-            workload.status,
-            frame.state if frame else None,
-            frame.user_id if frame else None,
-            user_rows.get((event.session_id, event.user_id)),
-        )
-    return views
+        ):
+            users[(row.workload_id, row.user_id)] = row.state
+    return frames, users
 
 
-def _copy_target(event: Event, view: _FrameView | None) -> str | None:
-    """The final key to copy the upload to; None when the frame is already rendered (the
-    upload is a duplicate); EventRefused when the event does not fit our state."""
+def _judge(
+    event: Event,
+    workloads: dict[str, Workload],
+    frames: dict[tuple[str, int], _FrameRow],
+    users: dict[tuple[str, str], str],
+    taken: dict[tuple[str, int], str],
+) -> _Claim | None:
+    """The claim this upload makes; None when it is not needed (the frame is rendered, or
+    another upload holds it); EventRefused when it does not fit our state. Any user the
+    session has had may deliver (one that just disconnected, or whose list tail moved)."""
     if event.frame_number is None or not event.temp_key or not event.extension:
         raise EventRefused("incomplete-event", event.topic)
-    view = _fitting(event, view)
-    if view.frame_state == FrameState.RENDERED:
+    workload = workloads.get(event.session_id)
+    if workload is None:
+        raise EventRefused("unknown-session", event.session_id)
+    if (event.session_id, event.user_id) not in users:
+        raise EventRefused("not-our-user", str(event.user_id))
+    frame = frames.get(_frame_of(event))
+    if workload.status != WorkloadStatus.RUNNING:
+        raise EventRefused("workload-not-running", workload.status, discard_upload=True)
+    if frame is None:
+        raise EventRefused("frame-outside-workload", str(event.frame_number), discard_upload=True)
+    if _frame_of(event) in taken:
         return None
-    if view.workload_status != WorkloadStatus.RUNNING:
-        raise EventRefused("workload-not-running", view.workload_status, discard_upload=True)
-    if view.frame_state != FrameState.ASSIGNED or view.frame_user != event.user_id:
-        raise EventRefused(
-            "frame-not-assigned-to-user", f"frame {event.frame_number}", discard_upload=True
+    if frame.state == FrameState.RENDERED:
+        return None
+    if frame.state == FrameState.STORING and frame.claim_key != event.temp_key:
+        return None
+    key = final_frame_key(
+        workload.customer_id, workload.object_id, event.frame_number, event.extension
+    )
+    return _Claim(final_key=key, holder=frame.user_id)
+
+
+_TAKE_CLAIMS = text(
+    "UPDATE frames AS f SET state = 'storing', claim_key = c.claim_key, "
+    "claimed_by = c.user_id, claimed_at = now() "
+    "FROM unnest(CAST(:workloads AS varchar[]), CAST(:numbers AS integer[]), "
+    "CAST(:users AS varchar[]), CAST(:keys AS varchar[])) AS c(workload_id, number, user_id, "
+    "claim_key) "
+    "WHERE f.workload_id = c.workload_id AND f.number = c.number "
+    "AND (f.state IN ('pending', 'assigned') "
+    "OR (f.state = 'storing' AND f.claim_key = c.claim_key))"
+)
+
+
+def _take_claims(session: Session, claims: list[tuple[Event, _Claim]]) -> None:
+    """Claim, in one statement, the frames judged free (the workload locks keep them so)."""
+    if claims:
+        session.execute(
+            _TAKE_CLAIMS,
+            {
+                "workloads": [event.session_id for event, _ in claims],
+                "numbers": [event.frame_number for event, _ in claims],
+                "users": [event.user_id for event, _ in claims],
+                "keys": [event.temp_key for event, _ in claims],
+            },
         )
-    return final_frame_key(view.customer_id, view.object_id, event.frame_number, event.extension)
+
+
+_COUNT_WORK = text(
+    "UPDATE workload_users AS u SET frames_done = u.frames_done + 1, "
+    "busy_seconds = u.busy_seconds + GREATEST(0, EXTRACT(EPOCH FROM now() - u.clock_at)), "
+    "clock_at = now() "
+    "FROM unnest(CAST(:workload_ids AS varchar[]), CAST(:user_ids AS varchar[])) "
+    "AS t(workload_id, user_id) "
+    "WHERE u.workload_id = t.workload_id AND u.user_id = t.user_id AND u.clock_at IS NOT NULL"
+)
+
+
+def _count_work(session: Session, senders: Iterable[tuple[str, str]]) -> None:
+    """Measure each sender's rate: the time since its list started or its last upload.
+    (Several uploads of one user in a batch count as one: their time is not separable.)"""
+    pairs = sorted(set(senders))
+    if pairs:
+        session.execute(
+            _COUNT_WORK,
+            {"workload_ids": [w for w, _ in pairs], "user_ids": [u for _, u in pairs]},
+        )
 
 
 def _copy_all(
     sv: Supervisor,
     batch: Sequence[Event],
-    copies: dict[int, str],
+    claims: dict[int, _Claim],
     outcomes: list[str | Exception | None],
 ) -> dict[int, str]:
-    """Copy the uploads temp -> final concurrently; the indexes copied, with their keys."""
+    """Copy the claimed uploads temp -> final concurrently; the indexes copied, with keys.
+    A permanent failure gives the claim up; a transient one keeps it for the retry."""
 
     def copy(index: int) -> int:
         event = batch[index]
         return sv.peers.blob.transfer_temp_to_final(
             temp_key=event.temp_key or "",
-            final_key=copies[index],
+            final_key=claims[index].final_key,
             extension=event.extension or "",
             max_bytes=sv.settings.max_frame_bytes,
         )
 
     copied: dict[int, str] = {}
-    workers = max(1, min(COPY_CONCURRENCY, len(copies)))
+    workers = max(1, min(COPY_CONCURRENCY, len(claims)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frame-copy") as pool:
-        futures = {index: pool.submit(copy, index) for index in copies}
+        futures = {index: pool.submit(copy, index) for index in claims}
     for index, future in futures.items():
         error = future.exception()
         if error is None:
-            copied[index] = copies[index]
+            copied[index] = claims[index].final_key
         elif isinstance(error, PeerError) and not error.transient:
-            outcomes[index] = _transfer_failed(sv, batch[index], str(error))
+            outcomes[index] = give_up_upload(sv, batch[index], str(error))
         else:
             outcomes[index] = error
     return copied
+
+
+_MARK_STORED = text(
+    "UPDATE frames AS f SET state = 'rendered', final_key = m.final_key, rendered_at = now(), "
+    "claim_key = NULL, last_error = NULL "
+    "FROM unnest(CAST(:workloads AS varchar[]), CAST(:numbers AS integer[]), "
+    "CAST(:keys AS varchar[]), CAST(:finals AS varchar[])) AS m(workload_id, number, "
+    "claim_key, final_key) "
+    "WHERE f.workload_id = m.workload_id AND f.number = m.number "
+    "AND f.state = 'storing' AND f.claim_key = m.claim_key "
+    "RETURNING f.workload_id, f.number"
+)
 
 
 def _mark_all(
@@ -535,86 +622,41 @@ def _mark_all(
     batch: Sequence[Event],
     copied: dict[int, str],
     outcomes: list[str | Exception | None],
-    unwanted: list[Event],
-) -> list[str]:
-    """One transaction: lock the workloads (in id order), mark in one statement every copied
-    frame still held by its sender, move the counters, queue catalog records and temp
-    deletions; an upload whose frame moved on meanwhile is discarded. Returns the workloads
-    this batch completed."""
-    completed: list[str] = []
-    senders: set[tuple[str, str]] = set()
+) -> None:
+    """One transaction: mark rendered every copied frame whose claim is still this upload's,
+    move the counters, queue catalog records and temp deletions. The workload completes
+    later, when the catalog has confirmed every record (outbox.drain)."""
+    if not copied:
+        return
     with sv.db.transaction() as session:
-        workloads = {
-            workload.id: workload
-            for workload in session.scalars(
-                select(Workload)
-                .where(Workload.id.in_({batch[index].session_id for index in copied}))
-                .order_by(Workload.id)
-                .with_for_update()
-            )
-        }
-        running = {
-            index: key
-            for index, key in copied.items()
-            if (w := workloads.get(batch[index].session_id)) and w.status == WorkloadStatus.RUNNING
-        }
-        marked = _mark_held_frames(session, [(batch[index], key) for index, key in running.items()])
+        workloads = _lock_workloads(session, (batch[index].session_id for index in copied))
+        rows = session.execute(
+            _MARK_STORED,
+            {
+                "workloads": [batch[index].session_id for index in copied],
+                "numbers": [batch[index].frame_number for index in copied],
+                "keys": [batch[index].temp_key for index in copied],
+                "finals": list(copied.values()),
+            },
+        ).all()
+        marked = {(row.workload_id, row.number) for row in rows}
         for index, final_key in copied.items():
             event = batch[index]
-            if index not in running:
-                outcomes[index] = "workload-ended"
-                unwanted.append(event)
-            elif (event.session_id, event.frame_number) not in marked:
-                outcomes[index] = "duplicate"  # another copy won, or the frame moved on
-                unwanted.append(event)
+            workload = workloads.get(event.session_id)
+            if workload is None or _frame_of(event) not in marked:
+                outcomes[index] = "claim-lost"
             else:
                 outcomes[index] = "stored"
-                _queue_stored_frame(session, workloads[event.session_id], event, final_key)
-                senders.add((event.session_id, event.user_id or ""))
-        _touch_users(session, senders)
-        for event in unwanted:
-            outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
-        for workload in workloads.values():
-            if workload.status == WorkloadStatus.RUNNING and (
-                workload.rendered_frames >= workload.total_frames
-            ):
-                _complete(session, workload)
-                completed.append(workload.id)
-    for index, final_key in running.items():
+                _queue_stored_frame(session, workload, event, final_key)
+    for index, final_key in copied.items():
         event = batch[index]
         if outcomes[index] == "stored":
-            done = event.session_id in completed
-            outcomes[index] = "completed" if done else "stored"
-            _log("frame stored", event, final_key=final_key, completed=done)
-    for event in unwanted:
-        _log("upload not needed; discarded", event, temp_key=event.temp_key)
-    return completed
-
-
-def _mark_held_frames(session: Session, copies: list[tuple[Event, str]]) -> set[tuple[str, int]]:
-    """Mark rendered, in one statement, each frame its sender still holds; the (workload,
-    frame) pairs marked. Frames are unique in a batch (duplicates are settled before)."""
-    if not copies:
-        return set()
-    rows = session.execute(
-        text(
-            "UPDATE frames AS f SET state = 'rendered', final_key = a.final_key, "
-            "rendered_at = now(), last_error = NULL "
-            "FROM unnest(CAST(:workloads AS varchar[]), CAST(:numbers AS integer[]), "
-            "CAST(:users AS varchar[]), CAST(:keys AS varchar[])) "
-            "AS a(workload_id, number, user_id, final_key) "
-            "WHERE f.workload_id = a.workload_id AND f.number = a.number "
-            "AND f.state = 'assigned' AND f.user_id = a.user_id "
-            "RETURNING f.workload_id, f.number"
-        ),
-        {
-            "workloads": [event.session_id for event, _ in copies],
-            "numbers": [event.frame_number for event, _ in copies],
-            "users": [event.user_id for event, _ in copies],
-            "keys": [key for _, key in copies],
-        },
-    ).all()
-    return {(row.workload_id, row.number) for row in rows}
+            _log("frame stored", event, final_key=final_key)
+        else:
+            logger.warning(
+                "frame copied but its claim had been given up; another upload stores it",
+                extra={"workload_id": event.session_id, "frame": event.frame_number},
+            )
 
 
 def _queue_stored_frame(session: Session, workload: Workload, event: Event, key: str) -> None:
@@ -632,33 +674,40 @@ def _queue_stored_frame(session: Session, workload: Workload, event: Event, key:
     outbox.delete_temp_blob(session, workload.id, event.temp_key or "")
 
 
-def _held_by_sender(event: Event) -> tuple[Any, ...]:
-    """The frame of the event, still assigned to the user who sent it."""
-    return (
-        Frame.workload_id == event.session_id,
-        Frame.number == event.frame_number,
-        Frame.state == FrameState.ASSIGNED,
-        Frame.user_id == event.user_id,
-    )
-
-
-def _transfer_failed(sv: Supervisor, event: Event, reason: str) -> str:
-    """A permanent transfer error: the frame goes back to be rendered, the reason kept."""
+def give_up_upload(sv: Supervisor, event: Event, reason: str) -> str:
+    """This upload will not be stored (its copy failed for good, or retries are spent):
+    give its claim up so another upload can win, and if it came from the frame's holder,
+    the frame goes back to be rendered, counted against that user."""
     with sv.db.transaction() as session:
         workload = lock_workload(session, event.session_id)
         if workload is None:
             return "workload-ended"
-        returned = session.execute(
+        row = session.execute(
+            select(Frame.state, Frame.user_id, Frame.claim_key).where(
+                Frame.workload_id == event.session_id, Frame.number == event.frame_number
+            )
+        ).one_or_none()
+        if row is None or row.state == FrameState.RENDERED:
+            return "already-rendered"
+        ours = row.state == FrameState.STORING and row.claim_key == event.temp_key
+        held = row.state == FrameState.ASSIGNED and row.user_id == event.user_id
+        if not ours and not held:
+            return "not-ours"
+        from_holder = row.user_id == event.user_id
+        if from_holder or not _is_active(session, event.session_id, row.user_id):
+            values: dict[str, Any] = {"state": FrameState.PENDING, "user_id": None}
+        else:
+            values = {"state": FrameState.ASSIGNED}
+        session.execute(
             update(Frame)
-            .where(*_held_by_sender(event))
-            .values(state=FrameState.PENDING, user_id=None, assigned_at=None, last_error=reason)
-            .returning(Frame.number)
-        ).scalar_one_or_none()
-        if returned is not None:
+            .where(Frame.workload_id == event.session_id, Frame.number == event.frame_number)
+            .values(claim_key=None, claimed_by=None, claimed_at=None, last_error=reason, **values)
+        )
+        if from_holder:
             count_failure(session, workload, event.user_id or "", sv.settings.max_user_failures)
-            distribute(session, workload, sv.settings.max_frames_per_assignment)
+        distribute(session, workload, sv.settings.max_frames_per_assignment)
     logger.warning(
-        "frame transfer failed for good; frame will be rendered again",
+        "upload given up; the frame will be rendered again",
         extra={
             "workload_id": event.session_id,
             "user_id": event.user_id,
@@ -670,26 +719,28 @@ def _transfer_failed(sv: Supervisor, event: Event, reason: str) -> str:
     return "requeued"
 
 
-def give_up_on_frame(sv: Supervisor, event: Event, reason: str) -> str:
-    """Retries are spent: the frame goes back to be rendered, with the reason recorded."""
-    return _transfer_failed(sv, event, reason)
-
-
-def _complete(session: Session, workload: Workload) -> None:
-    workload.status = WorkloadStatus.COMPLETED
-    workload.finished_at = func.now()
-    release_all_users(session, workload, notify_demand=True)
-    logger.info(
-        "workload completed",
-        extra={"workload_id": workload.id, "total_frames": workload.total_frames},
+def _is_active(session: Session, workload_id: str, user_id: str | None) -> bool:
+    if user_id is None:
+        return False
+    state = session.scalar(
+        select(WorkloadUser.state).where(
+            WorkloadUser.workload_id == workload_id, WorkloadUser.user_id == user_id
+        )
     )
+    return state == UserState.ACTIVE
+
+
+def give_up_on_frame(sv: Supervisor, event: Event, reason: str) -> str:
+    """Retries are spent (a frame upload, or asking a user for a frame again)."""
+    return give_up_upload(sv, event, reason)
 
 
 # --- user-rendering-completed -----------------------------------------------------------
 
 
 def user_finished_list(sv: Supervisor, event: Event) -> dict[str, Any]:
-    """A user says it is done: ask for what it still owes, or give it more work."""
+    """A user says it is done: ask for what it still owes, or give it more work. (The real
+    User Manager never forwards this event, CONTRACT.md §7: nothing depends on it.)"""
     with sv.db.transaction() as session:
         workload = lock_workload(session, event.session_id)
         if workload is None:
@@ -727,7 +778,7 @@ def user_finished_list(sv: Supervisor, event: Event) -> dict[str, Any]:
 
 
 def user_disconnected(sv: Supervisor, event: Event) -> dict[str, Any]:
-    """Drop the user; its frames go to the others, or users are demanded if none are left."""
+    """Drop the user; its frames go to the others, and a replacement is asked for."""
     with sv.db.transaction() as session:
         workload = lock_workload(session, event.session_id)
         if workload is None:
@@ -752,19 +803,16 @@ def user_disconnected(sv: Supervisor, event: Event) -> dict[str, Any]:
             if known is None:
                 raise EventRefused("not-our-user", str(event.user_id))
             return {"ignored": True}
-        freed = _unassign_user(session, workload.id, event.user_id or "")
+        freed = unassign_user(session, workload.id, event.user_id or "")
         granted = distribute(session, workload, sv.settings.max_frames_per_assignment)
-        demanded = 0
-        if workload.status == WorkloadStatus.RUNNING and not _held_by_active_users(
-            session, workload.id
-        ):
-            demanded = demand_missing_users(session, workload)
+        demanded = demand_missing_users(session, workload, force=True)
     _log("user disconnected", event, freed=freed, assigned=granted, demanded=demanded)
     send_outbox_soon(sv)
     return {"freed": freed, "assigned": granted, "demanded": demanded}
 
 
-def _unassign_user(session: Session, workload_id: str, user_id: str) -> int:
+def unassign_user(session: Session, workload_id: str, user_id: str) -> int:
+    """The user's frames not yet uploaded go back to be rendered by others."""
     result = session.execute(
         update(Frame)
         .where(
@@ -781,16 +829,37 @@ def _unassign_user(session: Session, workload_id: str, user_id: str) -> int:
 
 
 def user_could_not_send(sv: Supervisor, event: Event) -> str:
-    """Ask the user for the frame again; if it no longer has it, render it again."""
-    view = _frame_view(sv, event)
-    if view.frame_state == FrameState.RENDERED:
-        return "already-rendered"
-    if view.frame_state != FrameState.ASSIGNED or view.frame_user != event.user_id:
-        raise EventRefused("frame-not-assigned-to-user", f"frame {event.frame_number}")
+    """Ask the user for the frame again; if it no longer has it, render it again. (The
+    real User Service sends this event with an empty `blend-file-hash`; the hash is not
+    needed here.)"""
     with sv.db.session() as session:
-        blend_hash = session.scalar(
-            select(Workload.blend_file_hash).where(Workload.id == event.session_id)
-        )
+        row = session.execute(
+            select(Workload.blend_file_hash, Frame.state, Frame.user_id, WorkloadUser.state)
+            .select_from(Workload)
+            .outerjoin(
+                Frame,
+                and_(Frame.workload_id == Workload.id, Frame.number == event.frame_number),
+            )
+            .outerjoin(
+                WorkloadUser,
+                and_(
+                    WorkloadUser.workload_id == Workload.id,
+                    WorkloadUser.user_id == event.user_id,
+                ),
+            )
+            .where(Workload.id == event.session_id)
+        ).one_or_none()
+    if row is None:
+        raise EventRefused("unknown-session", event.session_id)
+    blend_hash, frame_state, frame_user, user_state = row
+    if user_state is None:
+        raise EventRefused("not-our-user", str(event.user_id))
+    if frame_state is None:
+        raise EventRefused("frame-outside-workload", str(event.frame_number))
+    if frame_state in (FrameState.RENDERED, FrameState.STORING):
+        return "already-rendered"
+    if frame_state != FrameState.ASSIGNED or frame_user != event.user_id:
+        raise EventRefused("frame-not-assigned-to-user", f"frame {event.frame_number}")
     acknowledged = sv.peers.users.send_with_ack(
         event.user_id or "",
         "retrieve-frame",
@@ -799,7 +868,7 @@ def user_could_not_send(sv: Supervisor, event: Event) -> str:
     if acknowledged:
         _log("user will send the frame again", event)
         return "retrying"
-    return _transfer_failed(sv, event, "user no longer has the frame")
+    return give_up_upload(sv, event, "user no longer has the frame")
 
 
 def count_failure(session: Session, workload: Workload, user_id: str, limit: int) -> bool:

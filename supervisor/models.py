@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -43,14 +44,17 @@ class WorkloadStatus(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    STOPPED = "stopped"
 
 
 ACTIVE_STATUSES = (WorkloadStatus.INITIALIZED, WorkloadStatus.RUNNING)
+ENDED_STATUSES = (WorkloadStatus.COMPLETED, WorkloadStatus.FAILED, WorkloadStatus.STOPPED)
 
 
 class FrameState(enum.StrEnum):
     PENDING = "pending"
     ASSIGNED = "assigned"
+    STORING = "storing"
     RENDERED = "rendered"
 
 
@@ -75,7 +79,11 @@ class Workload(Base):
     __tablename__ = "workloads"
     __table_args__ = (
         CheckConstraint(_check_in("status", WorkloadStatus), name="status"),
-        CheckConstraint("rendered_frames >= 0 AND rendered_frames <= total_frames", name="counts"),
+        CheckConstraint(
+            "rendered_frames >= 0 AND rendered_frames <= total_frames "
+            "AND recorded_frames >= 0 AND recorded_frames <= rendered_frames",
+            name="counts",
+        ),
         Index(
             "uq_workloads_one_active_per_customer",
             "customer_id",
@@ -98,9 +106,13 @@ class Workload(Base):
     frame_step: Mapped[int | None] = mapped_column(Integer)
     total_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     rendered_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    recorded_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     target_user_count: Mapped[int] = mapped_column(Integer)
     users_demanded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     demanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    unbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -130,6 +142,9 @@ class WorkloadUser(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     left_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    frames_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    busy_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    clock_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Frame(Base):
@@ -155,6 +170,11 @@ class Frame(Base):
             "number",
             postgresql_where=text("state = 'assigned'"),
         ),
+        Index(
+            "ix_frames_storing_claimed_at",
+            "claimed_at",
+            postgresql_where=text("state = 'storing'"),
+        ),
     )
 
     workload_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -165,6 +185,9 @@ class Frame(Base):
     user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     final_key: Mapped[str | None] = mapped_column(Text)
+    claim_key: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

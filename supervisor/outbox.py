@@ -12,7 +12,7 @@ from queue import SimpleQueue
 from typing import Any, Protocol
 
 from redis import Redis
-from sqlalchemy import Select, case, func, literal_column, select, text, update
+from sqlalchemy import Select, and_, case, func, literal_column, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -46,6 +46,7 @@ class PeerClients(Protocol):
     users: Any
     catalog: Any
     blob: Any
+    user_manager: Any
 
 
 def to_user_manager(session: Session, workload_id: str, topic: str, data: dict[str, Any]) -> None:
@@ -58,6 +59,17 @@ def to_user_manager(session: Session, workload_id: str, topic: str, data: dict[s
             body=user_manager_body(topic, workload_id, data),
         )
     )
+
+
+def register_with_user_manager(session: Session, workload_id: str, user_count: int) -> None:
+    """Queue `new-session` (HTTP) in the workload's User Manager order: it goes before the
+    demand queued after it, which a User Manager that forgot us would otherwise drop."""
+    to_user_manager(session, workload_id, "new-session", {"user_count": user_count})
+
+
+def cleanup_user_manager_session(session: Session, workload_id: str) -> None:
+    """Queue `cleanup-session` (HTTP), after whatever the workload sent the User Manager."""
+    to_user_manager(session, workload_id, "cleanup-session", {})
 
 
 def to_users(
@@ -104,6 +116,20 @@ def record_in_catalog(
     )
 
 
+def change_object_state(
+    session: Session, workload_id: str, *, object_id: str, customer_id: str, state: str
+) -> None:
+    """Queue the catalog's `change-state` of the workload's object."""
+    session.add(
+        OutboxMessage(
+            workload_id=workload_id,
+            destination=CATALOG,
+            topic="change-state",
+            body={"object_id": object_id, "customer_id": customer_id, "state": state},
+        )
+    )
+
+
 def delete_temp_blob(session: Session, workload_id: str, key: str) -> None:
     """Queue the removal of an uploaded temporary image; removal is idempotent."""
     session.add(
@@ -113,12 +139,16 @@ def delete_temp_blob(session: Session, workload_id: str, key: str) -> None:
     )
 
 
+RecordsDone = Callable[[list[str]], None]
+
+
 @dataclass
 class DrainResult:
     locked: bool = False
     sent: int = 0
     failed: int = 0
     remaining: int = 0
+    all_recorded: list[str] = field(default_factory=list)
 
 
 def drain(
@@ -128,12 +158,17 @@ def drain(
     *,
     batch_size: int = 500,
     wait_seconds: float = 0.0,
+    on_all_recorded: RecordsDone | None = None,
 ) -> DrainResult:
     """Send what is due, oldest first. One drainer at a time keeps the order per destination;
     the first transient failure of a destination stops it until its backoff expires, and a
     permanent one (the peer refused the message) drops that message with a log line.
     With `wait_seconds`, a drainer waits that long for one already at work; by default it
-    returns at once with `locked` False (see drain_until_quiet)."""
+    returns at once with `locked` False (see drain_until_quiet).
+
+    Each catalog record deleted as sent counts on its workload's `recorded_frames` in the
+    same commit; `on_all_recorded` then hears of the running workloads whose every frame
+    is recorded (it completes them; beat's sweep does it if this call is missed)."""
     result = DrainResult()
     # A session-level lock belongs to one connection: pin it, or a commit hands the
     # connection back to the pool and the unlock runs on another one, leaking the lock.
@@ -152,6 +187,8 @@ def drain(
             session.rollback()
             session.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID})
             session.commit()
+    if result.all_recorded and on_all_recorded is not None:
+        on_all_recorded(result.all_recorded)
     return result
 
 
@@ -216,6 +253,7 @@ def _settle(
     try:
         if done:
             session.execute(_DELETE_SENT, {"ids": done})
+            result.all_recorded += _count_records(session, outcomes)
         for outcome in outcomes:
             if outcome.failed is not None:
                 _postpone(session, *outcome.failed)
@@ -233,6 +271,30 @@ def _settle(
         result.sent += outcome.sent
         if outcome.failed is not None:
             result.failed += 1
+
+
+_COUNT_RECORDS = text(
+    "UPDATE workloads AS w SET recorded_frames = w.recorded_frames + r.n "
+    "FROM (SELECT id, count(*) AS n FROM unnest(CAST(:ids AS varchar[])) AS id GROUP BY id) "
+    "AS r WHERE w.id = r.id "
+    "RETURNING w.id, w.status = 'running' AND w.recorded_frames = w.total_frames AS all_in"
+)
+
+
+def _count_records(session: Session, outcomes: list[_JobOutcome]) -> list[str]:
+    """Count the catalog records just settled on their workloads; the running workloads
+    that now have every frame recorded. A record the catalog refused for good counts too:
+    it was logged, and waiting for it would leave the workload running for ever."""
+    workload_ids = [
+        row.workload_id
+        for outcome in outcomes
+        for row in outcome.done
+        if row.destination == CATALOG and row.topic == "add-rendered-image" and row.workload_id
+    ]
+    if not workload_ids:
+        return []
+    rows = session.execute(_COUNT_RECORDS, {"ids": workload_ids}).all()
+    return [row.id for row in rows if row.all_in]
 
 
 def _jobs(due: Iterable[tuple[OutboxMessage, str | None]]) -> list[list[OutboxMessage]]:
@@ -327,9 +389,28 @@ def _due(limit: int) -> Select[tuple[OutboxMessage, str | None]]:
     )
     return (
         select(OutboxMessage, _keyed(OutboxMessage).label("order_key"))
-        .where(OutboxMessage.available_at <= func.now(), ~behind_a_retry)
+        .where(OutboxMessage.available_at <= func.now(), ~behind_a_retry, ~_behind_stop_work())
         .order_by(OutboxMessage.id)
         .limit(limit)
+    )
+
+
+def _behind_stop_work() -> Any:
+    """A workload's User Manager messages wait until its older `stop-work`s are sent: the
+    User Manager hands released users to another session at once, and a late `stop-work`
+    would then stop that session's work. (All of them wait, not only `users-released`,
+    so that the ones after it keep their order.)"""
+    earlier = aliased(OutboxMessage)
+    return and_(
+        OutboxMessage.destination == USER_MANAGER,
+        select(earlier.id)
+        .where(
+            earlier.workload_id == OutboxMessage.workload_id,
+            earlier.destination == USER_SERVICE,
+            earlier.topic == "stop-work",
+            earlier.id < OutboxMessage.id,
+        )
+        .exists(),
     )
 
 
@@ -362,7 +443,13 @@ def request_drain(redis: Redis) -> bool:
 
 
 def drain_until_quiet(
-    db: Database, publisher: BodyPublisher, peers: PeerClients, redis: Redis, *, rounds: int = 50
+    db: Database,
+    publisher: BodyPublisher,
+    peers: PeerClients,
+    redis: Redis,
+    *,
+    rounds: int = 50,
+    on_all_recorded: RecordsDone | None = None,
 ) -> int:
     """Drain while there is work or commits arrived meanwhile. A drainer that finds the
     lock taken asks the holder (through the flag) to go round once more, and leaves."""
@@ -370,14 +457,16 @@ def drain_until_quiet(
     sent = 0
     for _ in range(rounds):
         redis.delete(DRAIN_AGAIN_KEY)
-        result = drain(db, publisher, peers)
+        result = drain(db, publisher, peers, on_all_recorded=on_all_recorded)
         if not result.locked:
             redis.set(DRAIN_AGAIN_KEY, 1, ex=60)
             return sent
         sent += result.sent
         if result.failed:
             return sent
-        if result.remaining == 0 and not redis.get(DRAIN_AGAIN_KEY):
+        # One more round after any send: rows held back behind a sent one are due now.
+        quiet = result.sent == 0 and not result.all_recorded
+        if result.remaining == 0 and quiet and not redis.get(DRAIN_AGAIN_KEY):
             return sent
     return sent
 
@@ -385,9 +474,11 @@ def drain_until_quiet(
 def _send(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> None:
     body = row.body
     if row.destination == USER_MANAGER:
-        publisher.publish(body)
+        _send_to_user_manager(row, publisher, peers)
     elif row.destination == USER_SERVICE:
         peers.users.send(body["user_id"], body["topic"], body["data"])
+    elif row.destination == CATALOG and row.topic == "change-state":
+        peers.catalog.change_state(**body)
     elif row.destination == CATALOG:
         peers.catalog.add_rendered_image(**body)
     elif row.destination == BLOB_TEMP:
@@ -403,6 +494,18 @@ def _send(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> N
             "user_id": body.get("user_id"),
         },
     )
+
+
+def _send_to_user_manager(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> None:
+    """Registration and clean-up are HTTP calls, the rest AMQP; all in one order per
+    workload, so `new-session` precedes the demand after it, and `cleanup-session` the
+    release before it."""
+    if row.topic == "new-session":
+        peers.user_manager.register_session(row.workload_id, row.body["data"]["user_count"])
+    elif row.topic == "cleanup-session":
+        peers.user_manager.cleanup_session(row.workload_id)
+    else:
+        publisher.publish(row.body)
 
 
 def _log_dropped(row: OutboxMessage, exc: PeerError) -> None:

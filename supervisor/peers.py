@@ -4,14 +4,15 @@ All clients of one `Peers` bundle share one `requests.Session`, so connections a
 reused. Retries happen in urllib3 (`Retry` on the session's adapters), decided per
 method and endpoint:
 
-* GET and DELETE (get-blend-file-name, retrieve-blend, retrieve-temp, delete-temp) are
-  idempotent: retried on connection errors, timeouts and HTTP 500/502/503/504.
+* GET and DELETE (get-blend-file-name, retrieve-blend, retrieve-temp, delete-temp,
+  cleanup-session) are idempotent: retried on connection errors, timeouts and HTTP 500/502/503/504.
 * POST store-image writes a fixed key (a repeat overwrites the same object) and POST
   new-session registers the same supervisor id again, which the User Manager treats
   idempotently: an adapter mounted on exactly these two URLs retries them on connection
   errors, timeouts and 502/503/504. The upload body can be rewound, so a retry resends
   it whole (a transfer's body, streamed from the temp blob, is fetched again for it).
-* Every other POST (add-rendered-image, send-msg-to-user[-with-acknowledgment]) is
+* Every other POST or PUT (add-rendered-image, change-state, send-msg-to-user[-with-
+  acknowledgement]) is
   retried only when no connection could be made, when nothing reached the peer yet.
   After that, a repeat could record an image twice or deliver a message twice, so the
   failure goes to the caller as a transient `PeerError` to decide.
@@ -664,6 +665,25 @@ class CatalogClient(_PeerClient):
             if not 200 <= resp.status_code < 300:
                 raise self._status_error(resp, operation)
 
+    OBJECT_STATES = ("ready-to-render", "processing", "video-ready")
+
+    def change_state(self, *, object_id: str, customer_id: str, state: str) -> None:
+        """Set the object's state (we set `video-ready` when its workload completes)."""
+        if state not in self.OBJECT_STATES:
+            raise InvalidInput(f"object state must be one of {', '.join(self.OBJECT_STATES)}")
+        body = {
+            "objectId": _check_id("object_id", object_id),
+            "customerId": _check_id("customer_id", customer_id),
+            "objectState": state,
+        }
+        operation = "change-state"
+        payload = json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        path = f"{self._prefix}/change-state"
+        with self._exchange(operation, "PUT", path, data=payload, headers=headers) as resp:
+            if not 200 <= resp.status_code < 300:
+                raise self._status_error(resp, operation)
+
 
 class BlobClient(_PeerClient):
     """The Blob Service: .blend files, temporary uploads from users, final frames."""
@@ -924,19 +944,30 @@ class UserServiceClient(_PeerClient):
             if not 200 <= resp.status_code < 300:
                 raise self._status_error(resp, operation)
 
+    # The real User Service spells it with an e; a deployment may have fixed the route the
+    # other way round, so a 404 on one spelling is tried once on the other (CONTRACT.md §4).
+    ACK_PATHS = ("send-msg-to-user-with-acknowledgement", "send-msg-to-user-with-acknowledgment")
+
     def send_with_ack(self, user_id: str, topic: str, data: dict[str, Any]) -> bool:
         """Send and report whether the user acknowledged (see `_is_ack` for the body).
 
-        A 4xx other than 408/429 (e.g. 404, user not connected) means "no", not an
-        error; 5xx, 408, 429 and transport failures raise a transient PeerError.
+        A 4xx other than 408/429 (e.g. user not connected) means "no", not an error; a 404
+        is first retried on the other spelling of the route. 5xx, 408, 429 and transport
+        failures raise a transient PeerError.
         """
-        operation = "send-msg-to-user-with-acknowledgment"
         body = self._message(user_id, topic, data)
-        path = f"{self._prefix}/send-msg-to-user-with-acknowledgment"
-        with self._post_json(operation, path, body) as resp:
+        for route in self.ACK_PATHS:
+            acknowledged = self._send_with_ack_on(route, body)
+            if acknowledged is not None:
+                return acknowledged
+        return False
+
+    def _send_with_ack_on(self, route: str, body: dict[str, Any]) -> bool | None:
+        """The answer on one route; None when the route itself is not there (404)."""
+        with self._post_json(route, f"{self._prefix}/{route}", body) as resp:
             status = resp.status_code
             if 200 <= status < 300:
-                raw = self._read_limited(resp, operation, MAX_JSON_BYTES)
+                raw = self._read_limited(resp, route, MAX_JSON_BYTES)
                 if not raw:
                     return False
                 try:
@@ -944,15 +975,22 @@ class UserServiceClient(_PeerClient):
                 except (ValueError, RecursionError):
                     payload = raw.decode("utf-8", errors="replace")
                 return _is_ack(payload)
+            if status == 404:
+                logger.info(
+                    "user-service %s: HTTP 404, trying the other spelling",
+                    route,
+                    extra={"peer": self.peer, "peer_operation": route, "peer_status": status},
+                )
+                return None
             if 400 <= status < 500 and status not in _TRANSIENT_STATUSES:
                 logger.info(
                     "user-service %s: HTTP %s, taken as not acknowledged",
-                    operation,
+                    route,
                     status,
-                    extra={"peer": self.peer, "peer_operation": operation, "peer_status": status},
+                    extra={"peer": self.peer, "peer_operation": route, "peer_status": status},
                 )
                 return False
-            raise self._status_error(resp, operation)
+            raise self._status_error(resp, route)
 
 
 class UserManagerClient(_PeerClient):
@@ -962,7 +1000,8 @@ class UserManagerClient(_PeerClient):
     idempotent_posts = ("/api/user-manager/session-supervisor/new-session",)
 
     def register_session(self, session_id: str, user_count: int) -> None:
-        """Register this supervisor; the User Manager routes nothing to unknown ones."""
+        """Register this supervisor; the User Manager routes nothing to unknown ones, and
+        forgets every registration when it restarts, so this is repeated (it is idempotent)."""
         form = [
             ("user_count", str(_check_int("user_count", user_count, minimum=0))),
             ("session_supervisor_id", _check_text("session_id", session_id)),
@@ -970,6 +1009,16 @@ class UserManagerClient(_PeerClient):
         operation = "new-session"
         path = "/api/user-manager/session-supervisor/new-session"
         with self._exchange(operation, "POST", path, data=form) as resp:
+            if not 200 <= resp.status_code < 300:
+                raise self._status_error(resp, operation)
+
+    def cleanup_session(self, session_id: str) -> None:
+        """Drop our registration and routing key; without it the User Manager's maps grow
+        for ever. A repeat is harmless."""
+        form = [("session_supervisor_id", _check_text("session_id", session_id))]
+        operation = "cleanup-session"
+        path = "/api/user-manager/session-supervisor/cleanup-session"
+        with self._exchange(operation, "DELETE", path, data=form) as resp:
             if not 200 <= resp.status_code < 300:
                 raise self._status_error(resp, operation)
 

@@ -1,8 +1,11 @@
 """Deciding who renders what. Pure functions over numbers, so the rules are easy to test.
 
-Users receive contiguous runs of frames (short lists, good cache locality on the node) and
-at most `cap` frames at a time: a user that finishes asks for more, so late joiners and
-fast nodes get work without anyone's queue being rewritten.
+A user holds one list at a time: it gets a new one only once every frame of the old one
+is in (a render node replaces its queue with each `start-rendering`, so a second list
+while it renders would render the frame in hand twice). Lists are contiguous runs of the
+lowest unassigned frames. Their size is the user's fair share of what is unassigned:
+proportional to its measured rate once it has one, equal before that, counting the users
+still expected, and at most `cap`; while frames are unassigned, no receiver is left empty.
 """
 
 from __future__ import annotations
@@ -11,34 +14,42 @@ import math
 from collections.abc import Mapping, Sequence
 
 
-def fair_share(pending: int, held: Mapping[str, int], cap: int) -> int:
-    """How many frames each active user should hold after a distribution."""
-    if not held or pending <= 0:
-        return 0
-    return min(cap, math.ceil((pending + sum(held.values())) / len(held)))
+def list_sizes(
+    unassigned: int,
+    receivers: Sequence[str],
+    rates: Mapping[str, float | None],
+    expected_users: int,
+    cap: int,
+) -> dict[str, int]:
+    """How many frames each receiver (an active user holding nothing) gets now.
 
-
-def top_ups(pending: int, held: Mapping[str, int], cap: int) -> dict[str, int]:
-    """How many more frames each user gets: up to the fair share, idle users first,
-    then the least loaded, never more than what is pending."""
-    share = fair_share(pending, held, cap)
-    grants: dict[str, int] = {}
-    left = pending
-    for user_id in sorted(held, key=lambda user: (held[user], user)):
+    `rates` has every active user (frames per second, None while unknown); users expected
+    but not here yet count at the mean rate, so the first users to arrive leave frames for
+    the rest. Every receiver gets at least one frame while any is unassigned."""
+    if unassigned <= 0 or not receivers:
+        return {}
+    known = [rate for rate in rates.values() if rate]
+    mean = sum(known) / len(known) if known else 1.0
+    absent = max(0, expected_users - len(rates))
+    capacity = sum(rates.get(user) or mean for user in rates) + absent * mean
+    capacity = max(capacity, sum(rates.get(user) or mean for user in receivers))
+    sizes: dict[str, int] = {}
+    left = unassigned
+    for user in receivers:
         if left <= 0:
             break
-        extra = min(share - held[user_id], left)
-        if extra > 0:
-            grants[user_id] = extra
-            left -= extra
-    return grants
+        share = math.ceil(unassigned * (rates.get(user) or mean) / capacity)
+        size = min(max(1, share), cap, left)
+        sizes[user] = size
+        left -= size
+    return sizes
 
 
-def split_runs(frames: Sequence[int], grants: Mapping[str, int]) -> dict[str, list[int]]:
-    """Cut sorted frames into consecutive slices, one per user, in the order of `grants`."""
+def split_runs(frames: Sequence[int], sizes: Mapping[str, int]) -> dict[str, list[int]]:
+    """Cut sorted frames into consecutive slices, one per user, in the order of `sizes`."""
     plan: dict[str, list[int]] = {}
     start = 0
-    for user_id, count in grants.items():
+    for user_id, count in sizes.items():
         chunk = list(frames[start : start + count])
         if chunk:
             plan[user_id] = chunk
@@ -49,8 +60,9 @@ def split_runs(frames: Sequence[int], grants: Mapping[str, int]) -> dict[str, li
 def steal_plan(
     idle: Sequence[str], queues: Mapping[str, Sequence[int]], min_queue: int
 ) -> list[tuple[str, str, list[int]]]:
-    """When nothing is pending, move the unstarted tail half of the longest queues to idle
-    users. Returns (donor, receiver, frames) moves; a donor keeps the head it is rendering."""
+    """When nothing is unassigned, move the tail half of the longest lists to idle users
+    (a tail just moved can be halved again for the next one). Returns (donor, receiver,
+    frames) moves, in order; a donor keeps the head it is rendering."""
     lengths = {user: len(frames) for user, frames in queues.items()}
     remaining = {user: list(frames) for user, frames in queues.items()}
     moves: list[tuple[str, str, list[int]]] = []
@@ -62,5 +74,20 @@ def steal_plan(
         moved = remaining[donor][keep:]
         remaining[donor] = remaining[donor][:keep]
         lengths[donor] = keep
+        lengths[receiver] = len(moved)
+        remaining[receiver] = moved
         moves.append((donor, receiver, moved))
     return moves
+
+
+def stolen_lists(moves: Sequence[tuple[str, str, list[int]]]) -> dict[str, list[int]]:
+    """Each receiver's list after the moves, in order (a later move may take part of an
+    earlier receiver's tail)."""
+    owner: dict[int, str] = {}
+    for _donor, receiver, frames in moves:
+        for frame in frames:
+            owner[frame] = receiver
+    lists: dict[str, list[int]] = {}
+    for frame in sorted(owner):
+        lists.setdefault(owner[frame], []).append(frame)
+    return lists

@@ -85,12 +85,18 @@ class InlineJobs:
         prepare_workload(self.supervisor, workload_id)
 
     def unbind_later(self, workload_id: str) -> None:
-        """Inline there is no later: unbind now."""
-        from supervisor.workloads import unbind_quietly
-
-        unbind_quietly(self.supervisor, workload_id)
+        """Inline there is no later: the grace period is ended when it is over (end_grace),
+        by whoever calls it; here nothing is scheduled."""
 
     def drain_outbox(self) -> None:
         from supervisor.outbox import drain
+        from supervisor.workloads import complete_workloads
 
-        drain(self.supervisor.db, self.supervisor.publisher, self.supervisor.peers, wait_seconds=10)
+        sv = self.supervisor
+        drain(
+            sv.db,
+            sv.publisher,
+            sv.peers,
+            wait_seconds=10,
+            on_all_recorded=lambda ids: complete_workloads(sv, ids),
+        )

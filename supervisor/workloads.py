@@ -11,6 +11,7 @@ import logging
 import re
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,10 @@ from supervisor.errors import (
     PeerError,
     WorkloadAlreadyActive,
 )
+from supervisor.messaging import session_routing_key
 from supervisor.models import (
     ACTIVE_STATUSES,
+    ENDED_STATUSES,
     Frame,
     FrameState,
     UserState,
@@ -155,23 +158,19 @@ def prepare_workload(sv: Supervisor, workload_id: str) -> None:
             raise
 
     sv.bindings.bind(workload_id)
-    sv.peers.user_manager.register_session(workload_id, job.target_user_count)
     with sv.db.transaction() as session:
-        started = session.execute(
-            update(Workload)
+        workload = session.scalars(
+            select(Workload)
             .where(Workload.id == workload_id, Workload.status == WorkloadStatus.INITIALIZED)
-            .values(
-                status=WorkloadStatus.RUNNING,
-                started_at=func.now(),
-                users_demanded=Workload.target_user_count,
-                demanded_at=func.now(),
-            )
-            .returning(Workload.target_user_count)
-        ).scalar_one_or_none()
-        if started is None:
+            .with_for_update()
+        ).one_or_none()
+        if workload is None:
             return
-        outbox.to_user_manager(session, workload_id, "more-users", {"user_count": started})
-    _log("workload running", workload_id, users_demanded=started)
+        workload.status = WorkloadStatus.RUNNING
+        workload.started_at = func.now()
+        workload.progress_at = func.now()
+        demanded = demand_missing_users(session, workload, force=True)
+    _log("workload running", workload_id, users_demanded=demanded)
     send_outbox_soon(sv)
 
 
@@ -242,17 +241,73 @@ def _create_frames(sv: Supervisor, workload_id: str, job: _PrepareInput) -> None
 # --- ending a workload ------------------------------------------------------------------
 
 
-def release_all_users(session: Session, workload: Workload, *, notify_demand: bool) -> list[str]:
-    """Queue stop-work to every active user, release them and drop our demand."""
+def _end(session: Session, workload: Workload, status: WorkloadStatus) -> list[str]:
+    """End an active workload, in the order the real User Manager needs (CONTRACT.md §7):
+    drop the demand first (a release re-serves a queued demand at once, to us), then
+    `stop-work` and release every user (outbox.drain holds the release until the
+    `stop-work`s are out), the catalog's `video-ready` on completion, and last the
+    User Manager's `cleanup-session`. Late users are released again (end_late_users)."""
+    was_running = workload.status == WorkloadStatus.RUNNING
+    workload.status = status
+    workload.finished_at = func.now()
+    workload.users_demanded = 0
+    if not was_running:
+        return []
+    outbox.to_user_manager(
+        session,
+        workload.id,
+        "remove-users-demand-completely",
+        {"session_supervisor_id": workload.id},
+    )
     released = release_users(session, workload.id, _active_user_ids(session, workload.id))
-    if notify_demand:
-        outbox.to_user_manager(
+    if status == WorkloadStatus.COMPLETED:
+        outbox.change_object_state(
             session,
             workload.id,
-            "remove-users-demand-completely",
-            {"session_supervisor_id": workload.id},
+            object_id=workload.object_id,
+            customer_id=workload.customer_id,
+            state="video-ready",
         )
+    outbox.cleanup_user_manager_session(session, workload.id)
     return released
+
+
+def end_late_users(session: Session, workload: Workload, user_ids: list[str]) -> None:
+    """Users handed to a workload that has ended go straight back. The User Manager may
+    have dropped our registration already, and it ignores unregistered supervisors, so the
+    release is wrapped in a registration and a clean-up."""
+    outbox.register_with_user_manager(session, workload.id, 0)
+    outbox.to_users(session, workload.id, user_ids, "stop-work", lambda _user: {})
+    outbox.to_user_manager(session, workload.id, "users-released", {"user_list": user_ids})
+    outbox.cleanup_user_manager_session(session, workload.id)
+
+
+def complete_workloads(sv: Supervisor, workload_ids: list[str]) -> list[str]:
+    """Complete the running workloads whose every frame the catalog has confirmed (called
+    by the outbox drain after the last record, and by beat as a backstop)."""
+    completed: list[str] = []
+    for workload_id in workload_ids:
+        with sv.db.transaction() as session:
+            workload = session.scalars(
+                select(Workload)
+                .where(
+                    Workload.id == workload_id,
+                    Workload.status == WorkloadStatus.RUNNING,
+                    Workload.recorded_frames >= Workload.total_frames,
+                )
+                .with_for_update()
+            ).one_or_none()
+            if workload is None:
+                continue
+            released = _end(session, workload, WorkloadStatus.COMPLETED)
+            total = workload.total_frames
+        completed.append(workload_id)
+        _log("workload completed", workload_id, total_frames=total, users=len(released))
+    if completed:
+        send_outbox_soon(sv)
+        for workload_id in completed:
+            unbind_after_grace(sv, workload_id)
+    return completed
 
 
 def fail_workload(sv: Supervisor, workload_id: str, reason: str) -> bool:
@@ -265,11 +320,8 @@ def fail_workload(sv: Supervisor, workload_id: str, reason: str) -> bool:
         ).one_or_none()
         if workload is None:
             return False
-        registered = workload.status == WorkloadStatus.RUNNING
-        workload.status = WorkloadStatus.FAILED
         workload.failure_reason = reason[:2000]
-        workload.finished_at = func.now()
-        release_all_users(session, workload, notify_demand=registered)
+        _end(session, workload, WorkloadStatus.FAILED)
     logger.warning("workload failed", extra={"workload_id": workload_id, "reason": reason[:500]})
     send_outbox_soon(sv)
     unbind_after_grace(sv, workload_id)
@@ -277,7 +329,10 @@ def fail_workload(sv: Supervisor, workload_id: str, reason: str) -> bool:
 
 
 def stop_and_delete(sv: Supervisor, customer_id: str) -> str:
-    """stop-work to every user, release them, drop the demand, forget the workload."""
+    """stop-work to every user, drop the demand, release them, clean up the registration,
+    forget the frames. The workload row stays as `stopped` for the unbind grace period:
+    users the User Manager hands over late are released again, and the overview the
+    Customer Service asks for right after a stop still answers."""
     validate_id("customer_id", customer_id)
     with sv.db.transaction() as session:
         workload = session.scalars(
@@ -288,13 +343,11 @@ def stop_and_delete(sv: Supervisor, customer_id: str) -> str:
         if workload is None:
             raise NoActiveWorkload(f"No active workload for customer_id: {customer_id}")
         workload_id = workload.id
-        released = release_all_users(
-            session, workload, notify_demand=workload.status == WorkloadStatus.RUNNING
-        )
-        delete_workload(session, workload_id)
+        released = _end(session, workload, WorkloadStatus.STOPPED)
+        session.execute(delete(Frame).where(Frame.workload_id == workload_id))
     _log("workload stopped and deleted", workload_id, customer_id=customer_id, users=len(released))
     send_outbox_soon(sv)
-    unbind_quietly(sv, workload_id)
+    unbind_after_grace(sv, workload_id)
     return workload_id
 
 
@@ -311,6 +364,49 @@ def unbind_after_grace(sv: Supervisor, workload_id: str) -> None:
             exc_info=True,
         )
         unbind_quietly(sv, workload_id)
+
+
+def end_grace(sv: Supervisor, workload_id: str) -> bool:
+    """Once an ended workload's grace period is over: stop routing its session to us, and
+    forget a stopped one for good. False while the grace period runs (or nothing to do)."""
+    grace = timedelta(seconds=sv.settings.unbind_grace_seconds)
+    with sv.db.session() as session:
+        row = session.execute(
+            select(Workload.status, Workload.finished_at, Workload.unbound_at).where(
+                Workload.id == workload_id
+            )
+        ).one_or_none()
+    if row is None or row.status not in ENDED_STATUSES or row.unbound_at is not None:
+        return False
+    if row.finished_at is not None and row.finished_at > datetime.now(UTC) - grace:
+        return False
+    sv.bindings.unbind(workload_id)
+    with sv.db.transaction() as session:
+        if row.status == WorkloadStatus.STOPPED:
+            delete_workload(session, workload_id)
+        else:
+            session.execute(
+                update(Workload).where(Workload.id == workload_id).values(unbound_at=func.now())
+            )
+    _log("session unbound after its grace period", workload_id, status=row.status)
+    return True
+
+
+def overdue_unbindings(sv: Supervisor, now: datetime | None = None) -> list[str]:
+    """Ended workloads still bound after their grace period (their unbind task was lost)."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=sv.settings.unbind_grace_seconds)
+    with sv.db.session() as session:
+        return list(
+            session.scalars(
+                select(Workload.id)
+                .where(
+                    Workload.status.in_(ENDED_STATUSES),
+                    Workload.unbound_at.is_(None),
+                    Workload.finished_at < cutoff,
+                )
+                .limit(1000)
+            )
+        )
 
 
 def unbind_quietly(sv: Supervisor, workload_id: str) -> None:
@@ -330,14 +426,51 @@ def delete_workload(session: Session, workload_id: str) -> None:
     session.execute(delete(Workload).where(Workload.id == workload_id))
 
 
+def demand_missing_users(session: Session, workload: Workload, *, force: bool = False) -> int:
+    """Ask for the users the workload lacks, as `update-user-count` with the whole missing
+    count after a fresh `new-session` (CONTRACT.md §7: the User Manager ignores `more-users`
+    while a demand is queued, forgets the rest of a demand it filled in part, and forgets
+    registrations when it restarts). Sent when the count changed, when `force`d (after
+    every `new-users` that leaves users missing), or when the last ask is stale (beat)."""
+    if workload.status != WorkloadStatus.RUNNING:
+        return 0
+    active = session.scalar(
+        select(func.count())
+        .select_from(WorkloadUser)
+        .where(WorkloadUser.workload_id == workload.id, WorkloadUser.state == UserState.ACTIVE)
+    )
+    missing = max(0, workload.target_user_count - (active or 0))
+    changed = missing != workload.users_demanded
+    if missing == 0:
+        if changed:
+            outbox.to_user_manager(session, workload.id, "update-user-count", {"user_count": 0})
+            workload.users_demanded = 0
+        return 0
+    if changed or force:
+        ask_for_users(session, workload, missing)
+    return missing
+
+
+def ask_for_users(session: Session, workload: Workload, count: int) -> None:
+    """Register again, then demand `count` users (replacing any demand the UM holds)."""
+    outbox.register_with_user_manager(session, workload.id, workload.target_user_count)
+    outbox.to_user_manager(session, workload.id, "update-user-count", {"user_count": count})
+    workload.users_demanded = count
+    workload.demanded_at = func.now()
+    workload.registered_at = func.now()
+
+
 # --- reading --------------------------------------------------------------------------
 
 # Status is polled by every customer's UI, so each read is one statement in one round trip
 # (Database.read_row), written for the driver: the ORM's session and row loading cost more
 # than the query. The counters are O(1) columns of the workload row; nothing counts frames.
+# A stopped workload is forgotten for status and progress (the contract's "deleted"); its
+# row is kept only for late users and the overview during the grace period.
 _LATEST = (
-    "SELECT status, total_frames, rendered_frames, failure_reason FROM workloads "
-    "WHERE customer_id = %(customer_id)s ORDER BY created_at DESC LIMIT 1"
+    "SELECT status, total_frames, rendered_frames, recorded_frames, failure_reason "
+    "FROM workloads WHERE customer_id = %(customer_id)s AND status <> 'stopped' "
+    "ORDER BY created_at DESC LIMIT 1"
 )
 # The mapping walks the partial index ix_frames_assigned_number (assigned frames only, by
 # number), so its cost is the limit's, whatever the size of the workload or how far it got.
@@ -348,7 +481,8 @@ _PROGRESS = (
     " WHERE u.workload_id = w.id AND u.state = 'active') AS active_users, "
     "m.numbers, m.users "
     "FROM (SELECT id, status, total_frames, rendered_frames, failure_reason FROM workloads "
-    " WHERE customer_id = %(customer_id)s ORDER BY created_at DESC LIMIT 1) AS w "
+    " WHERE customer_id = %(customer_id)s AND status <> 'stopped' "
+    " ORDER BY created_at DESC LIMIT 1) AS w "
     "CROSS JOIN LATERAL (SELECT array_agg(a.number ORDER BY a.number) AS numbers, "
     " array_agg(a.user_id ORDER BY a.number) AS users FROM "
     " (SELECT f.number, f.user_id FROM frames f "
@@ -366,17 +500,21 @@ def _percentage(done: int, total: int) -> float:
 
 
 def workload_status(sv: Supervisor, customer_id: str) -> dict[str, Any]:
-    """The customer's current workload, or the last one it finished, from O(1) counters."""
+    """The customer's current workload, or the last one it finished, from O(1) counters.
+    `completed_frames` counts frames stored; `recorded_frames` those the catalog confirmed.
+    The workload is `completed` only once the catalog has every frame."""
     validate_id("customer_id", customer_id)
     row = sv.db.read_row(_LATEST, {"customer_id": customer_id})
     if row is None:
         raise _no_workload(customer_id)
-    state, total, rendered, failure_reason = row
+    state, total, rendered, recorded, failure_reason = row
     status: dict[str, Any] = {
         "workload_status": state,
         "total_frames": total,
         "completed_frames": rendered,
         "completion_percentage": _percentage(rendered, total),
+        "stored_frames": rendered,
+        "recorded_frames": recorded,
     }
     if failure_reason:
         status["failure_reason"] = failure_reason
@@ -420,6 +558,53 @@ def workload_progress(sv: Supervisor, customer_id: str) -> dict[str, Any]:
         body["failure_reason"] = failure_reason
     _add_degradation(sv, body, state)
     return body
+
+
+# --- overview (Customer Service, Admin Panel) -------------------------------------------
+
+_OVERVIEW_COLUMNS = (
+    "SELECT w.id, w.customer_id, w.object_id, w.status, "
+    "(SELECT count(*) FROM workload_users u "
+    " WHERE u.workload_id = w.id AND u.state = 'active') AS users FROM workloads w "
+)
+
+
+def _overview(row: Any) -> dict[str, Any]:
+    return {
+        "customer_id": row.customer_id,
+        "object_id": row.object_id,
+        "session_routing_key": session_routing_key(row.id),
+        "session_id": row.id,
+        "number_of_users": row.users,
+        "session_status": row.status,
+    }
+
+
+def session_overview(sv: Supervisor, customer_id: str) -> dict[str, Any] | None:
+    """The customer's latest session, including one stopped moments ago (the Customer
+    Service asks for its `session_id` right after a stop); None when it has none."""
+    validate_id("customer_id", customer_id)
+    with sv.db.session() as session:
+        row = session.execute(
+            text(
+                _OVERVIEW_COLUMNS + "WHERE w.customer_id = :customer_id "
+                "ORDER BY w.created_at DESC LIMIT 1"
+            ),
+            {"customer_id": customer_id},
+        ).one_or_none()
+    return _overview(row) if row is not None else None
+
+
+def all_overviews(sv: Supervisor) -> list[dict[str, Any]]:
+    """One overview per active workload (the Admin Panel's list)."""
+    with sv.db.session() as session:
+        rows = session.execute(
+            text(
+                _OVERVIEW_COLUMNS + "WHERE w.status IN ('initialized', 'running') "
+                "ORDER BY w.created_at"
+            )
+        ).all()
+    return [_overview(row) for row in rows]
 
 
 # --- admin: user count ------------------------------------------------------------------
@@ -490,19 +675,7 @@ def set_user_count(sv: Supervisor, customer_id: str, user_count: int) -> dict[st
 def _adjust_demand(
     session: Session, workload: Workload, active: list[str], target: int
 ) -> list[str]:
-    outstanding = workload.users_demanded
-    if target > len(active) + outstanding:
-        missing = target - len(active) - outstanding
-        outbox.to_user_manager(session, workload.id, "more-users", {"user_count": missing})
-        workload.users_demanded = outstanding + missing
-        workload.demanded_at = func.now()
-        return []
-    wanted_outstanding = max(0, target - len(active))
-    if wanted_outstanding != outstanding:
-        outbox.to_user_manager(
-            session, workload.id, "update-user-count", {"user_count": wanted_outstanding}
-        )
-        workload.users_demanded = wanted_outstanding
+    demand_missing_users(session, workload)
     surplus = len(active) - target
     if surplus <= 0:
         return []

@@ -36,6 +36,7 @@ ROUTES = {
     "tasks.rebalance": MAINTENANCE_QUEUE,
     "tasks.recover_stuck_starts": MAINTENANCE_QUEUE,
     "tasks.redispatch_inbox": MAINTENANCE_QUEUE,
+    "tasks.finish_workloads": MAINTENANCE_QUEUE,
 }
 
 
@@ -46,6 +47,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         "reclaim-stale-frames": ("tasks.reclaim_stale_frames", settings.reclaim_interval_seconds),
         "rebalance": ("tasks.rebalance", settings.rebalance_interval_seconds),
         "recover-stuck-starts": ("tasks.recover_stuck_starts", 60.0),
+        "finish-workloads": ("tasks.finish_workloads", 5.0),
         "redispatch-inbox": (
             "tasks.redispatch_inbox",
             max(1.0, settings.inbox_redispatch_seconds / 4),

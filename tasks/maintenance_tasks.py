@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import current_app, shared_task
 
-from supervisor import inbox, maintenance, outbox
+from supervisor import inbox, maintenance, outbox, workloads
 from supervisor.refusals import refuse
 from tasks.event_tasks import TASK_FOR_TOPIC
 from tasks.runtime import supervisor
@@ -39,7 +39,13 @@ def _guarded(name: str, work: Callable[[], Any]) -> Any:
 @shared_task(name="tasks.drain_outbox", acks_late=False, ignore_result=True)
 def drain_outbox() -> int:
     sv = supervisor()
-    return outbox.drain_until_quiet(sv.db, sv.publisher, sv.peers, sv.redis)
+    return outbox.drain_until_quiet(
+        sv.db,
+        sv.publisher,
+        sv.peers,
+        sv.redis,
+        on_all_recorded=lambda ids: workloads.complete_workloads(sv, ids),
+    )
 
 
 @shared_task(name="tasks.demand_users", ignore_result=True)
@@ -55,6 +61,20 @@ def reclaim_stale_frames() -> Any:
 @shared_task(name="tasks.rebalance", ignore_result=True)
 def rebalance() -> Any:
     return _guarded("rebalance", lambda: maintenance.rebalance(supervisor()))
+
+
+@shared_task(name="tasks.finish_workloads", ignore_result=True)
+def finish_workloads() -> Any:
+    """Backstops: complete workloads whose every record is confirmed, and unbind ended
+    ones past their grace period, when the call or task that should have was lost."""
+
+    def work() -> dict[str, list[str]]:
+        sv = supervisor()
+        completed = workloads.complete_workloads(sv, maintenance.fully_recorded(sv))
+        unbound = [w for w in workloads.overdue_unbindings(sv) if workloads.end_grace(sv, w)]
+        return {"completed": completed, "unbound": unbound}
+
+    return _guarded("finish_workloads", work)
 
 
 @shared_task(name="tasks.redispatch_inbox", ignore_result=True)

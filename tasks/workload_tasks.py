@@ -15,7 +15,15 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name="tasks.unbind_session", ignore_result=True)
 def unbind_session(workload_id: str) -> None:
-    workloads.unbind_quietly(supervisor(), workload_id)
+    """Sent with the grace period as countdown; beat's finish_workloads catches a lost one."""
+    try:
+        workloads.end_grace(supervisor(), workload_id)
+    except Exception:
+        logger.warning(
+            "could not end a session's grace period; beat will try again",
+            extra={"workload_id": workload_id},
+            exc_info=True,
+        )
 
 
 @shared_task(

@@ -141,16 +141,20 @@ def _handler(peers: FakePeers) -> type[BaseHTTPRequestHandler]:
                 fields = r.multipart()
                 peers.stored[fields["key"].decode()] = fields["image"]
                 self._json(200, {"message": "stored"})
-            elif path.endswith("/send-msg-to-user-with-acknowledgment"):
-                self._json(200, {"acknowledged": peers.acknowledge})
+            elif path.endswith("/send-msg-to-user-with-acknowledgement"):
+                self._json(200, peers.acknowledge)
             elif path.endswith("/send-msg-to-user"):
                 self._json(200, {"message": "sent"})
             elif path.endswith("/session-supervisor/new-session"):
-                self._json(200, {"message": "registered"})
+                self._reply(200, b"null")
+            elif path.endswith("/session-supervisor/cleanup-session"):
+                self._json(200, {"message": "cleaned up"})
+            elif path.endswith("/blender-objects/change-state"):
+                self._json(200, {"message": "state changed"})
             else:
                 self._json(404, {"message": "unknown path"})
 
-        do_GET = do_POST = do_DELETE = _handle
+        do_GET = do_POST = do_PUT = do_DELETE = _handle
 
     return Handler
 

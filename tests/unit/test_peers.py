@@ -43,7 +43,8 @@ RETRIEVE_TEMP = "/api/blob-service/retrieve-temp"
 DELETE_TEMP = "/api/blob-service/delete-temp"
 STORE_IMAGE = "/api/blob-service/store-image"
 SEND = "/api/user-service/user/send-msg-to-user"
-SEND_ACK = "/api/user-service/user/send-msg-to-user-with-acknowledgment"
+SEND_ACK = "/api/user-service/user/send-msg-to-user-with-acknowledgement"
+SEND_ACK_MISSPELT = "/api/user-service/user/send-msg-to-user-with-acknowledgment"
 NEW_SESSION = "/api/user-manager/session-supervisor/new-session"
 
 RETRIES = 2
@@ -1184,17 +1185,31 @@ def test_send_with_ack(
         with pytest.raises(PeerError) as info:
             peers.users.send_with_ack("u1", "retrieve-frame", data)
         assert (info.value.operation, info.value.transient) == (
-            "send-msg-to-user-with-acknowledgment",
+            "send-msg-to-user-with-acknowledgement",
             True,
         )
     else:
         assert peers.users.send_with_ack("u1", "retrieve-frame", data) is expected
-    (seen,) = server.seen
+    seen = server.seen[0]
+    assert seen.path == SEND_ACK
     assert list(seen.json().items()) == [
         ("user_id", "u1"),
         ("topic", "retrieve-frame"),
         ("data", data),
     ]
+    if reply.status == 404:
+        assert [s.path for s in server.seen] == [SEND_ACK, SEND_ACK_MISSPELT]
+    else:
+        assert len(server.seen) == 1
+
+
+def test_send_with_ack_falls_back_to_the_other_spelling(server: _PeerServer, peers: Peers) -> None:
+    """A deployment whose User Service has the route spelled without the e still works."""
+    server.route("POST", SEND_ACK, json_reply({"detail": "Not Found"}, 404))
+    server.route("POST", SEND_ACK_MISSPELT, json_reply(True))
+    data = {"frame-number": 7, "blend-file-hash": ""}
+    assert peers.users.send_with_ack("u1", "retrieve-frame", data) is True
+    assert [s.path for s in server.seen] == [SEND_ACK, SEND_ACK_MISSPELT]
 
 
 # ---------------------------------------------------------------- user manager
