@@ -645,6 +645,7 @@ def _mark_all(
             workload = workloads.get(event.session_id)
             if workload is None or _frame_of(event) not in marked:
                 outcomes[index] = "claim-lost"
+                outbox.delete_temp_blob(session, event.session_id, event.temp_key or "")
             else:
                 outcomes[index] = "stored"
                 _queue_stored_frame(session, workload, event, final_key)

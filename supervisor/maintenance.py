@@ -52,8 +52,9 @@ def demand_users(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
     asked: dict[str, int] = {}
     for session, workload in _each_running_workload(sv):
         stale = workload.demanded_at is None or workload.demanded_at < stale_before
+        asked_before = workload.users_demanded
         missing = demand_missing_users(session, workload, force=stale)
-        if missing:
+        if missing and (stale or missing != asked_before):
             asked[workload.id] = missing
         elif workload.registered_at is None or workload.registered_at < reregister_before:
             outbox.register_with_user_manager(session, workload.id, workload.target_user_count)

@@ -19,6 +19,8 @@ from supervisor.outbox import drain, pending_count
 from supervisor.service import Supervisor
 from tests.conftest import FIXTURES
 from tests.fakes import FakePeers
+from tests.integration.conftest import PeerLog
+from tests.integration.helpers import drain_everything
 
 PREFIX = "/api/session-supervisor-service"
 BLEND = FIXTURES / "blend"
@@ -58,7 +60,7 @@ def test_service_is_active(client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_start_workload_reads_the_blend_and_demands_users(
-    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Supervisor, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     response = start(client)
 
@@ -74,8 +76,14 @@ def test_start_workload_reads_the_blend_and_demands_users(
     [registration] = fake_peers.calls("/api/user-manager/session-supervisor/new-session")
     assert registration.form() == {"user_count": "2", "session_supervisor_id": workload.id}
     assert supervisor.publisher.bodies == [
-        {"topic": "more-users", "supervisor-id": workload.id, "data": {"user_count": 2}}
+        {"topic": "update-user-count", "supervisor-id": workload.id, "data": {"user_count": 2}}
     ]
+    assert peer_log.user_manager() == [
+        ("new-session", {"user_count": 2}),
+        ("update-user-count", {"user_count": 2}),
+    ], "registered before the demand"
+    assert (workload.users_demanded, workload.demanded_at is not None) == (2, True)
+    assert workload.registered_at is not None
 
 
 def test_start_workload_with_a_step_creates_exactly_the_rendered_frames(
@@ -177,6 +185,8 @@ def test_status_reports_counters(client, supervisor: Supervisor, range_10_20: st
             "total_frames": 11,
             "completed_frames": 5,
             "completion_percentage": 45.45,
+            "stored_frames": 5,
+            "recorded_frames": 0,
         },
     }
 
@@ -333,13 +343,15 @@ def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Superviso
 
 
 def test_stop_and_delete_tells_users_and_the_user_manager(
-    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Supervisor, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
     add_users(supervisor, workload.id, "user-a", "user-b")
+    peer_log.entries.clear()
 
     response = client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
+    drain_everything(supervisor)
 
     assert response.status_code == 200
     assert response.get_json() == {"message": "Workload stopped and deleted"}
@@ -350,20 +362,100 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
     ]
     assert supervisor.publisher.bodies[1:] == [
         {
-            "topic": "users-released",
-            "supervisor-id": workload.id,
-            "data": {"user_list": ["user-a", "user-b"]},
-        },
-        {
             "topic": "remove-users-demand-completely",
             "supervisor-id": workload.id,
             "data": {"session_supervisor_id": workload.id},
         },
+        {
+            "topic": "users-released",
+            "supervisor-id": workload.id,
+            "data": {"user_list": ["user-a", "user-b"]},
+        },
     ]
+    assert peer_log.user_manager_topics() == [
+        "remove-users-demand-completely",
+        "users-released",
+        "cleanup-session",
+    ]
+    sequence = peer_log.sequence()
+    for stop in ("user:user-a:stop-work", "user:user-b:stop-work"):
+        assert sequence.index(stop) < sequence.index("user-manager:users-released")
+    [cleanup] = fake_peers.calls("/api/user-manager/session-supervisor/cleanup-session")
+    assert (cleanup.method, cleanup.form()) == ("DELETE", {"session_supervisor_id": workload.id})
+    assert fake_peers.calls("/blender-objects/change-state") == [], "not video-ready"
     with supervisor.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Frame)) == 0
-        assert session.scalar(select(func.count()).select_from(Workload)) == 0
+        kept = session.scalars(select(Workload)).one()
+    assert (kept.id, kept.status) == (workload.id, "stopped"), "kept for the grace period"
     assert client.get(f"{PREFIX}/get-workload-status?customer_id=cust-1").status_code == 404
+    assert client.get(f"{PREFIX}/get-workload-progress?customer_id=cust-1").status_code == 404
+    assert start(client).status_code == 200, "a stopped workload does not block a new one"
+
+
+def test_status_after_a_stop_shows_the_previous_workload(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    with supervisor.db.transaction() as session:
+        session.execute(update(Workload).values(status="completed", rendered_frames=11))
+    start(client)
+    client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
+
+    status = client.get(f"{PREFIX}/get-workload-status?customer_id=cust-1").get_json()["status"]
+    progress = client.get(f"{PREFIX}/get-workload-progress?customer_id=cust-1").get_json()
+
+    assert (status["workload_status"], status["completed_frames"]) == ("completed", 11)
+    assert (progress["workload_status"], progress["completed_frames"]) == ("completed", 11)
+
+
+def test_a_stopped_workload_is_forgotten_once_its_grace_period_is_over(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload_id = workload_of(supervisor).id
+    client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
+    unbound: list[str] = []
+    supervisor.bindings.unbind = unbound.append  # type: ignore[method-assign]
+
+    assert workloads.end_grace(supervisor, workload_id) is False, "the grace period runs"
+    assert unbound == []
+    assert workloads.overdue_unbindings(supervisor) == []
+    with supervisor.db.transaction() as session:
+        session.execute(update(Workload).values(finished_at=func.now() - text("interval '1 day'")))
+    assert workloads.overdue_unbindings(supervisor) == [workload_id]
+
+    assert workloads.end_grace(supervisor, workload_id) is True
+    assert workloads.end_grace(supervisor, workload_id) is False, "once"
+
+    assert unbound == [workload_id]
+    with supervisor.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Workload)) == 0
+    body = client.get(f"{PREFIX}/get-session-supervisor-overview/cust-1").get_json()
+    assert body == {"error": "No active session for customer_id: cust-1"}
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed"])
+def test_an_ended_workload_is_only_unbound_after_its_grace_period(
+    client, supervisor: Supervisor, range_10_20: str, ending: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload_id = workload_of(supervisor).id
+    with supervisor.db.transaction() as session:
+        session.execute(
+            update(Workload).values(
+                status=ending, finished_at=func.now() - text("interval '1 day'")
+            )
+        )
+    unbound: list[str] = []
+    supervisor.bindings.unbind = unbound.append  # type: ignore[method-assign]
+
+    assert workloads.end_grace(supervisor, workload_id) is True
+    assert workloads.end_grace(supervisor, workload_id) is False
+
+    assert unbound == [workload_id]
+    kept = workload_of(supervisor)
+    assert (kept.status, kept.unbound_at is not None) == (ending, True)
+    assert workloads.overdue_unbindings(supervisor) == []
 
 
 def test_stop_without_active_workload_is_404(client) -> None:  # type: ignore[no-untyped-def]
@@ -373,19 +465,24 @@ def test_stop_without_active_workload_is_404(client) -> None:  # type: ignore[no
 
 
 def test_stop_keeps_messages_when_the_broker_is_down_and_sends_them_later(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     supervisor.publisher.fail = True
     response = client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
     assert response.status_code == 200
     with supervisor.db.session() as session:
-        assert pending_count(session) == 1
+        waiting = session.scalars(select(OutboxMessage.topic).order_by(OutboxMessage.id)).all()
+    assert waiting == ["remove-users-demand-completely", "cleanup-session"]
+    assert fake_peers.calls("/cleanup-session") == [], "the clean-up waits for the demand's drop"
     supervisor.publisher.fail = False
     with supervisor.db.transaction() as session:
         session.execute(update(OutboxMessage).values(available_at=func.now()))
     drain(supervisor.db, supervisor.publisher, supervisor.peers)
-    assert supervisor.publisher.topics() == ["more-users", "remove-users-demand-completely"]
+    assert supervisor.publisher.topics() == ["update-user-count", "remove-users-demand-completely"]
+    assert len(fake_peers.calls("/cleanup-session")) == 1
+    with supervisor.db.session() as session:
+        assert pending_count(session) == 0
 
 
 # --- admin ---------------------------------------------------------------------------
@@ -448,7 +545,7 @@ def test_set_user_count_rejects_absurd_counts(client, range_10_20: str, count: s
 
 
 def test_set_user_count_demands_the_missing_users(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Supervisor, peer_log: PeerLog, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -461,10 +558,27 @@ def test_set_user_count_demands_the_missing_users(
         "new_user_count": 5,
     }
     assert supervisor.publisher.bodies[-1] == {
-        "topic": "more-users",
+        "topic": "update-user-count",
         "supervisor-id": workload.id,
-        "data": {"user_count": 3},
+        "data": {"user_count": 5},
     }
+    assert peer_log.user_manager()[-2:] == [
+        ("new-session", {"user_count": 5}),
+        ("update-user-count", {"user_count": 5}),
+    ], "the whole missing count, after a fresh registration"
+
+
+def test_set_user_count_asks_only_for_the_users_still_missing(
+    client, supervisor: Supervisor, peer_log: PeerLog, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    add_users(supervisor, workload_of(supervisor).id, "user-a", "user-b")
+
+    assert client.post(f"{PREFIX}/set-user-count/cust-1/5").status_code == 200
+
+    assert peer_log.user_manager()[-1] == ("update-user-count", {"user_count": 3})
+    assert "more-users" not in supervisor.publisher.topics()
+    assert workload_of(supervisor).users_demanded == 3
 
 
 def test_set_user_count_releases_the_surplus(
@@ -487,6 +601,7 @@ def test_set_user_count_releases_the_surplus(
         )
 
     response = client.post(f"{PREFIX}/set-user-count/cust-1/1")
+    drain_everything(supervisor)
 
     assert response.status_code == 200
     assert supervisor.publisher.bodies[-1] == {
@@ -506,6 +621,123 @@ def test_set_user_count_releases_the_surplus(
     # messages to different users go out concurrently, in no set order
     stopped = sorted(r.json()["user_id"] for r in fake_peers.calls("/send-msg-to-user"))
     assert stopped == ["user-b", "user-c"]
+
+
+# --- overview (Customer Service, Admin Panel) ----------------------------------------
+
+
+def overview_of(workload: Workload, status: str, users: int) -> dict[str, object]:
+    return {
+        "customer_id": workload.customer_id,
+        "object_id": workload.object_id,
+        "session_routing_key": f"SESSION_SUPERVISOR_{workload.id}",
+        "session_id": workload.id,
+        "number_of_users": users,
+        "session_status": status,
+    }
+
+
+def test_session_overview_of_a_running_workload(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+    add_users(supervisor, workload.id, "user-a", "user-b")
+    with supervisor.db.transaction() as session:
+        session.execute(
+            insert(WorkloadUser),
+            [{"workload_id": workload.id, "user_id": "gone", "state": "released"}],
+        )
+
+    response = client.get(f"{PREFIX}/get-session-supervisor-overview/cust-1")
+
+    assert response.status_code == 200
+    assert response.get_json() == overview_of(workload, "running", 2)
+    assert list(response.get_json()) == list(overview_of(workload, "running", 2))
+
+
+def test_session_overview_of_a_just_stopped_workload_still_answers(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    workload = workload_of(supervisor)
+    add_users(supervisor, workload.id, "user-a")
+    client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
+
+    body = client.get(f"{PREFIX}/get-session-supervisor-overview/cust-1").get_json()
+
+    assert body == overview_of(workload, "stopped", 0)
+    assert client.get(f"{PREFIX}/get-all-supervisor-information").get_json() == []
+
+
+def test_session_overview_shows_the_latest_workload(
+    client, supervisor: Supervisor, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    start(client)
+    with supervisor.db.transaction() as session:
+        session.execute(update(Workload).values(status="failed"))
+    start(client)
+    with supervisor.db.session() as session:
+        latest = session.scalars(select(Workload).where(Workload.status == "running")).one()
+
+    body = client.get(f"{PREFIX}/get-session-supervisor-overview/cust-1").get_json()
+
+    assert body == overview_of(latest, "running", 0)
+
+
+def test_session_overview_of_an_unknown_customer_is_a_200_with_an_error(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"{PREFIX}/get-session-supervisor-overview/nobody")
+    assert response.status_code == 200
+    assert response.get_json() == {"error": "No active session for customer_id: nobody"}
+
+
+def test_all_supervisor_information_lists_the_active_workloads(
+    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+) -> None:  # type: ignore[no-untyped-def]
+    assert client.get(f"{PREFIX}/get-all-supervisor-information").get_json() == []
+    fake_peers.add_object("cust-2", "obj-2", blend("blender-5.0/range_10_20.blend"))
+    fake_peers.add_object("cust-3", "obj-3", blend("blender-5.0/range_10_20.blend"))
+    start(client)
+    start(client, "cust-2", "obj-2")
+    start(client, "cust-3", "obj-3")
+    first, second = workload_of(supervisor, "cust-1"), workload_of(supervisor, "cust-2")
+    add_users(supervisor, second.id, "user-a")
+    client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-3"})
+
+    response = client.get(f"{PREFIX}/get-all-supervisor-information")
+
+    assert response.status_code == 200
+    assert response.get_json() == [
+        overview_of(first, "running", 0),
+        overview_of(second, "running", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "path", ["get-session-supervisor-overview/cust-1", "get-all-supervisor-information"]
+)
+def test_overview_routes_refuse_strangers(
+    client, supervisor: Supervisor, range_10_20: str, path: str
+) -> None:  # type: ignore[no-untyped-def]
+    supervisor.settings.admin_token = "s3cret-token"
+    start(client)
+    stranger = {"REMOTE_ADDR": "203.0.113.9"}
+
+    forged = client.get(
+        f"{PREFIX}/{path}", environ_base=stranger, headers={"X-Forwarded-For": "127.0.0.1"}
+    )
+    wrong = client.get(
+        f"{PREFIX}/{path}", environ_base=stranger, headers={"Authorization": "Bearer nope"}
+    )
+    right = client.get(
+        f"{PREFIX}/{path}",
+        environ_base=stranger,
+        headers={"Authorization": "Bearer s3cret-token"},
+    )
+
+    assert (forged.status_code, wrong.status_code, right.status_code) == (403, 403, 200)
+    assert forged.get_json()["message"] == "Forbidden"
+    assert workload_of(supervisor).id in right.get_data(as_text=True)
 
 
 # --- HTTP hygiene -------------------------------------------------------------------

@@ -9,16 +9,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from supervisor import events, maintenance
 from supervisor.errors import PeerError
 from supervisor.intake import Event
 from supervisor.models import Frame, FrameState, UserState, Workload, WorkloadUser
 from supervisor.service import Supervisor
-from supervisor.workloads import start_workload
+from supervisor.workloads import fail_workload, start_workload, stop_and_delete, workload_status
 from tests.conftest import FIXTURES
 from tests.fakes import FakePeers
+from tests.integration.conftest import PeerLog
+from tests.integration.helpers import drain_everything, pending_outbox
 
 BLEND = FIXTURES / "blend/blender-5.0/range_10_20.blend"
 
@@ -57,6 +59,33 @@ def assignments(sv: Supervisor, session_id: str) -> dict[int, str | None]:
     return dict(rows)
 
 
+def pending(sv: Supervisor, session_id: str) -> list[int]:
+    with sv.db.session() as session:
+        return list(
+            session.scalars(
+                select(Frame.number)
+                .where(Frame.workload_id == session_id, Frame.state == FrameState.PENDING)
+                .order_by(Frame.number)
+            )
+        )
+
+
+def frame(sv: Supervisor, session_id: str, number: int) -> Frame:
+    with sv.db.session() as session:
+        return session.get(Frame, (session_id, number))
+
+
+def user_row(sv: Supervisor, session_id: str, user_id: str) -> WorkloadUser | None:
+    with sv.db.session() as session:
+        return session.get(WorkloadUser, (session_id, user_id))
+
+
+def add_idle_user(sv: Supervisor, session_id: str, user_id: str, **values: Any) -> None:
+    """An active user holding nothing, as if its list had been taken back."""
+    with sv.db.transaction() as session:
+        session.add(WorkloadUser(workload_id=session_id, user_id=user_id, state="active", **values))
+
+
 def workload(sv: Supervisor, session_id: str) -> Workload:
     with sv.db.session() as session:
         return session.get(Workload, session_id)
@@ -88,8 +117,23 @@ def fail_copies_of_frame(sv: Supervisor, frame: int) -> Callable[..., int]:
 
 
 def render_all(sv: Supervisor, session_id: str, fake_peers: FakePeers) -> None:
-    for number, user in sorted(assignments(sv, session_id).items()):
-        events.record_rendered_frame(sv, rendered(session_id, user, number, fake_peers))
+    """Every user delivers its list, and the next ones it gets, until nothing is out."""
+    for _ in range(100):
+        out = sorted(assignments(sv, session_id).items())
+        if not out:
+            return
+        for number, holder in out:
+            events.record_rendered_frame(sv, rendered(session_id, str(holder), number, fake_peers))
+    raise AssertionError("frames are still out after 100 rounds")
+
+
+def demand(log: PeerLog) -> list[tuple[str, Any]]:
+    """The User Manager messages that ask for users: registrations and demands."""
+    return [
+        (topic, data)
+        for topic, data in log.user_manager()
+        if topic in ("new-session", "update-user-count", "more-users")
+    ]
 
 
 # --- new-users ------------------------------------------------------------------------
@@ -145,6 +189,84 @@ def test_late_user_takes_part_of_the_remaining_work(
     }
 
 
+def test_the_first_user_leaves_the_expected_users_their_share(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    """11 frames, 2 users expected: the first to arrive takes its half, not everything."""
+    events.add_users(supervisor, new_users(session_id, "u1"))
+
+    assert assignments(supervisor, session_id) == {n: "u1" for n in range(10, 16)}
+    assert pending(supervisor, session_id) == [16, 17, 18, 19, 20]
+
+
+def test_a_new_users_that_leaves_users_missing_asks_for_the_rest_at_once(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str
+) -> None:
+    with supervisor.db.transaction() as session:
+        session.execute(update(Workload).values(target_user_count=4))
+    peer_log.entries.clear()
+
+    result = events.add_users(supervisor, new_users(session_id, "u1"))
+
+    assert result["missing"] == 3
+    assert demand(peer_log) == [
+        ("new-session", {"user_count": 4}),
+        ("update-user-count", {"user_count": 3}),
+    ], "the whole missing count, after a fresh registration"
+    assert "more-users" not in peer_log.user_manager_topics()
+    assert workload(supervisor, session_id).users_demanded == 3
+
+
+def test_users_beyond_the_count_are_released_at_once(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+) -> None:
+    result = events.add_users(supervisor, new_users(session_id, "u1", "u2", "u3", "u4"))
+
+    assert (result["added"], result["refused"]) == (2, ["u3", "u4"])
+    assert ("users-released", {"user_list": ["u3", "u4"]}) in peer_log.user_manager()
+    assert sorted(m["user_id"] for m in lists_sent(fake_peers)) == ["u1", "u2"]
+    assert set(assignments(supervisor, session_id).values()) == {"u1", "u2"}
+    assert user_row(supervisor, session_id, "u3") is None
+    assert user_row(supervisor, session_id, "u4") is None
+
+    again = events.add_users(supervisor, new_users(session_id, "u5"))
+    assert (again["added"], again["refused"]) == (0, ["u5"]), "the count is full"
+
+
+@pytest.mark.parametrize("ending", ["completed", "failed", "stopped"])
+def test_users_handed_to_an_ended_workload_are_returned(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers, ending: str
+) -> None:
+    if ending == "completed":
+        events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+        render_all(supervisor, session_id, fake_peers)
+    elif ending == "failed":
+        fail_workload(supervisor, session_id, "broken")
+    else:
+        stop_and_delete(supervisor, "cust-1")
+    drain_everything(supervisor)
+    assert workload(supervisor, session_id).status == ending
+    peer_log.entries.clear()
+    sent_before = len(lists_sent(fake_peers))
+
+    result = events.add_users(supervisor, new_users(session_id, "late1", "late2"))
+    drain_everything(supervisor)
+
+    assert result == {"added": 0, "returned": 2}
+    um = peer_log.user_manager()
+    assert um == [
+        ("new-session", {"user_count": 0}),
+        ("users-released", {"user_list": ["late1", "late2"]}),
+        ("cleanup-session", {}),
+    ], "registered again (the UM may have dropped us), released, cleaned up"
+    sequence = peer_log.sequence()
+    for late in ("late1", "late2"):
+        stop = sequence.index(f"user:{late}:stop-work")
+        assert stop < sequence.index("user-manager:users-released")
+    assert len(lists_sent(fake_peers)) == sent_before, "no work for late users"
+    assert user_row(supervisor, session_id, "late1") is None
+
+
 # --- user-frame-rendered ---------------------------------------------------------------
 
 
@@ -169,10 +291,64 @@ def test_rendered_frame_is_stored_recorded_and_cleaned_once(
     ]
     assert "tmp/u1/10.png" not in fake_peers.temp_blobs
     assert workload(supervisor, session_id).rendered_frames == 1
+    stored = frame(supervisor, session_id, 10)
+    assert (stored.state, stored.final_key, stored.claim_key) == (
+        FrameState.RENDERED,
+        "cust-1/obj-1/010.png",
+        None,
+    )
 
 
-@pytest.mark.parametrize("change", ["frame moves to another user", "workload failed"])
-def test_an_upload_overtaken_during_its_copy_is_removed_from_temp(
+@pytest.mark.parametrize(
+    "sender", ["another active user", "a released user", "a disconnected user"]
+)
+def test_any_user_the_session_has_had_may_deliver_a_frame(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers, sender: str
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    if sender == "a released user":
+        with supervisor.db.transaction() as session:
+            session.execute(
+                update(WorkloadUser)
+                .where(WorkloadUser.user_id == "u2")
+                .values(state=UserState.RELEASED)
+            )
+    elif sender == "a disconnected user":
+        events.user_disconnected(supervisor, Event("user-disconnected", session_id, user_id="u2"))
+    holder_before = assignments(supervisor, session_id).get(10)
+
+    outcome = events.record_rendered_frame(supervisor, rendered(session_id, "u2", 10, fake_peers))
+
+    assert outcome == "stored"
+    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
+    assert holder_before == "u1"
+    late = rendered(session_id, "u1", 10, fake_peers)
+    assert events.record_rendered_frame(supervisor, late) == "duplicate"
+    assert late.temp_key not in fake_peers.temp_blobs, "the second upload is deleted"
+    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}, "written once"
+    assert len(fake_peers.calls("/add-rendered-image")) == 1
+    assert workload(supervisor, session_id).rendered_frames == 1
+
+
+def test_a_disconnected_user_may_still_deliver_a_frame_moved_to_its_replacement(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    events.user_disconnected(supervisor, Event("user-disconnected", session_id, user_id="u1"))
+    events.add_users(supervisor, new_users(session_id, "u3"))
+    assert assignments(supervisor, session_id)[10] == "u3"
+
+    assert events.record_rendered_frame(supervisor, rendered(session_id, "u1", 10, fake_peers)) == (
+        "stored"
+    )
+    again = rendered(session_id, "u3", 10, fake_peers)
+    assert events.record_rendered_frame(supervisor, again) == "duplicate"
+    assert again.temp_key not in fake_peers.temp_blobs
+    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+
+
+@pytest.mark.parametrize("change", ["claim given up and retaken", "workload stopped"])
+def test_an_upload_whose_claim_is_lost_during_its_copy_is_not_recorded_and_removed_from_temp(
     supervisor: Supervisor, session_id: str, fake_peers: FakePeers, change: str
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1", "u2"))
@@ -181,35 +357,72 @@ def test_an_upload_overtaken_during_its_copy_is_removed_from_temp(
 
     def copy_while_state_changes(**kwargs: Any) -> int:
         size = copy(**kwargs)
-        with supervisor.db.transaction() as session:
-            if change == "workload failed":
-                session.execute(
-                    update(Workload).where(Workload.id == session_id).values(status="failed")
-                )
-            else:
+        supervisor.peers.blob.transfer_temp_to_final = copy  # type: ignore[method-assign]
+        if change == "workload stopped":
+            stop_and_delete(supervisor, "cust-1")
+        else:  # the claim timed out (beat gave it up), and another upload took it
+            with supervisor.db.transaction() as session:
                 session.execute(
                     update(Frame)
                     .where(Frame.workload_id == session_id, Frame.number == 10)
-                    .values(user_id="u2")
+                    .values(state=FrameState.ASSIGNED, claim_key=None, claimed_by=None)
                 )
+            other = rendered(session_id, "u2", 10, fake_peers)
+            assert events.record_rendered_frame(supervisor, other) == "stored"
         return size
 
-    supervisor.peers.blob.transfer_temp_to_final = copy_while_state_changes
+    supervisor.peers.blob.transfer_temp_to_final = copy_while_state_changes  # type: ignore[method-assign]
 
     outcome = events.record_rendered_frame(supervisor, event)
+    drain_everything(supervisor)
 
-    assert outcome == ("workload-ended" if change == "workload failed" else "duplicate")
+    assert outcome == "claim-lost"
+    records = [r.json()["imageFilePath"] for r in fake_peers.calls("/add-rendered-image")]
+    if change == "workload stopped":
+        assert records == []
+        assert workload(supervisor, session_id).rendered_frames == 0
+    else:
+        assert records == ["cust-1/obj-1/010.png"], "recorded once, by the winning upload"
+        assert workload(supervisor, session_id).rendered_frames == 1
+        assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
     assert "tmp/u1/10.png" not in fake_peers.temp_blobs, "the overtaken upload was left behind"
-    assert fake_peers.calls("/add-rendered-image") == []
-    assert workload(supervisor, session_id).rendered_frames == 0
+
+
+def test_an_upload_whose_workload_fails_during_its_copy_keeps_its_claim_and_is_stored(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    """The claim is still the upload's, so it is marked rendered (the image is in the final
+    store); the failed workload is not revived by it."""
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    event = rendered(session_id, "u1", 10, fake_peers)
+    copy = supervisor.peers.blob.transfer_temp_to_final
+
+    def copy_while_failing(**kwargs: Any) -> int:
+        size = copy(**kwargs)
+        with supervisor.db.transaction() as session:
+            session.execute(
+                update(Workload).where(Workload.id == session_id).values(status="failed")
+            )
+        return size
+
+    supervisor.peers.blob.transfer_temp_to_final = copy_while_failing  # type: ignore[method-assign]
+
+    assert events.record_rendered_frame(supervisor, event) == "stored"
+    drain_everything(supervisor)
+
+    assert "tmp/u1/10.png" not in fake_peers.temp_blobs
+    assert len(fake_peers.calls("/add-rendered-image")) == 1
+    assert (workload(supervisor, session_id).status, frame(supervisor, session_id, 10).state) == (
+        "failed",
+        FrameState.RENDERED,
+    )
 
 
 @pytest.mark.parametrize(
-    ("user", "frame", "reason", "temp_removed"),
+    ("user", "frame_number", "reason", "temp_removed"),
     [
-        ("u2", 10, "frame-not-assigned-to-user", True),
         ("stranger", 10, "not-our-user", False),
-        ("u1", 99, "frame-outside-workload", False),
+        ("u1", 99, "frame-outside-workload", True),
     ],
 )
 def test_frames_that_do_not_fit_are_refused_without_effect(
@@ -217,12 +430,13 @@ def test_frames_that_do_not_fit_are_refused_without_effect(
     session_id: str,
     fake_peers: FakePeers,
     user: str,
-    frame: int,
+    frame_number: int,
     reason: str,
     temp_removed: bool,
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1", "u2"))
-    event = rendered(session_id, user, frame, fake_peers)
+    before = assignments(supervisor, session_id)
+    event = rendered(session_id, user, frame_number, fake_peers)
 
     with pytest.raises(events.EventRefused) as refused:
         events.record_rendered_frame(supervisor, event)
@@ -230,32 +444,131 @@ def test_frames_that_do_not_fit_are_refused_without_effect(
     assert refused.value.reason == reason
     assert fake_peers.stored == {}
     assert workload(supervisor, session_id).rendered_frames == 0
+    assert assignments(supervisor, session_id) == before
     assert (event.temp_key not in fake_peers.temp_blobs) is temp_removed
 
 
-def test_last_frame_completes_the_workload(
-    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+@pytest.mark.parametrize("ending", ["failed", "completed"])
+def test_an_upload_to_a_workload_that_is_not_running_is_refused_and_discarded(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers, ending: str
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    with supervisor.db.transaction() as session:
+        session.execute(update(Workload).where(Workload.id == session_id).values(status=ending))
+    event = rendered(session_id, "u1", 10, fake_peers)
+
+    with pytest.raises(events.EventRefused) as refused:
+        events.record_rendered_frame(supervisor, event)
+
+    assert refused.value.reason == "workload-not-running"
+    assert event.temp_key not in fake_peers.temp_blobs
+    assert fake_peers.stored == {}
+    assert fake_peers.calls("/add-rendered-image") == []
+    assert frame(supervisor, session_id, 10).state == FrameState.ASSIGNED
+
+
+def test_last_frame_completes_the_workload_once_the_catalog_has_every_record(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    peer_log.entries.clear()
     render_all(supervisor, session_id, fake_peers)
+    drain_everything(supervisor)
 
     done = workload(supervisor, session_id)
-    assert (done.status, done.rendered_frames, done.total_frames) == ("completed", 11, 11)
+    assert (done.status, done.rendered_frames, done.recorded_frames, done.total_frames) == (
+        "completed",
+        11,
+        11,
+        11,
+    )
     assert sorted(fake_peers.stored) == [f"cust-1/obj-1/{n:03d}.png" for n in range(10, 21)]
     assert len(fake_peers.calls("/add-rendered-image")) == 11
     assert fake_peers.temp_blobs == {}
     stops = [m["user_id"] for m in lists_sent(fake_peers, "stop-work")]
     assert sorted(stops) == ["u1", "u2"], "one stop-work per user; users are independent"
-    assert supervisor.publisher.topics()[-2:] == [
-        "users-released",
-        "remove-users-demand-completely",
+    um = peer_log.user_manager()
+    assert um[-3:] == [
+        ("remove-users-demand-completely", {"session_supervisor_id": session_id}),
+        ("users-released", {"user_list": ["u1", "u2"]}),
+        ("cleanup-session", {}),
+    ]
+    sequence = peer_log.sequence()
+    for stop in ("user:u1:stop-work", "user:u2:stop-work"):
+        assert sequence.index("user-manager:remove-users-demand-completely") < sequence.index(stop)
+        assert sequence.index(stop) < sequence.index("user-manager:users-released")
+    [video_ready] = [r.json() for r in fake_peers.calls("/blender-objects/change-state")]
+    assert video_ready == {
+        "objectId": "obj-1",
+        "customerId": "cust-1",
+        "objectState": "video-ready",
+    }
+
+
+def test_a_completed_workload_queues_its_ending_in_order(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    from supervisor.workloads import complete_workloads
+
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    with supervisor.db.transaction() as session:
+        session.execute(
+            update(Workload)
+            .where(Workload.id == session_id)
+            .values(recorded_frames=11, rendered_frames=11)
+        )
+    drain_everything(supervisor)
+    supervisor.jobs.drain_outbox = lambda: None  # type: ignore[method-assign]
+
+    assert complete_workloads(supervisor, [session_id]) == [session_id]
+    assert complete_workloads(supervisor, [session_id]) == [], "completed once"
+
+    queued = [(destination, topic) for destination, topic, _body in pending_outbox(supervisor)]
+    assert queued == [
+        ("user-manager", "remove-users-demand-completely"),
+        ("user-service", "stop-work"),
+        ("user-service", "stop-work"),
+        ("user-manager", "users-released"),
+        ("catalog", "change-state"),
+        ("user-manager", "cleanup-session"),
     ]
 
 
-def test_transient_transfer_failure_is_raised_for_retry(
+def test_the_workload_runs_until_the_catalog_confirms_every_record(
     supervisor: Supervisor, session_id: str, fake_peers: FakePeers
 ) -> None:
-    events.add_users(supervisor, new_users(session_id, "u1"))
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    fake_peers.fail_next("/add-rendered-image", status=503, times=1000)
+
+    render_all(supervisor, session_id, fake_peers)
+
+    status = workload_status(supervisor, "cust-1")
+    assert (status["workload_status"], status["stored_frames"], status["recorded_frames"]) == (
+        "running",
+        11,
+        0,
+    )
+    assert status["completed_frames"] == 11
+    assert fake_peers.calls("/blender-objects/change-state") == []
+    assert lists_sent(fake_peers, "stop-work") == []
+
+    fake_peers.failures.clear()
+    for _ in range(20):  # the drain backs off; make every waiting record due now
+        with supervisor.db.transaction() as session:
+            session.execute(text("UPDATE outbox SET available_at = now()"))
+        drain_everything(supervisor)
+        if workload(supervisor, session_id).status == "completed":
+            break
+
+    status = workload_status(supervisor, "cust-1")
+    assert (status["workload_status"], status["recorded_frames"]) == ("completed", 11)
+    assert len(fake_peers.calls("/blender-objects/change-state")) == 1
+
+
+def test_transient_transfer_failure_keeps_the_claim_for_the_retry(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
     event = rendered(session_id, "u1", 10, fake_peers)
     fake_peers.fail_next("/retrieve-temp", status=503, times=10)
 
@@ -263,9 +576,19 @@ def test_transient_transfer_failure_is_raised_for_retry(
         events.record_rendered_frame(supervisor, event)
 
     assert failure.value.transient
-    assert assignments(supervisor, session_id)[10] == "u1"
+    claimed = frame(supervisor, session_id, 10)
+    assert (claimed.state, claimed.claim_key, claimed.claimed_by) == (
+        FrameState.STORING,
+        event.temp_key,
+        "u1",
+    )
+    assert event.temp_key in fake_peers.temp_blobs
     fake_peers.failures.clear()
-    assert events.record_rendered_frame(supervisor, event) == "stored"
+    other = rendered(session_id, "u2", 10, fake_peers)
+    assert events.record_rendered_frame(supervisor, other) == "duplicate", "the claim holds"
+    assert other.temp_key not in fake_peers.temp_blobs
+    assert events.record_rendered_frame(supervisor, event) == "stored", "the retry re-enters it"
+    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
 
 
 def test_missing_temp_image_sends_the_frame_back_to_render(
@@ -278,10 +601,36 @@ def test_missing_temp_image_sends_the_frame_back_to_render(
 
     assert events.record_rendered_frame(supervisor, event) == "requeued"
 
-    with supervisor.db.session() as session:
-        frame = session.get(Frame, (session_id, 10))
-    assert (frame.state, frame.attempts) == (FrameState.ASSIGNED, 2), "assigned again"
-    assert "retrieve-temp" in frame.last_error
+    lost = frame(supervisor, session_id, 10)
+    assert (lost.state, lost.user_id, lost.claim_key, lost.attempts) == (
+        FrameState.PENDING,
+        None,
+        None,
+        1,
+    )
+    assert "retrieve-temp" in lost.last_error
+    assert user_row(supervisor, session_id, "u1").failed_frames == 1
+    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == [10, 11], "u1 is not topped up"
+
+    events.record_rendered_frame(supervisor, rendered(session_id, "u1", 11, fake_peers))
+
+    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == [10, 12], "rendered again"
+    assert frame(supervisor, session_id, 10).attempts == 2
+
+
+def test_a_user_whose_list_is_all_in_gets_its_next_list_at_once(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    supervisor.settings.max_frames_per_assignment = 2
+    events.add_users(supervisor, new_users(session_id, "u1"))
+
+    events.record_rendered_frame(supervisor, rendered(session_id, "u1", 10, fake_peers))
+    assert [m["data"]["frame_list"] for m in lists_sent(fake_peers)] == [[10, 11]]
+
+    events.record_rendered_frame(supervisor, rendered(session_id, "u1", 11, fake_peers))
+
+    assert [m["data"]["frame_list"] for m in lists_sent(fake_peers)] == [[10, 11], [12, 13]]
+    assert assignments(supervisor, session_id) == {12: "u1", 13: "u1"}
 
 
 # --- user-rendering-completed ----------------------------------------------------------
@@ -306,57 +655,76 @@ def test_completed_while_owing_frames_asks_for_them(
     }
 
 
-def test_completed_user_gets_more_work(
+def test_completed_user_holding_nothing_gets_more_work(
     supervisor: Supervisor, session_id: str, fake_peers: FakePeers
 ) -> None:
-    supervisor.settings.max_frames_per_assignment = 2
     events.add_users(supervisor, new_users(session_id, "u1"))
-    for frame in (10, 11):
-        events.record_rendered_frame(supervisor, rendered(session_id, "u1", frame, fake_peers))
+    add_idle_user(supervisor, session_id, "idle")
 
     result = events.user_finished_list(
-        supervisor, Event("user-rendering-completed", session_id, user_id="u1")
+        supervisor, Event("user-rendering-completed", session_id, user_id="idle")
     )
 
-    assert result["assigned"] == {"u1": 2}
-    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == [12, 13]
+    assert result == {"owed": [], "assigned": {"idle": 3}}
+    assert lists_sent(fake_peers)[-1] == {
+        "user_id": "idle",
+        "topic": "start-rendering",
+        "data": {"blend_file_hash": "hash-obj-1", "frame_list": [16, 17, 18]},
+    }
 
 
 # --- user-disconnected -----------------------------------------------------------------
 
 
-def test_disconnected_user_frames_go_to_the_others(
-    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+def test_disconnected_user_frames_go_back_and_a_replacement_is_asked_for(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    peer_log.entries.clear()
     event = Event("user-disconnected", session_id, user_id="u1")
 
     first = events.user_disconnected(supervisor, event)
     second = events.user_disconnected(supervisor, event)
 
-    assert first["freed"] == 6
+    assert (first["freed"], first["demanded"]) == (6, 1)
     assert second == {"ignored": True}
-    assert set(assignments(supervisor, session_id).values()) == {"u2"}
-    assert sorted(assignments(supervisor, session_id)) == list(range(10, 21))
-    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == list(range(10, 21))
+    assert assignments(supervisor, session_id) == {n: "u2" for n in range(16, 21)}
+    assert pending(supervisor, session_id) == list(range(10, 16))
+    assert len(lists_sent(fake_peers)) == 2, "u2 holds frames: it is not topped up"
+    assert demand(peer_log) == [
+        ("new-session", {"user_count": 2}),
+        ("update-user-count", {"user_count": 1}),
+    ]
+    assert user_row(supervisor, session_id, "u1").state == UserState.DISCONNECTED
+
+    events.add_users(supervisor, new_users(session_id, "u3"))
+
+    assert lists_sent(fake_peers)[-1]["user_id"] == "u3"
+    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == [10, 11, 12]
 
 
 def test_last_user_leaving_demands_users(
-    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1", "u2"))
     events.user_disconnected(supervisor, Event("user-disconnected", session_id, user_id="u1"))
+    peer_log.entries.clear()
     result = events.user_disconnected(
         supervisor, Event("user-disconnected", session_id, user_id="u2")
     )
 
     assert result["demanded"] == 2
+    assert demand(peer_log) == [
+        ("new-session", {"user_count": 2}),
+        ("update-user-count", {"user_count": 2}),
+    ]
     assert supervisor.publisher.bodies[-1] == {
-        "topic": "more-users",
+        "topic": "update-user-count",
         "supervisor-id": session_id,
         "data": {"user_count": 2},
     }
     assert assignments(supervisor, session_id) == {}
+    assert pending(supervisor, session_id) == list(range(10, 21))
 
 
 # --- user-error-sending-frame ----------------------------------------------------------
@@ -372,24 +740,39 @@ def error_event(session_id: str, user: str, frame: int) -> Event:
     )
 
 
-def test_error_sending_frame_asks_the_user_with_acknowledgment(
+def test_error_sending_frame_asks_the_user_with_acknowledgement(
     supervisor: Supervisor, session_id: str, fake_peers: FakePeers
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1"))
 
     assert events.user_could_not_send(supervisor, error_event(session_id, "u1", 10)) == "retrying"
 
-    [ask] = [r.json() for r in fake_peers.calls("/send-msg-to-user-with-acknowledgment")]
+    [ask] = [r.json() for r in fake_peers.calls("/send-msg-to-user-with-acknowledgement")]
     assert ask == {
         "user_id": "u1",
         "topic": "retrieve-frame",
         "data": {"frame-number": 10, "blend-file-hash": "hash-obj-1"},
     }
+    assert fake_peers.calls("/send-msg-to-user-with-acknowledgment") == []
     assert assignments(supervisor, session_id)[10] == "u1"
 
 
-def test_lost_frames_are_rendered_again_and_a_failing_user_is_banned(
+def test_error_sending_frame_tries_the_other_spelling_once_on_404(
     supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1"))
+    fake_peers.fail_next("/send-msg-to-user-with-acknowledgement", status=404, times=1)
+
+    outcome = events.user_could_not_send(supervisor, error_event(session_id, "u1", 10))
+
+    assert len(fake_peers.calls("/send-msg-to-user-with-acknowledgement")) == 1
+    [other] = fake_peers.calls("/send-msg-to-user-with-acknowledgment")
+    assert other.json()["topic"] == "retrieve-frame"
+    assert outcome == "requeued", "the fake has no such route: not acknowledged"
+
+
+def test_lost_frames_are_rendered_again_and_a_failing_user_is_banned(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
 ) -> None:
     supervisor.settings.max_user_failures = 2
     fake_peers.acknowledge = False
@@ -401,17 +784,25 @@ def test_lost_frames_are_rendered_again_and_a_failing_user_is_banned(
         for frame in bad_frames[:3]
     ]
 
+    drain_everything(supervisor)
+
     assert outcomes == ["requeued", "requeued", "requeued"]
-    with supervisor.db.session() as session:
-        state = session.get(WorkloadUser, (session_id, "bad")).state
-    assert state == UserState.BANNED
-    assert set(assignments(supervisor, session_id).values()) == {"good"}
-    assert len(assignments(supervisor, session_id)) == 11
+    assert user_row(supervisor, session_id, "bad").state == UserState.BANNED
+    assert assignments(supervisor, session_id) == {n: "good" for n in range(16, 21)}
+    assert pending(supervisor, session_id) == bad_frames
+    assert frame(supervisor, session_id, bad_frames[0]).last_error == "user no longer has the frame"
+    assert "user:bad:stop-work" in peer_log.sequence()
+    assert ("users-released", {"user_list": ["bad"]}) in peer_log.user_manager()
+    peer_log.entries.clear()
 
     again = events.add_users(supervisor, new_users(session_id, "bad"))
     assert again["added"] == 0
     assert again["refused"] == ["bad"]
-    assert supervisor.publisher.bodies[-1]["topic"] == "users-released"
+    assert peer_log.user_manager() == [
+        ("users-released", {"user_list": ["bad"]}),
+        ("new-session", {"user_count": 2}),
+        ("update-user-count", {"user_count": 1}),
+    ], "still banned: released at once, and a replacement is asked for"
 
 
 # --- concurrency -------------------------------------------------------------------------
@@ -450,7 +841,7 @@ def test_the_same_frame_event_raced_in_two_workers_counts_once(
 
 
 def test_racing_new_users_never_share_a_frame(
-    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
 ) -> None:
     run_together(
         lambda: events.add_users(supervisor, new_users(session_id, "a1", "a2")),
@@ -462,28 +853,82 @@ def test_racing_new_users_never_share_a_frame(
     for message in lists_sent(fake_peers):  # in the order each user received them
         last_list[message["user_id"]] = message["data"]["frame_list"]
     final = assignments(supervisor, session_id)
-    assert sorted(final) == list(range(10, 21))
     held: dict[str, list[int]] = {}
-    for frame, user in sorted(final.items()):
-        held.setdefault(str(user), []).append(frame)
+    for number, holder in sorted(final.items()):
+        held.setdefault(str(holder), []).append(number)
     # Lists go to different users concurrently; what each user ends with must be its share.
-    assert {user: frames for user, frames in last_list.items() if frames} == held
+    assert {u: frames for u, frames in last_list.items() if frames} == held
+    sent = [n for frames in last_list.values() for n in frames]
+    assert len(sent) == len(set(sent)), "two users were sent the same frame"
+    with supervisor.db.session() as session:
+        active = set(
+            session.scalars(
+                select(WorkloadUser.user_id).where(
+                    WorkloadUser.workload_id == session_id, WorkloadUser.state == UserState.ACTIVE
+                )
+            )
+        )
+    assert len(active) == 2, "never more users than the workload's count"
+    assert set(held) == active
+    released = {
+        u
+        for topic, data in peer_log.user_manager()
+        if topic == "users-released"
+        for u in data["user_list"]
+    }
+    assert released == {"a1", "a2", "b1", "b2", "c1"} - active, "the surplus went back"
+    assert len(final) + len(pending(supervisor, session_id)) == 11
 
 
 # --- beat --------------------------------------------------------------------------------
 
 
-def test_demand_users_repeats_an_unanswered_demand(supervisor: Supervisor, session_id: str) -> None:
-    assert maintenance.demand_users(supervisor) == {}
+def test_demand_users_repeats_an_unanswered_demand(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str
+) -> None:
+    peer_log.entries.clear()
+    maintenance.demand_users(supervisor)
+    assert peer_log.entries == [], "the last ask is fresh: nothing is sent"
     later = datetime.now(UTC) + timedelta(seconds=supervisor.settings.redemand_seconds + 1)
 
     assert maintenance.demand_users(supervisor, now=later) == {session_id: 2}
 
+    assert demand(peer_log) == [
+        ("new-session", {"user_count": 2}),
+        ("update-user-count", {"user_count": 2}),
+    ]
     assert supervisor.publisher.bodies[-1] == {
         "topic": "update-user-count",
         "supervisor-id": session_id,
         "data": {"user_count": 2},
     }
+
+
+def test_demand_users_reports_only_the_demands_it_sent(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str
+) -> None:
+    peer_log.entries.clear()
+
+    fresh = maintenance.demand_users(supervisor)
+
+    assert peer_log.entries == []
+    assert fresh == {}, "demand_users reports (and logs) a demand it did not send"
+
+
+def test_demand_users_registers_again_when_nothing_is_missing(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    peer_log.entries.clear()
+    assert maintenance.demand_users(supervisor) == {}
+    assert peer_log.entries == []
+    later = datetime.now(UTC) + timedelta(seconds=supervisor.settings.reregister_seconds + 1)
+
+    assert maintenance.demand_users(supervisor, now=later) == {}
+
+    assert peer_log.user_manager() == [("new-session", {"user_count": 2})]
+    assert maintenance.demand_users(supervisor, now=later) == {}
+    assert len(peer_log.user_manager()) == 1, "registered once per period"
 
 
 def test_demand_users_asks_for_missing_users(supervisor: Supervisor, session_id: str) -> None:
@@ -494,7 +939,7 @@ def test_demand_users_asks_for_missing_users(supervisor: Supervisor, session_id:
 
 
 def test_stale_frames_are_reclaimed_from_silent_users(
-    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "quiet", "busy"))
     busy_frame = min(n for n, u in assignments(supervisor, session_id).items() if u == "busy")
@@ -511,41 +956,105 @@ def test_stale_frames_are_reclaimed_from_silent_users(
     quiet_frames_before = [
         n for n, u in assignments(supervisor, session_id).items() if u == "quiet"
     ]
+    peer_log.entries.clear()
     reclaimed = maintenance.reclaim_stale_frames(supervisor, now=later)
+    drain_everything(supervisor)
 
     assert reclaimed == {session_id: len(quiet_frames_before)}
-    with supervisor.db.session() as session:
-        quiet = session.get(WorkloadUser, (session_id, "quiet"))
-    assert quiet.failed_frames == 1
+    assert user_row(supervisor, session_id, "quiet").state == UserState.RELEASED
     assert "quiet" not in assignments(supervisor, session_id).values()
+    assert set(quiet_frames_before) <= set(pending(supervisor, session_id))
+    assert "user:quiet:stop-work" in peer_log.sequence()
+    assert peer_log.user_manager() == [
+        ("users-released", {"user_list": ["quiet"]}),
+        ("new-session", {"user_count": 2}),
+        ("update-user-count", {"user_count": 1}),
+    ], "released first, then a replacement asked for"
 
 
-def test_rebalance_moves_unstarted_frames_to_an_idle_user(
+def test_rebalance_gives_an_idle_user_its_share_of_the_unassigned_frames(
     supervisor: Supervisor, session_id: str, fake_peers: FakePeers
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1"))
-    with supervisor.db.transaction() as session:
-        session.add(WorkloadUser(workload_id=session_id, user_id="idle", state="active"))
+    add_idle_user(supervisor, session_id, "idle")
 
     moved = maintenance.rebalance(supervisor)
 
-    assert moved == {session_id: {"idle": 5}}
+    assert moved == {session_id: {"idle": 3}}
     assert assignments(supervisor, session_id) == {
         **{n: "u1" for n in range(10, 16)},
-        **{n: "idle" for n in range(16, 21)},
+        **{n: "idle" for n in range(16, 19)},
     }
-    assert by_user(lists_sent(fake_peers)[-2:]) == [
+    assert pending(supervisor, session_id) == [19, 20]
+    assert lists_sent(fake_peers)[1:] == [
         {
             "user_id": "idle",
             "topic": "start-rendering",
-            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [16, 17, 18, 19, 20]},
-        },
+            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [16, 17, 18]},
+        }
+    ], "u1 holds frames: it gets no new list"
+
+
+def test_rebalance_moves_the_tail_of_the_longest_list_when_nothing_is_unassigned(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    add_idle_user(supervisor, session_id, "idle")
+
+    moved = maintenance.rebalance(supervisor)
+
+    assert moved == {session_id: {"idle": 3}}
+    assert assignments(supervisor, session_id) == {
+        **{n: "u1" for n in range(10, 13)},
+        **{n: "idle" for n in range(13, 16)},
+        **{n: "u2" for n in range(16, 21)},
+    }
+    assert lists_sent(fake_peers)[2:] == [
         {
-            "user_id": "u1",
+            "user_id": "idle",
             "topic": "start-rendering",
-            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [10, 11, 12, 13, 14, 15]},
-        },
-    ]
+            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [13, 14, 15]},
+        }
+    ], "the donor is not sent a new list"
+    assert frame(supervisor, session_id, 13).attempts == 2
+
+    # the donor may still be rendering the moved frames: its upload wins
+    assert events.record_rendered_frame(supervisor, rendered(session_id, "u1", 13, fake_peers)) == (
+        "stored"
+    )
+    late = rendered(session_id, "idle", 13, fake_peers)
+    assert events.record_rendered_frame(supervisor, late) == "duplicate"
+    assert fake_peers.stored == {"cust-1/obj-1/013.png": b"image 13 by u1"}
+
+
+def test_list_sizes_follow_measured_rates_and_leave_room_for_expected_users(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    with supervisor.db.transaction() as session:
+        session.execute(update(Workload).values(target_user_count=3))
+    add_idle_user(supervisor, session_id, "fast", frames_done=4, busy_seconds=1.0)
+    add_idle_user(supervisor, session_id, "slow", frames_done=1, busy_seconds=1.0)
+
+    moved = maintenance.rebalance(supervisor)
+
+    # 11 unassigned; rates 4 and 1, one user expected at the mean 2.5: 11*4/7.5, 11*1/7.5
+    assert moved == {session_id: {"fast": 6, "slow": 2}}
+    assert assignments(supervisor, session_id) == {
+        **{n: "fast" for n in range(10, 16)},
+        **{n: "slow" for n in (16, 17)},
+    }
+    assert pending(supervisor, session_id) == [18, 19, 20]
+
+
+def test_a_user_without_a_rate_counts_at_the_mean(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    add_idle_user(supervisor, session_id, "known", frames_done=3, busy_seconds=1.0)
+    add_idle_user(supervisor, session_id, "new")
+
+    moved = maintenance.rebalance(supervisor)
+
+    assert moved == {session_id: {"known": 6, "new": 5}}
 
 
 def test_status_names_a_failing_peer_while_it_fails(
@@ -569,10 +1078,11 @@ def test_disconnect_of_a_user_that_is_not_ours_is_refused(
     supervisor: Supervisor, session_id: str
 ) -> None:
     events.add_users(supervisor, new_users(session_id, "u1"))
+    before = assignments(supervisor, session_id)
     with pytest.raises(events.EventRefused) as refused:
         events.user_disconnected(supervisor, Event("user-disconnected", session_id, user_id="x"))
     assert refused.value.reason == "not-our-user"
-    assert sorted(assignments(supervisor, session_id).values()) == ["u1"] * 11
+    assert assignments(supervisor, session_id) == before == {n: "u1" for n in range(10, 16)}
 
 
 def test_a_re_upload_of_a_rendered_frame_is_removed_and_changes_nothing(
@@ -613,9 +1123,8 @@ def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
 
     outcomes = events.record_rendered_frames(supervisor, batch)
 
-    assert outcomes[:4] == ["stored", "duplicate", "duplicate", "stored"]
-    assert [o.reason for o in outcomes[4:]] == [  # type: ignore[union-attr]
-        "frame-not-assigned-to-user",
+    assert outcomes[:5] == ["stored", "duplicate", "duplicate", "stored", "duplicate"]
+    assert [o.reason for o in outcomes[5:]] == [  # type: ignore[union-attr]
         "not-our-user",
         "frame-outside-workload",
     ]
@@ -627,7 +1136,8 @@ def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
     assert workload(supervisor, session_id).rendered_frames == 2
     left = set(fake_peers.temp_blobs)
     uploads = {first.temp_key, "tmp/u1/second-upload.png", "tmp/u2/not-mine.png"}
-    assert (uploads | {f"tmp/u2/{u2_frame}.png"}) & left == set()
+    assert (uploads | {f"tmp/u2/{u2_frame}.png", "tmp/u1/99.png"}) & left == set()
+    assert f"tmp/stranger/{u1_frame}.png" in left, "not ours: refused, not touched"
     assert events.record_rendered_frames(supervisor, [first]) == ["duplicate"]
 
 
@@ -644,7 +1154,8 @@ def test_a_batch_retries_only_the_upload_whose_copy_failed(
     assert outcomes[2] == "stored"
     assert isinstance(outcomes[1], PeerError)
     assert outcomes[1].transient
-    assert assignments(supervisor, session_id)[11] == "u1"
+    kept = frame(supervisor, session_id, 11)
+    assert (kept.state, kept.claim_key) == (FrameState.STORING, "tmp/u1/11.png")
     assert "tmp/u1/11.png" in fake_peers.temp_blobs
     supervisor.peers.blob.transfer_temp_to_final = copy
     assert events.record_rendered_frame(supervisor, batch[1]) == "stored"

@@ -240,3 +240,62 @@ def test_a_drain_that_loses_its_database_stops_sending_what_it_cannot_settle(
         drain(supervisor.db, supervisor.publisher, peers)
 
     assert len(deleted) < 50, f"{len(deleted)} deletions sent after the drain had failed"
+
+
+class RecordingUserManager:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def register_session(self, session_id: str, user_count: int) -> None:
+        self.log.append(f"{session_id}:new-session")
+
+    def cleanup_session(self, session_id: str) -> None:
+        self.log.append(f"{session_id}:cleanup-session")
+
+
+def test_user_manager_messages_wait_for_an_older_stop_work_of_their_workload(
+    supervisor: Supervisor,
+) -> None:
+    """The User Manager hands released users on at once: a `stop-work` arriving after the
+    release would stop the next session's work."""
+    log: list[str] = []
+
+    class Users:
+        fail = True
+
+        def send(self, user_id: str, topic: str, data: dict[str, Any]) -> None:
+            if self.fail:
+                raise PeerError("user-service", "send-msg-to-user", "down", status=503)
+            log.append(f"{user_id}:{topic}")
+
+    users = Users()
+    publisher = SimpleNamespace(publish=lambda body: log.append(f"{body['topic']}"))
+    peers = SimpleNamespace(
+        users=users, catalog=None, blob=None, user_manager=RecordingUserManager(log)
+    )
+    with supervisor.db.transaction() as session:
+        to_user_manager(session, "w1", "remove-users-demand-completely", {})
+        to_users(session, "w1", ["u1"], "stop-work", lambda _u: {})
+        to_user_manager(session, "w1", "users-released", {"user_list": ["u1"]})
+        to_user_manager(session, "w1", "cleanup-session", {})
+        to_user_manager(session, "w2", "update-user-count", {"user_count": 1})
+
+    first = drain(supervisor.db, publisher, peers)
+
+    assert log == ["remove-users-demand-completely", "update-user-count"]
+    assert (first.sent, first.failed) == (2, 1)
+    users.fail = False
+    with supervisor.db.transaction() as session:
+        session.execute(update(OutboxMessage).values(available_at=func.now()))
+    for _ in range(3):
+        drain(supervisor.db, publisher, peers)
+
+    assert log == [
+        "remove-users-demand-completely",
+        "update-user-count",
+        "u1:stop-work",
+        "users-released",
+        "w1:cleanup-session",
+    ]
+    with supervisor.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0

@@ -71,7 +71,7 @@ def _play(
         given_out = [frame for frames_ in lists.values() for frame in frames_]
         handed = set(given_out)
         assert len(given_out) == len(handed), "a frame is in two new lists"
-        for user, frames_ in lists.items():
+        for user in lists:
             assert not held[user], "a user got a second list while holding one"
         for user in held:  # a steal takes a tail back from its donor
             held[user] = [frame for frame in held[user] if frame not in handed]
