@@ -330,6 +330,13 @@ class Simulator:
         mode: `user-rendering-completed`, error reports with a hash, unregistered sessions)."""
         return self._running().user_manager.dropped_events()
 
+    def dropped_uploads(self) -> set[str]:
+        """Temp keys of uploads whose `user-frame-rendered` the User Manager dropped: no
+        supervisor ever hears of them, so nobody can delete them."""
+        manager = self._running().user_manager
+        with manager._stats_lock:
+            return set(manager.dropped_uploads)
+
     def _running(self) -> Simulator:
         if not self._started:
             raise SimulatorError("the simulator is not running")

@@ -126,6 +126,7 @@ class UserManager:
         self.received: Counter[str] = Counter()
         self.cleanups: Counter[str] = Counter()
         self.dropped: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.dropped_uploads: set[str] = set()
         self.dropped_counts: Counter[str] = Counter()
         self._demand_log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         self._new_users_log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
@@ -167,14 +168,16 @@ class UserManager:
 
     def restart(self) -> list[str]:
         """Play a restart: every registration, demand and user-to-session mapping is
-        forgotten; the users stop and come back idle, as nodes reconnecting to a fresh User
-        Manager. Nothing is sent to anyone. Return the users that were reset."""
+        forgotten. In real mode the User Manager forgets the nodes too (seen in the interop
+        run, docs/INTEROP.md): they keep rendering, their events are dropped, and nothing
+        offers them again until a supervisor releases them. In ideal mode they stop and come
+        back idle. Nothing is sent to anyone. Return the users concerned."""
         with self._lock:
             self._sessions.clear()
             self._queue.clear()
             with self._routes_lock:
                 self._routes.clear()
-            reset = self._pool.reset_all()
+            reset = self._pool.forget_all() if self.real else self._pool.reset_all()
             self.restarts += 1
         logger.warning(
             "user manager restarted",
@@ -420,7 +423,7 @@ class UserManager:
             return self._drop(DROP_COMPLETED, session_id, topic, data)
         if topic == "user-error-sending-frame" and data.get("blend-file-hash"):
             return self._drop(DROP_ERROR_WITH_HASH, session_id, topic, data)
-        if session_id is None:
+        if session_id is None or self._pool.is_forgotten(data.get("user-id", data.get("user_id"))):
             return self._drop(DROP_UNMAPPED, session_id, topic, data)
         with self._routes_lock:
             registered = session_id in self._routes
@@ -443,6 +446,8 @@ class UserManager:
         )
         with self._stats_lock:
             self.dropped_counts[reason] += 1
+            if topic == "user-frame-rendered":
+                self.dropped_uploads.add(str(data.get("image-binary-path")))
             self.dropped.append(
                 {"reason": reason, "session_id": session_id, "topic": topic, "data": dict(data)}
             )

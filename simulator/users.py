@@ -159,6 +159,7 @@ class UserPool:
         self._users: dict[str, SimUser] = {}
         self._idle: deque[str] = deque()
         self._arriving: deque[str] = deque()
+        self._forgotten: set[str] = set()
         self.dropped: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.dropped_counts: Counter[str] = Counter()
         self._uploads: dict[str, dict[int, set[bytes]]] = {}
@@ -234,17 +235,37 @@ class UserPool:
                 moved.append(user_id)
         return moved
 
+    def forget_all(self) -> list[str]:
+        """What the real User Manager loses in a restart: it knows no node any more, idle or
+        handed out. The nodes stay connected to the User Service and keep what they were
+        doing, but their events are dropped (see is_forgotten), and they are never offered
+        again until some supervisor releases them. Return them, in user order."""
+        with self._lock:
+            connected = sorted(
+                u.user_id for u in self._users.values() if u.connected and not u.disconnected
+            )
+            self._forgotten.update(connected)
+            self._idle.clear()
+        return connected
+
+    def is_forgotten(self, user_id: str | None) -> bool:
+        with self._lock:
+            return user_id in self._forgotten
+
     def release(self, session_id: str, user_ids: list[str]) -> list[str]:
-        """Return a session's users to the idle pool (they stop rendering); return those moved."""
+        """Return a session's users to the idle pool (they stop rendering); return those
+        moved. A user the User Manager forgot in a restart is taken from any session."""
         moved = []
         with self._lock:
             for user_id in user_ids:
                 user = self._users.get(user_id)
                 if user is None:
                     continue
+                forgotten = user_id in self._forgotten
                 with user.lock:
-                    if user.session_id != session_id or user.disconnected:
+                    if user.disconnected or (user.session_id != session_id and not forgotten):
                         continue
+                    self._forgotten.discard(user_id)
                     user.reset()
                     user.rendered.clear()
                     user.session_id = None
@@ -253,15 +274,16 @@ class UserPool:
         return moved
 
     def users_of(self, session_id: str) -> list[str]:
+        """The users the User Manager maps to a session (not those it forgot in a restart)."""
         with self._lock:
-            users = list(self._users.values())
+            users = [u for u in self._users.values() if u.user_id not in self._forgotten]
         return sorted(u.user_id for u in users if u.session_id == session_id and not u.disconnected)
 
     def assignments(self) -> dict[str, list[str]]:
         """The users of every session, as the User Manager maps them (disconnected ones are
-        forgotten)."""
+        forgotten, and so are all those a restart lost)."""
         with self._lock:
-            users = list(self._users.values())
+            users = [u for u in self._users.values() if u.user_id not in self._forgotten]
         result: dict[str, list[str]] = {}
         for user in sorted(users, key=lambda u: u.user_id):
             if user.session_id is not None and not user.disconnected:

@@ -320,7 +320,7 @@ class SimulatorApp:
             return _error(400, "user_id and topic must be strings, data an object")
         return user_id, topic, data
 
-    def _deliver(self, request: Request) -> bool | Response:
+    def _deliver(self, request: Request) -> bool | Response | None:
         parsed = self._message(request)
         if isinstance(parsed, Response):
             return parsed
@@ -328,13 +328,17 @@ class SimulatorApp:
             outcome = self.sim.users.deliver(*parsed)
         except BadMessage as exc:
             return _error(400, str(exc))
-        if outcome is None:
+        if outcome is None and not self.real:
             return _error(404, "User not connected")
         return outcome
 
     def on_send(self, request: Request) -> Response:
+        """The real User Service emits to the node's socket id and answers 200 whether or not
+        such a node is connected; the ideal one answers 404 for an unknown user."""
         outcome = self._deliver(request)
-        return outcome if isinstance(outcome, Response) else _json(200, {"message": "Sent"})
+        if isinstance(outcome, Response):
+            return outcome
+        return _json(200, {"status": 200, "message": "Message sent to user"})
 
     def on_send_with_ack(self, request: Request) -> Response:
         """The real User Service answers with the node's own answer to the call, a bare JSON
@@ -342,6 +346,9 @@ class SimulatorApp:
         outcome = self._deliver(request)
         if isinstance(outcome, Response):
             return outcome
+        if outcome is None:
+            # The real call to a socket nobody holds times out inside the User Service.
+            return _json(500, {"detail": "Internal Server Error"})
         return _json(200, outcome if self.real else {"acknowledged": outcome})
 
     def on_send_with_ack_misspelled(self, request: Request) -> Response:

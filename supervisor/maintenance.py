@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from supervisor import outbox
 from supervisor.events import distribute, lock_workload, unassign_user
 from supervisor.models import Frame, FrameState, UserState, Workload, WorkloadStatus, WorkloadUser
-from supervisor.workloads import demand_missing_users, send_outbox_soon
+from supervisor.workloads import demand_missing_users, register_session, send_outbox_soon
 
 if TYPE_CHECKING:
     from supervisor.service import Supervisor
@@ -42,97 +43,151 @@ def _each_running_workload(sv: Supervisor) -> Iterator[tuple[Session, Workload]]
 
 
 def demand_users(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
-    """Ask again for the users a running workload lacks once the last ask is stale (the
-    User Manager may have filled it in part and forgotten the rest, or restarted), and
-    register again now and then even when nothing is missing: a User Manager that
-    restarted routes nothing to a supervisor it does not know."""
+    """Ask again for the users a running workload lacks once the last ask is stale, after a
+    fresh registration (the User Manager may have restarted and forgotten us; it drops the
+    demands of supervisors it does not know). A workload that has made no progress for
+    `stall_seconds` registers again too, missing users or not: a restarted User Manager
+    routes nothing to a supervisor it does not know."""
     now = now or datetime.now(UTC)
     stale_before = now - timedelta(seconds=sv.settings.redemand_seconds)
-    reregister_before = now - timedelta(seconds=sv.settings.reregister_seconds)
+    stalled_before = now - timedelta(seconds=sv.settings.stall_seconds)
     asked: dict[str, int] = {}
     for session, workload in _each_running_workload(sv):
         stale = workload.demanded_at is None or workload.demanded_at < stale_before
         asked_before = workload.users_demanded
-        missing = demand_missing_users(session, workload, force=stale)
+        missing = demand_missing_users(session, workload, force=stale, register=stale)
         if missing and (stale or missing != asked_before):
             asked[workload.id] = missing
-        elif workload.registered_at is None or workload.registered_at < reregister_before:
-            outbox.register_with_user_manager(session, workload.id, workload.target_user_count)
-            workload.registered_at = now
+        elif _older(workload.progress_at, stalled_before) and _older(
+            workload.registered_at, stalled_before
+        ):
+            register_session(session, workload, at=now)
+            logger.warning(
+                "no progress for a while; registered again", extra={"workload_id": workload.id}
+            )
     if asked:
         logger.info("users demanded", extra={"workloads": len(asked), "users": sum(asked.values())})
     send_outbox_soon(sv)
     return asked
 
 
+def _older(moment: datetime | None, cutoff: datetime) -> bool:
+    return moment is None or moment < cutoff
+
+
 def reclaim_stale_frames(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
     """Users holding frames we have not heard from for a while are taken as lost: their
-    frames go back to be rendered by others, the lost ones are released, and users are
-    asked for again (after a fresh registration). "A while" is `stall_seconds`, or ten of
-    the user's own frame times when that is longer; `stale_frame_seconds` for a user with
-    no frame yet (its first frame may take long). A User Manager restart loses users this
-    way: it forgets them and drops their events. Claims whose copy never finished are
-    given up too."""
+    frames go back to be rendered by others, and users are asked for again (after a fresh
+    registration). "A while" is `stall_seconds`, or ten of the user's own frame times when
+    that is longer; `stale_frame_seconds` for a user with no frame yet (its first frame may
+    take long). A User Manager restart loses users this way: it forgets them and drops
+    their events, and never offers them again. So a lost user the User Service can still
+    reach is released (before the demand, which then brings it back to us); one it cannot
+    reach (a node gone, or back under a new id) is dropped without a release, which would
+    hand a dead id to the next session. Claims whose copy never finished are given up."""
     now = now or datetime.now(UTC)
     settings = sv.settings
+    suspects = _silent_holders(sv, now)
+    reachable = _reachable(sv, suspects)
     reclaimed: dict[str, int] = {}
     for session, workload in _each_running_workload(sv):
-        silent = _silent_holders(session, workload.id, now, settings)
+        held = suspects.get(workload.id, {})
+        silent = sorted(
+            user for user in _still_silent(session, workload.id, now, settings) if user in held
+        )
         freed = sum(unassign_user(session, workload.id, user_id) for user_id in silent)
-        if silent:
-            session.execute(
-                update(WorkloadUser)
-                .where(
-                    WorkloadUser.workload_id == workload.id,
-                    WorkloadUser.user_id.in_(silent),
-                    WorkloadUser.state == UserState.ACTIVE,
+        release = [user for user in silent if (workload.id, user) in reachable]
+        gone = [user for user in silent if (workload.id, user) not in reachable]
+        for users, state in ((release, UserState.RELEASED), (gone, UserState.DISCONNECTED)):
+            if users:
+                session.execute(
+                    update(WorkloadUser)
+                    .where(
+                        WorkloadUser.workload_id == workload.id,
+                        WorkloadUser.user_id.in_(users),
+                        WorkloadUser.state == UserState.ACTIVE,
+                    )
+                    .values(state=state, left_at=func.now())
                 )
-                .values(state=UserState.RELEASED, left_at=func.now())
-            )
         freed += _give_up_stale_claims(session, workload.id, now, settings.claim_timeout_seconds)
         if not silent and not freed:
             continue
-        if silent:
-            # A restarted User Manager forgets the nodes it had handed out and never offers
-            # them again: released first, they join its idle pool, and the demand after
-            # the release brings them (or others) back to us.
-            outbox.to_users(session, workload.id, silent, "stop-work", lambda _user: {})
-            outbox.to_user_manager(session, workload.id, "users-released", {"user_list": silent})
+        if release:
+            outbox.to_users(session, workload.id, release, "stop-work", lambda _user: {})
+            outbox.to_user_manager(session, workload.id, "users-released", {"user_list": release})
         distribute(session, workload, settings.max_frames_per_assignment)
-        demand_missing_users(session, workload, force=True)
+        demand_missing_users(session, workload, force=True, register=True)
         reclaimed[workload.id] = freed
         logger.warning(
             "silent users dropped; their frames go to others",
-            extra={"workload_id": workload.id, "users": silent, "frames": freed},
+            extra={"workload_id": workload.id, "released": release, "gone": gone, "frames": freed},
         )
     if reclaimed:
         send_outbox_soon(sv)
     return reclaimed
 
 
+# Silent holders: active users holding frames, unheard of for `stall_seconds` or ten of
+# their own frame times (`first_frame` while they have none), with a frame each holds.
 _SILENT_HOLDERS = text(
-    "SELECT u.user_id FROM workload_users u "
-    "WHERE u.workload_id = :workload_id AND u.state = 'active' "
+    "SELECT u.workload_id, u.user_id, w.blend_file_hash, held.number FROM workload_users u "
+    "JOIN workloads w ON w.id = u.workload_id AND w.status = 'running' "
+    "CROSS JOIN LATERAL (SELECT min(f.number) AS number FROM frames f "
+    " WHERE f.workload_id = u.workload_id AND f.user_id = u.user_id AND f.state = 'assigned') "
+    "AS held WHERE held.number IS NOT NULL AND u.state = 'active' "
+    "AND (CAST(:workload_id AS varchar) IS NULL OR u.workload_id = :workload_id) "
     "AND u.last_seen_at < :now - make_interval(secs => CASE "
     " WHEN u.frames_done > 0 AND u.busy_seconds > 0 "
-    " THEN GREATEST(:stall, 10 * u.busy_seconds / u.frames_done) ELSE :first_frame END) "
-    "AND EXISTS (SELECT 1 FROM frames f WHERE f.workload_id = u.workload_id "
-    " AND f.user_id = u.user_id AND f.state = 'assigned')"
+    " THEN GREATEST(:stall, 10 * u.busy_seconds / u.frames_done) ELSE :first_frame END)"
 )
 
 
-def _silent_holders(session: Session, workload_id: str, now: datetime, settings: Any) -> list[str]:
-    return sorted(
-        session.scalars(
-            _SILENT_HOLDERS,
-            {
-                "workload_id": workload_id,
-                "now": now,
-                "stall": settings.stall_seconds,
-                "first_frame": max(settings.stall_seconds, settings.stale_frame_seconds),
-            },
-        )
-    )
+def _silence_params(now: datetime, settings: Any) -> dict[str, Any]:
+    return {
+        "now": now,
+        "stall": settings.stall_seconds,
+        "first_frame": max(settings.stall_seconds, settings.stale_frame_seconds),
+    }
+
+
+def _silent_holders(sv: Supervisor, now: datetime) -> dict[str, dict[str, tuple[int, str]]]:
+    """Silent users holding frames, by workload: a frame each holds, and the blend hash."""
+    with sv.db.session() as session:
+        params = {"workload_id": None, **_silence_params(now, sv.settings)}
+        rows = session.execute(_SILENT_HOLDERS, params).all()
+    suspects: dict[str, dict[str, tuple[int, str]]] = {}
+    for row in rows:
+        suspects.setdefault(row.workload_id, {})[row.user_id] = (row.number, row.blend_file_hash)
+    return suspects
+
+
+def _still_silent(session: Session, workload_id: str, now: datetime, settings: Any) -> set[str]:
+    """Checked again under the workload's lock: a user heard from meanwhile is kept."""
+    params = {"workload_id": workload_id, **_silence_params(now, settings)}
+    return {row.user_id for row in session.execute(_SILENT_HOLDERS, params)}
+
+
+def _reachable(
+    sv: Supervisor, suspects: dict[str, dict[str, tuple[int, str]]]
+) -> set[tuple[str, str]]:
+    """The (workload, user) pairs whose node still answers the User Service: asked for a
+    frame it holds (`retrieve-frame`), outside any transaction, a few at a time."""
+    pairs = [
+        (workload_id, user, frame, blend_hash or "")
+        for workload_id, users in suspects.items()
+        for user, (frame, blend_hash) in users.items()
+    ]
+    if not pairs:
+        return set()
+
+    def answers(pair: tuple[str, str, int, str]) -> bool:
+        _workload_id, user, frame, blend_hash = pair
+        data = {"frame-number": frame, "blend-file-hash": blend_hash}
+        return sv.peers.users.answers(user, "retrieve-frame", data)
+
+    with ThreadPoolExecutor(max_workers=min(8, len(pairs)), thread_name_prefix="probe") as pool:
+        answered = list(pool.map(answers, pairs))
+    return {(w, u) for (w, u, _f, _h), ok in zip(pairs, answered, strict=True) if ok}
 
 
 _GIVE_UP_STALE_CLAIMS = text(

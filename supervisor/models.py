@@ -111,6 +111,7 @@ class Workload(Base):
     users_demanded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     demanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    registrations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     unbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

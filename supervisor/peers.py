@@ -955,42 +955,54 @@ class UserServiceClient(_PeerClient):
         is first retried on the other spelling of the route. 5xx, 408, 429 and transport
         failures raise a transient PeerError.
         """
-        body = self._message(user_id, topic, data)
-        for route in self.ACK_PATHS:
-            acknowledged = self._send_with_ack_on(route, body)
-            if acknowledged is not None:
-                return acknowledged
+        status, payload = self._call_with_ack(user_id, topic, data)
+        if 200 <= status < 300:
+            return _is_ack(payload)
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            raise self._fail(
+                self.ACK_PATHS[0], f"unexpected HTTP {status}", status=status, transient=True
+            )
+        logger.info(
+            "user-service %s: HTTP %s, taken as not acknowledged",
+            self.ACK_PATHS[0],
+            status,
+            extra={"peer": self.peer, "peer_operation": self.ACK_PATHS[0], "peer_status": status},
+        )
         return False
 
-    def _send_with_ack_on(self, route: str, body: dict[str, Any]) -> bool | None:
-        """The answer on one route; None when the route itself is not there (404)."""
-        with self._post_json(route, f"{self._prefix}/{route}", body) as resp:
-            status = resp.status_code
-            if 200 <= status < 300:
+    def answers(self, user_id: str, topic: str, data: dict[str, Any]) -> bool:
+        """Whether the node answers an acknowledged message at all, true or false. The real
+        User Service relays the call over the node's socket, so a node it cannot reach
+        makes the call fail or time out: that is the only liveness test the platform has."""
+        try:
+            status, _payload = self._call_with_ack(user_id, topic, data)
+        except PeerError:
+            return False
+        return 200 <= status < 300
+
+    def _call_with_ack(self, user_id: str, topic: str, data: dict[str, Any]) -> tuple[int, Any]:
+        """The status and body of the acknowledged send, on the first route that exists."""
+        body = self._message(user_id, topic, data)
+        for route in self.ACK_PATHS:
+            with self._post_json(route, f"{self._prefix}/{route}", body) as resp:
+                status = resp.status_code
+                if status == 404 and route != self.ACK_PATHS[-1]:
+                    logger.info(
+                        "user-service %s: HTTP 404, trying the other spelling",
+                        route,
+                        extra={"peer": self.peer, "peer_operation": route, "peer_status": 404},
+                    )
+                    continue
+                if not 200 <= status < 300:
+                    return status, None
                 raw = self._read_limited(resp, route, MAX_JSON_BYTES)
                 if not raw:
-                    return False
+                    return status, None
                 try:
-                    payload: Any = json.loads(raw)
+                    return status, json.loads(raw)
                 except (ValueError, RecursionError):
-                    payload = raw.decode("utf-8", errors="replace")
-                return _is_ack(payload)
-            if status == 404:
-                logger.info(
-                    "user-service %s: HTTP 404, trying the other spelling",
-                    route,
-                    extra={"peer": self.peer, "peer_operation": route, "peer_status": status},
-                )
-                return None
-            if 400 <= status < 500 and status not in _TRANSIENT_STATUSES:
-                logger.info(
-                    "user-service %s: HTTP %s, taken as not acknowledged",
-                    route,
-                    status,
-                    extra={"peer": self.peer, "peer_operation": route, "peer_status": status},
-                )
-                return False
-            raise self._status_error(resp, route)
+                    return status, raw.decode("utf-8", errors="replace")
+        return 404, None
 
 
 class UserManagerClient(_PeerClient):

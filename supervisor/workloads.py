@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ACTIVE_UNIQUE_INDEX = "uq_workloads_one_active_per_customer"
+# The User Manager lists a session once per `new-session` and `cleanup-session` removes one
+# entry; registrations are rare (see register_session), so this bound is never reached in
+# practice, and only keeps a pathological workload from queueing without limit.
+MAX_CLEANUPS = 50
 
 
 def validate_id(name: str, value: object) -> str:
@@ -169,7 +173,7 @@ def prepare_workload(sv: Supervisor, workload_id: str) -> None:
         workload.status = WorkloadStatus.RUNNING
         workload.started_at = func.now()
         workload.progress_at = func.now()
-        demanded = demand_missing_users(session, workload, force=True)
+        demanded = demand_missing_users(session, workload, force=True, register=True)
     _log("workload running", workload_id, users_demanded=demanded)
     send_outbox_soon(sv)
 
@@ -253,12 +257,7 @@ def _end(session: Session, workload: Workload, status: WorkloadStatus) -> list[s
     workload.users_demanded = 0
     if not was_running:
         return []
-    outbox.to_user_manager(
-        session,
-        workload.id,
-        "remove-users-demand-completely",
-        {"session_supervisor_id": workload.id},
-    )
+    _drop_demand(session, workload)
     released = release_users(session, workload.id, _active_user_ids(session, workload.id))
     if status == WorkloadStatus.COMPLETED:
         outbox.change_object_state(
@@ -268,7 +267,8 @@ def _end(session: Session, workload: Workload, status: WorkloadStatus) -> list[s
             customer_id=workload.customer_id,
             state="video-ready",
         )
-    outbox.cleanup_user_manager_session(session, workload.id)
+    for _ in range(min(max(1, workload.registrations), MAX_CLEANUPS)):
+        outbox.cleanup_user_manager_session(session, workload.id)
     return released
 
 
@@ -426,12 +426,14 @@ def delete_workload(session: Session, workload_id: str) -> None:
     session.execute(delete(Workload).where(Workload.id == workload_id))
 
 
-def demand_missing_users(session: Session, workload: Workload, *, force: bool = False) -> int:
+def demand_missing_users(
+    session: Session, workload: Workload, *, force: bool = False, register: bool = False
+) -> int:
     """Ask for the users the workload lacks, as `update-user-count` with the whole missing
-    count after a fresh `new-session` (CONTRACT.md §7: the User Manager ignores `more-users`
-    while a demand is queued, forgets the rest of a demand it filled in part, and forgets
-    registrations when it restarts). Sent when the count changed, when `force`d (after
-    every `new-users` that leaves users missing), or when the last ask is stale (beat)."""
+    count (CONTRACT.md §7: the User Manager ignores `more-users` while a demand is queued,
+    and forgets the rest of a demand it filled in part). Sent when the count changed, or
+    when `force`d (after every `new-users` that leaves users missing; beat, when the last
+    ask is stale). With `register`, a `new-session` goes first (see register)."""
     if workload.status != WorkloadStatus.RUNNING:
         return 0
     active = session.scalar(
@@ -440,24 +442,38 @@ def demand_missing_users(session: Session, workload: Workload, *, force: bool = 
         .where(WorkloadUser.workload_id == workload.id, WorkloadUser.state == UserState.ACTIVE)
     )
     missing = max(0, workload.target_user_count - (active or 0))
-    changed = missing != workload.users_demanded
     if missing == 0:
-        if changed:
-            outbox.to_user_manager(session, workload.id, "update-user-count", {"user_count": 0})
+        if workload.users_demanded:
+            # update-user-count 0 would queue an empty demand, answered by an empty new-users.
+            _drop_demand(session, workload)
             workload.users_demanded = 0
         return 0
-    if changed or force:
-        ask_for_users(session, workload, missing)
+    if missing != workload.users_demanded or force:
+        if register:
+            register_session(session, workload)
+        outbox.to_user_manager(session, workload.id, "update-user-count", {"user_count": missing})
+        workload.users_demanded = missing
+        workload.demanded_at = func.now()
     return missing
 
 
-def ask_for_users(session: Session, workload: Workload, count: int) -> None:
-    """Register again, then demand `count` users (replacing any demand the UM holds)."""
+def register_session(session: Session, workload: Workload, at: datetime | None = None) -> None:
+    """Queue a `new-session`, before whatever is queued after it. Only when the User Manager
+    may have forgotten us (at start, when a demand went unanswered, when the workload
+    stalls): it lists the session once per call, and `cleanup-session` removes one entry,
+    so each registration is counted and cleaned up at the end."""
     outbox.register_with_user_manager(session, workload.id, workload.target_user_count)
-    outbox.to_user_manager(session, workload.id, "update-user-count", {"user_count": count})
-    workload.users_demanded = count
-    workload.demanded_at = func.now()
-    workload.registered_at = func.now()
+    workload.registrations += 1
+    workload.registered_at = at or func.now()
+
+
+def _drop_demand(session: Session, workload: Workload) -> None:
+    outbox.to_user_manager(
+        session,
+        workload.id,
+        "remove-users-demand-completely",
+        {"session_supervisor_id": workload.id},
+    )
 
 
 # --- reading --------------------------------------------------------------------------

@@ -44,6 +44,9 @@ def upgrade() -> None:
     )
     for column in ("registered_at", "progress_at", "unbound_at"):
         op.add_column("workloads", sa.Column(column, _TIMESTAMP, nullable=True))
+    op.add_column(
+        "workloads", sa.Column("registrations", sa.Integer(), server_default="0", nullable=False)
+    )
 
     op.drop_constraint(op.f("ck_frames_state"), "frames", type_="check")
     op.create_check_constraint(
@@ -81,6 +84,7 @@ def downgrade() -> None:
     op.drop_column("frames", "claim_key")
     op.drop_constraint(op.f("ck_frames_state"), "frames", type_="check")
     op.create_check_constraint("state", "frames", "state IN ('pending', 'assigned', 'rendered')")
+    op.drop_column("workloads", "registrations")
     for column in ("unbound_at", "progress_at", "registered_at"):
         op.drop_column("workloads", column)
     op.drop_constraint(op.f("ck_workloads_counts"), "workloads", type_="check")

@@ -562,10 +562,12 @@ def test_set_user_count_demands_the_missing_users(
         "supervisor-id": workload.id,
         "data": {"user_count": 5},
     }
-    assert peer_log.user_manager()[-2:] == [
-        ("new-session", {"user_count": 5}),
-        ("update-user-count", {"user_count": 5}),
-    ], "the whole missing count, after a fresh registration"
+    assert peer_log.user_manager()[-1] == ("update-user-count", {"user_count": 5}), (
+        "the whole missing count"
+    )
+    assert "new-session" not in [topic for topic, _ in peer_log.user_manager()[1:]], (
+        "registered once, at start"
+    )
 
 
 def test_set_user_count_asks_only_for_the_users_still_missing(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from supervisor import events, maintenance
+from supervisor import events, maintenance, workloads
 from supervisor.errors import PeerError
 from supervisor.intake import Event
 from supervisor.models import Frame, FrameState, UserState, Workload, WorkloadUser
@@ -209,10 +210,9 @@ def test_a_new_users_that_leaves_users_missing_asks_for_the_rest_at_once(
     result = events.add_users(supervisor, new_users(session_id, "u1"))
 
     assert result["missing"] == 3
-    assert demand(peer_log) == [
-        ("new-session", {"user_count": 4}),
-        ("update-user-count", {"user_count": 3}),
-    ], "the whole missing count, after a fresh registration"
+    assert demand(peer_log) == [("update-user-count", {"user_count": 3})], (
+        "the whole missing count, at once (the User Manager forgot the rest)"
+    )
     assert "more-users" not in peer_log.user_manager_topics()
     assert workload(supervisor, session_id).users_demanded == 3
 
@@ -691,10 +691,9 @@ def test_disconnected_user_frames_go_back_and_a_replacement_is_asked_for(
     assert assignments(supervisor, session_id) == {n: "u2" for n in range(16, 21)}
     assert pending(supervisor, session_id) == list(range(10, 16))
     assert len(lists_sent(fake_peers)) == 2, "u2 holds frames: it is not topped up"
-    assert demand(peer_log) == [
-        ("new-session", {"user_count": 2}),
-        ("update-user-count", {"user_count": 1}),
-    ]
+    assert demand(peer_log) == [("update-user-count", {"user_count": 1})], (
+        "the User Manager knows us (it just sent an event): no new registration"
+    )
     assert user_row(supervisor, session_id, "u1").state == UserState.DISCONNECTED
 
     events.add_users(supervisor, new_users(session_id, "u3"))
@@ -714,10 +713,7 @@ def test_last_user_leaving_demands_users(
     )
 
     assert result["demanded"] == 2
-    assert demand(peer_log) == [
-        ("new-session", {"user_count": 2}),
-        ("update-user-count", {"user_count": 2}),
-    ]
+    assert demand(peer_log) == [("update-user-count", {"user_count": 2})]
     assert supervisor.publisher.bodies[-1] == {
         "topic": "update-user-count",
         "supervisor-id": session_id,
@@ -800,7 +796,6 @@ def test_lost_frames_are_rendered_again_and_a_failing_user_is_banned(
     assert again["refused"] == ["bad"]
     assert peer_log.user_manager() == [
         ("users-released", {"user_list": ["bad"]}),
-        ("new-session", {"user_count": 2}),
         ("update-user-count", {"user_count": 1}),
     ], "still banned: released at once, and a replacement is asked for"
 
@@ -915,20 +910,37 @@ def test_demand_users_reports_only_the_demands_it_sent(
     assert fresh == {}, "demand_users reports (and logs) a demand it did not send"
 
 
-def test_demand_users_registers_again_when_nothing_is_missing(
+def test_demand_users_registers_again_only_when_the_workload_stalls(
     supervisor: Supervisor, peer_log: PeerLog, session_id: str
 ) -> None:
+    """The real User Manager lists a session once per new-session, so registrations are
+    only made when it may have forgotten us, and each one gets its cleanup-session."""
     events.add_users(supervisor, new_users(session_id, "u1", "u2"))
     peer_log.entries.clear()
     assert maintenance.demand_users(supervisor) == {}
     assert peer_log.entries == []
-    later = datetime.now(UTC) + timedelta(seconds=supervisor.settings.reregister_seconds + 1)
+    later = datetime.now(UTC) + timedelta(seconds=supervisor.settings.stall_seconds + 1)
 
     assert maintenance.demand_users(supervisor, now=later) == {}
 
     assert peer_log.user_manager() == [("new-session", {"user_count": 2})]
     assert maintenance.demand_users(supervisor, now=later) == {}
-    assert len(peer_log.user_manager()) == 1, "registered once per period"
+    assert len(peer_log.user_manager()) == 1, "registered once per stall"
+
+    with supervisor.db.session() as session:
+        registrations = session.get(Workload, session_id).registrations
+    assert registrations == 2, "the start's and the stall's"
+    with supervisor.db.transaction() as session:
+        session.execute(
+            update(Workload).values(
+                rendered_frames=Workload.total_frames, recorded_frames=Workload.total_frames
+            )
+        )
+    peer_log.entries.clear()
+    workloads.complete_workloads(supervisor, [session_id])
+    drain_everything(supervisor)
+    cleanups = [entry for entry in peer_log.user_manager() if entry[0] == "cleanup-session"]
+    assert len(cleanups) == 2, "one cleanup-session per registration"
 
 
 def test_demand_users_asks_for_missing_users(supervisor: Supervisor, session_id: str) -> None:
@@ -969,7 +981,52 @@ def test_stale_frames_are_reclaimed_from_silent_users(
         ("users-released", {"user_list": ["quiet"]}),
         ("new-session", {"user_count": 2}),
         ("update-user-count", {"user_count": 1}),
-    ], "released first, then a replacement asked for"
+    ], "released first (the User Service still reaches it), then a replacement asked for"
+
+
+def test_a_silent_user_the_user_service_cannot_reach_is_not_released(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+) -> None:
+    """A node gone, or back under a new id: releasing its old id would put a dead user in
+    the User Manager's idle pool, to be handed to the next session."""
+    events.add_users(supervisor, new_users(session_id, "gone"))
+    gone_frames = sorted(assignments(supervisor, session_id))
+    later = datetime.now(UTC) + timedelta(seconds=supervisor.settings.stale_frame_seconds + 1)
+    fake_peers.fail_next("/send-msg-to-user-with-acknowledgement", status=500)
+    peer_log.entries.clear()
+
+    reclaimed = maintenance.reclaim_stale_frames(supervisor, now=later)
+    drain_everything(supervisor)
+
+    assert reclaimed == {session_id: len(gone_frames)}
+    [probe] = fake_peers.calls("/send-msg-to-user-with-acknowledgement")
+    assert json.loads(probe.body)["topic"] == "retrieve-frame"
+    assert json.loads(probe.body)["data"]["frame-number"] == gone_frames[0]
+    assert user_row(supervisor, session_id, "gone").state == UserState.DISCONNECTED
+    assert set(gone_frames) <= set(pending(supervisor, session_id))
+    assert "users-released" not in peer_log.user_manager_topics()
+    assert "user:gone:stop-work" not in peer_log.sequence()
+    assert peer_log.user_manager() == [
+        ("new-session", {"user_count": 2}),
+        ("update-user-count", {"user_count": 2}),
+    ]
+
+
+def test_a_filled_count_drops_the_demand_instead_of_asking_for_zero(
+    supervisor: Supervisor, peer_log: PeerLog, session_id: str
+) -> None:
+    """update-user-count 0 queues an empty demand at the real User Manager, which then
+    sends an empty new-users."""
+    events.add_users(supervisor, new_users(session_id, "u1"))
+    peer_log.entries.clear()
+
+    events.add_users(supervisor, new_users(session_id, "u2"))
+    drain_everything(supervisor)
+
+    assert peer_log.user_manager() == [
+        ("remove-users-demand-completely", {"session_supervisor_id": session_id})
+    ]
+    assert workload(supervisor, session_id).users_demanded == 0
 
 
 def test_rebalance_gives_an_idle_user_its_share_of_the_unassigned_frames(

@@ -15,6 +15,7 @@ from simulator.__main__ import config_from, parse_args
 from simulator.user_manager import (
     DROP_COMPLETED,
     DROP_ERROR_WITH_HASH,
+    DROP_UNMAPPED,
     DROP_UNREGISTERED,
     QUEUED_ALREADY,
 )
@@ -227,7 +228,7 @@ def test_users_arrive_over_time_and_a_partly_served_demand_is_popped(
     assert sim.state()["users"]["sim-user-002"]["status"] == "not-connected"
     assert sim.state()["user_manager"]["users_to_connect"] == 2
     sv = supervisor_for(sim)
-    assert sv.send("sim-user-003", "stop-work", {}).status_code == 404
+    assert sv.send("sim-user-003", "stop-work", {}).status_code == 200  # emitted to nobody
     sv.register(3)
     sv.demand("more-users", {"user_count": 3})
 
@@ -401,16 +402,19 @@ def test_a_restarted_user_manager_forgets_everything_until_asked_again(
     assert state["sessions"] == {}
     assert state["user_manager"]["sessions"] == {}
     assert state["user_manager"]["restarts"] == 1
-    assert state["idle_users"] == sorted(users)
-    assert {state["users"][u]["status"] for u in users} == {"idle"}
+    assert state["idle_users"] == []
+    assert state["users"][users[0]]["status"] == "rendering", "the node itself goes on"
     tap.quiet(0.06)  # a frame already in flight
-    assert tap.quiet(0.3) == []
+    assert tap.quiet(0.3) == [], "the forgotten node's uploads are dropped"
+    assert sim.dropped_events().get(DROP_UNMAPPED, 0) >= 1
 
     sv.demand("more-users", {"user_count": 1})
     assert tap.quiet(0.3) == []
     assert handled(sim, session_id, 2)[-1]["outcome"] == "ignored: unregistered session"
     sv.register(1)
     sv.demand("more-users", {"user_count": 1})
+    assert tap.quiet(0.3) == [], "a forgotten node is never offered again by itself"
+    sv.demand("users-released", {"user_list": users})
     [message] = tap.collect(1)
     assert message.body["data"]["user_list"] == ["sim-user-001"]
 
@@ -428,7 +432,7 @@ def test_a_user_manager_restart_can_be_injected_over_http(http_sim: Simulator) -
         {
             "message": "Fault injected",
             "fault": {"service": "user-manager", "mode": "restart"},
-            "users_reset": [],
+            "users_reset": ["sim-user-001", "sim-user-002", "sim-user-003"],
         },
     )
     assert http_sim.user_manager_sessions() == {}
