@@ -308,6 +308,11 @@ class Simulator:
         with users still mapped to it (a cleaned-up session's unreleased users show here)."""
         return self._running().user_manager.sessions()
 
+    def listed_sessions(self) -> dict[str, int]:
+        """Sessions the User Manager still lists as active (one entry per new-session not
+        yet matched by a cleanup-session); empty when every supervisor cleaned up."""
+        return self._running().user_manager.listed_sessions()
+
     def cleanup_calls(self) -> dict[str, int]:
         """cleanup-session calls received, by session id (unknown sessions included)."""
         return self._running().user_manager.cleanup_calls()
@@ -333,9 +338,7 @@ class Simulator:
     def dropped_uploads(self) -> set[str]:
         """Temp keys of uploads whose `user-frame-rendered` the User Manager dropped: no
         supervisor ever hears of them, so nobody can delete them."""
-        manager = self._running().user_manager
-        with manager._stats_lock:
-            return set(manager.dropped_uploads)
+        return self._running().user_manager.dropped_upload_keys()
 
     def _running(self) -> Simulator:
         if not self._started:

@@ -130,6 +130,9 @@ class UserManager:
         self.dropped_counts: Counter[str] = Counter()
         self._demand_log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         self._new_users_log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
+        # The real User Manager appends to a list of active sessions on every new-session
+        # and removes one entry per cleanup-session: what a supervisor leaves listed leaks.
+        self._listed: Counter[str] = Counter()
 
     # ------------------------------------------------------------ HTTP side
 
@@ -143,6 +146,7 @@ class UserManager:
                 session.registered_user_count = user_count
             with self._routes_lock:
                 self._routes.add(session_id)
+            self._listed[session_id] += 1
         logger.info(
             "session registered",
             extra={"event": "session-registered", "session_id": session_id, "users": user_count},
@@ -156,11 +160,24 @@ class UserManager:
             self._unqueue(session_id)
             with self._routes_lock:
                 self._routes.discard(session_id)
+            if self._listed[session_id] > 0:
+                self._listed[session_id] -= 1
+            if self._listed[session_id] == 0:
+                del self._listed[session_id]
         with self._stats_lock:
             self.cleanups[session_id] += 1
         logger.info(
             "session cleaned up", extra={"event": "session-cleanup", "session_id": session_id}
         )
+
+    def dropped_upload_keys(self) -> set[str]:
+        with self._stats_lock:
+            return set(self.dropped_uploads)
+
+    def listed_sessions(self) -> dict[str, int]:
+        """Sessions still on the active list, with how many entries each has left."""
+        with self._lock:
+            return dict(self._listed)
 
     def is_registered(self, session_id: str) -> bool:
         with self._lock:
@@ -174,6 +191,7 @@ class UserManager:
         back idle. Nothing is sent to anyone. Return the users concerned."""
         with self._lock:
             self._sessions.clear()
+            self._listed.clear()
             self._queue.clear()
             with self._routes_lock:
                 self._routes.clear()

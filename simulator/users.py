@@ -227,11 +227,7 @@ class UserPool:
                 with user.lock:
                     if user.session_id is None or user.disconnected:
                         continue
-                    self._note(user, "reset")
-                    user.reset()
-                    user.rendered.clear()
-                    user.session_id = None
-                self._idle.append(user_id)
+                    self._to_idle(user)
                 moved.append(user_id)
         return moved
 
@@ -266,12 +262,17 @@ class UserPool:
                     if user.disconnected or (user.session_id != session_id and not forgotten):
                         continue
                     self._forgotten.discard(user_id)
-                    user.reset()
-                    user.rendered.clear()
-                    user.session_id = None
-                self._idle.append(user_id)
+                    self._to_idle(user)
                 moved.append(user_id)
         return moved
+
+    def _to_idle(self, user: SimUser) -> None:
+        """Stop the user and put it in the idle pool; the caller holds both locks."""
+        self._note(user, "reset")
+        user.reset()
+        user.rendered.clear()
+        user.session_id = None
+        self._idle.append(user.user_id)
 
     def users_of(self, session_id: str) -> list[str]:
         """The users the User Manager maps to a session (not those it forgot in a restart)."""

@@ -199,6 +199,12 @@ class OutboxMessage(Base):
     """A message decided inside a transaction, sent only after that transaction commits."""
 
     __tablename__ = "outbox"
+    # A workload's User Manager messages wait behind its unsent stop-works (outbox._due).
+    __table_args__ = (
+        Index(
+            "ix_outbox_stop_work", "workload_id", "id", postgresql_where=text("topic = 'stop-work'")
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     workload_id: Mapped[str | None] = mapped_column(String(32))

@@ -73,14 +73,20 @@ class Stack:
 
 
 @contextmanager
-def platform(tmp_path: Path, **simulator_knobs: Any) -> Iterator[Stack]:
-    """Database migrated by the Procfile's `release`, simulator up; nothing else started."""
-    amqp_url = services.rabbitmq_url()
+def platform(
+    tmp_path: Path, *, embedded_broker: bool = False, **simulator_knobs: Any
+) -> Iterator[Stack]:
+    """Database migrated by the Procfile's `release`, simulator up; nothing else started.
+    The User Manager exchanges live on RabbitMQ, or with `embedded_broker` on the private
+    Redis (kombu's Redis transport, as in `make run`)."""
     run_id = uuid.uuid4().hex[:8]
     with ExitStack() as cleanup:
         server = cleanup.enter_context(services.postgres_server_url())
         database_url = cleanup.enter_context(services.throwaway_database(server))
         redis_url = cleanup.enter_context(services.private_redis())
+        amqp_url = (
+            redis_url.rsplit("/", 1)[0] + "/1" if embedded_broker else services.rabbitmq_url()
+        )
 
         knobs = {"users": 5, "frame_time": 0.02, "demo_blend": None, "seed": 1, **simulator_knobs}
         simulator = Simulator(
@@ -114,7 +120,8 @@ def platform(tmp_path: Path, **simulator_knobs: Any) -> Iterator[Stack]:
             WEB_CONCURRENCY="2",
             LOG_LEVEL="INFO",
         )
-        cleanup.callback(_delete_queues, amqp_url, env)
+        if not embedded_broker:
+            cleanup.callback(_delete_queues, amqp_url, env)
         stack = Stack(env=env, simulator=simulator, log_dir=log_dir)
         cleanup.callback(_stop_all, stack)
         release = ProcfileProcess("release", env, log_dir)

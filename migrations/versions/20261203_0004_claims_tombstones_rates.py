@@ -62,6 +62,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'storing'"),
     )
 
+    op.create_index(
+        "ix_outbox_stop_work",
+        "outbox",
+        ["workload_id", "id"],
+        postgresql_where=sa.text("topic = 'stop-work'"),
+    )
+
     op.add_column(
         "workload_users",
         sa.Column("frames_done", sa.Integer(), server_default="0", nullable=False),
@@ -74,6 +81,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_stop_work", table_name="outbox")
     op.drop_column("workload_users", "clock_at")
     op.drop_column("workload_users", "busy_seconds")
     op.drop_column("workload_users", "frames_done")

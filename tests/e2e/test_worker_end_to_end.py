@@ -1,6 +1,7 @@
 """Issue 3's acceptance run: Procfile processes (release, web, worker, beat, flower) against
-the simulator on real Postgres, Redis and RabbitMQ. Users join late, one disconnects, some
-report completion while still owing frames, and every event is delivered twice."""
+the simulator (its idealised contract peers) on real Postgres, Redis and RabbitMQ. Users
+join late, one disconnects, some report completion while still owing frames, and every
+event is delivered twice."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ def test_a_workload_completes_with_every_frame_stored_and_recorded_once(tmp_path
         "duplicate": 1.0,
         "quirks": True,
         "seed": 11,
+        # The contract's idealised peers: they forward user-rendering-completed, so the
+        # early completers' owed frames are asked for (the real-peer runs are elsewhere).
+        "peer_mode": "ideal",
     }
     with platform(tmp_path, **knobs) as stack:
         stack.env["MAX_FRAMES_PER_ASSIGNMENT"] = "20"
@@ -48,6 +52,8 @@ def test_a_workload_completes_with_every_frame_stored_and_recorded_once(tmp_path
             "total_frames": 250,
             "completed_frames": 250,
             "completion_percentage": 100.0,
+            "stored_frames": 250,
+            "recorded_frames": 250,
         }, stack.logs()
         stored = stack.simulator.stored_frames("e2e-cust", "e2e-obj")
         assert sorted(stored) == FRAMES

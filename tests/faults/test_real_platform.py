@@ -57,6 +57,7 @@ def _assert_the_platform_is_left_clean(run: Run, *, copies_in_flight: int = 0) -
         20,
         "cleanup-session",
     )
+    wait_until(lambda: simulator.listed_sessions() == {}, 20, "no session left listed")
     assert simulator.object_state(run.customer, run.object_id) == "video-ready"
     stores = simulator.store_calls(run.customer, run.object_id)
     assert sorted(stores) == FRAMES

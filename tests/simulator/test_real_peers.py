@@ -93,6 +93,22 @@ def test_cleanup_session_forgets_the_registration_and_counts_calls(http_sim: Sim
     assert state["sessions"] == {}
 
 
+def test_each_registration_stays_listed_until_its_own_cleanup(http_sim: Simulator) -> None:
+    """The real User Manager appends a session to its active list on every new-session and
+    removes one entry per cleanup-session (docs/INTEROP.md)."""
+    form = {"user_count": "1", "session_supervisor_id": "session-b"}
+    for _ in range(3):
+        requests.post(http_sim.base_url + NEW_SESSION, data=form, timeout=5)
+    assert http_sim.listed_sessions() == {"session-b": 3}
+    cleanup = {"session_supervisor_id": "session-b"}
+    requests.delete(http_sim.base_url + CLEANUP_SESSION, data=cleanup, timeout=5)
+    assert http_sim.listed_sessions() == {"session-b": 2}
+    assert http_sim.user_manager_sessions() == {}, "routing is gone with the first clean-up"
+    for _ in range(3):
+        requests.delete(http_sim.base_url + CLEANUP_SESSION, data=cleanup, timeout=5)
+    assert http_sim.listed_sessions() == {}
+
+
 # ---------------------------------------------------------------- User Manager, demand
 
 
