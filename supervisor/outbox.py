@@ -260,8 +260,10 @@ def _settle(
         session.commit()
     except OperationalError:
         if done:
+            # The rollback undid the count too: the records were sent, so count them here.
             with db.transaction() as fresh:
                 fresh.execute(_DELETE_SENT, {"ids": done})
+                _count_records(fresh, outcomes)
             logger.warning(
                 "outbox drain lost its database connection; sent messages forgotten anyway",
                 extra={"sent": len(done)},

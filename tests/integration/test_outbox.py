@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from supervisor.errors import PeerError
-from supervisor.models import OutboxMessage
+from supervisor.models import OutboxMessage, Workload
 from supervisor.outbox import (
     CATALOG,
     OUTBOX_DRAIN_LOCK_ID,
@@ -183,6 +183,40 @@ def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_ag
     drain(supervisor.db, supervisor.publisher, peers)
 
     assert calls == [7]
+
+
+def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
+    supervisor: Supervisor,
+) -> None:
+    """The drain's rollback undoes the count with the delete: both are redone together on a
+    fresh connection, or the workload would wait for that record for ever."""
+
+    class Catalog:
+        def add_rendered_image(self, **_record: Any) -> None:
+            terminate_the_drainer(supervisor)
+
+    with supervisor.db.transaction() as session:
+        session.add(
+            Workload(
+                id="session-1",
+                customer_id="c",
+                object_id="o",
+                status="running",
+                target_user_count=1,
+                total_frames=1,
+                rendered_frames=1,
+            )
+        )
+        session.flush()
+        queue_record(session, 7)
+    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
+
+    with pytest.raises(OperationalError):
+        drain(supervisor.db, supervisor.publisher, peers)
+
+    with supervisor.db.session() as session:
+        assert session.get(Workload, "session-1").recorded_frames == 1
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
 
 
 def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Supervisor) -> None:
