@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     forgive_user_seconds: float = Field(3600.0, gt=0)
     completion_settle_seconds: float = Field(2.0, ge=0, le=60)
     stuck_start_seconds: float = Field(120.0, gt=0)
-    reclaim_interval_seconds: float = Field(30.0, gt=0)
+    reclaim_interval_seconds: float = Field(10.0, gt=0)
     demand_interval_seconds: float = Field(15.0, gt=0)
     rebalance_interval_seconds: float = Field(10.0, gt=0)
     unbind_grace_seconds: float = Field(120.0, ge=0)

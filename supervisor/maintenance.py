@@ -59,7 +59,7 @@ def demand_users(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
         if missing and (stale or missing != asked_before):
             asked[workload.id] = missing
         elif _older(workload.progress_at, stalled_before) and _older(
-            workload.registered_at, stalled_before
+            workload.registered_at, now - _stall_backoff(sv, workload)
         ):
             register_session(session, workload, at=now)
             logger.warning(
@@ -69,6 +69,14 @@ def demand_users(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
         logger.info("users demanded", extra={"workloads": len(asked), "users": sum(asked.values())})
     send_outbox_soon(sv)
     return asked
+
+
+def _stall_backoff(sv: Supervisor, workload: Workload) -> timedelta:
+    """How long a stalled workload waits before registering again: `stall_seconds`, doubled
+    for each registration it already made, up to 32 times, so a User Manager down for hours
+    does not collect hundreds of entries (each needs its cleanup-session)."""
+    doublings = min(max(workload.registrations - 1, 0), 5)
+    return timedelta(seconds=sv.settings.stall_seconds * 2**doublings)
 
 
 def _older(moment: datetime | None, cutoff: datetime) -> bool:
@@ -88,16 +96,18 @@ def reclaim_stale_frames(sv: Supervisor, now: datetime | None = None) -> dict[st
     now = now or datetime.now(UTC)
     settings = sv.settings
     suspects = _silent_holders(sv, now)
-    reachable = _reachable(sv, suspects)
+    probed = _probe(sv, suspects)
     reclaimed: dict[str, int] = {}
     for session, workload in _each_running_workload(sv):
-        held = suspects.get(workload.id, {})
+        # A user whose node we could not ask about (the User Service is down) is left be.
         silent = sorted(
-            user for user in _still_silent(session, workload.id, now, settings) if user in held
+            user
+            for user in _still_silent(session, workload.id, now, settings)
+            if probed.get((workload.id, user)) is not None
         )
         freed = sum(unassign_user(session, workload.id, user_id) for user_id in silent)
-        release = [user for user in silent if (workload.id, user) in reachable]
-        gone = [user for user in silent if (workload.id, user) not in reachable]
+        release = [user for user in silent if probed[(workload.id, user)]]
+        gone = [user for user in silent if not probed[(workload.id, user)]]
         for users, state in ((release, UserState.RELEASED), (gone, UserState.DISCONNECTED)):
             if users:
                 session.execute(
@@ -128,7 +138,9 @@ def reclaim_stale_frames(sv: Supervisor, now: datetime | None = None) -> dict[st
 
 
 # Silent holders: active users holding frames, unheard of for `stall_seconds` or ten of
-# their own frame times (`first_frame` while they have none), with a frame each holds.
+# their own frame times (`first_frame` while they have none) since they last sent an upload
+# or were last sent a list, with a frame each holds. A user a message is still waiting
+# for (the User Service is failing) is not silent: we are.
 _SILENT_HOLDERS = text(
     "SELECT u.workload_id, u.user_id, w.blend_file_hash, held.number FROM workload_users u "
     "JOIN workloads w ON w.id = u.workload_id AND w.status = 'running' "
@@ -136,7 +148,9 @@ _SILENT_HOLDERS = text(
     " WHERE f.workload_id = u.workload_id AND f.user_id = u.user_id AND f.state = 'assigned') "
     "AS held WHERE held.number IS NOT NULL AND u.state = 'active' "
     "AND (CAST(:workload_id AS varchar) IS NULL OR u.workload_id = :workload_id) "
-    "AND u.last_seen_at < :now - make_interval(secs => CASE "
+    "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.workload_id = u.workload_id "
+    " AND o.destination = 'user-service' AND o.body->>'user_id' = u.user_id) "
+    "AND GREATEST(u.last_seen_at, u.clock_at) < :now - make_interval(secs => CASE "
     " WHEN u.frames_done > 0 AND u.busy_seconds > 0 "
     " THEN GREATEST(:stall, 10 * u.busy_seconds / u.frames_done) ELSE :first_frame END)"
 )
@@ -167,27 +181,28 @@ def _still_silent(session: Session, workload_id: str, now: datetime, settings: A
     return {row.user_id for row in session.execute(_SILENT_HOLDERS, params)}
 
 
-def _reachable(
+def _probe(
     sv: Supervisor, suspects: dict[str, dict[str, tuple[int, str]]]
-) -> set[tuple[str, str]]:
-    """The (workload, user) pairs whose node still answers the User Service: asked for a
-    frame it holds (`retrieve-frame`), outside any transaction, a few at a time."""
+) -> dict[tuple[str, str], bool | None]:
+    """Ask each suspect's node for a frame it holds (`retrieve-frame`, acknowledged),
+    outside any transaction, a few at a time: True when it answered, False when the User
+    Service could not reach it, None when the User Service itself could not be reached."""
     pairs = [
         (workload_id, user, frame, blend_hash or "")
         for workload_id, users in suspects.items()
         for user, (frame, blend_hash) in users.items()
     ]
     if not pairs:
-        return set()
+        return {}
 
-    def answers(pair: tuple[str, str, int, str]) -> bool:
+    def answers(pair: tuple[str, str, int, str]) -> bool | None:
         _workload_id, user, frame, blend_hash = pair
         data = {"frame-number": frame, "blend-file-hash": blend_hash}
         return sv.peers.users.answers(user, "retrieve-frame", data)
 
     with ThreadPoolExecutor(max_workers=min(8, len(pairs)), thread_name_prefix="probe") as pool:
         answered = list(pool.map(answers, pairs))
-    return {(w, u) for (w, u, _f, _h), ok in zip(pairs, answered, strict=True) if ok}
+    return {(w, u): ok for (w, u, _f, _h), ok in zip(pairs, answered, strict=True)}
 
 
 _GIVE_UP_STALE_CLAIMS = text(

@@ -254,6 +254,7 @@ def _settle(
         if done:
             session.execute(_DELETE_SENT, {"ids": done})
             result.all_recorded += _count_records(session, outcomes)
+            _note_lists_delivered(session, outcomes)
         for outcome in outcomes:
             if outcome.failed is not None:
                 _postpone(session, *outcome.failed)
@@ -297,6 +298,32 @@ def _count_records(session: Session, outcomes: list[_JobOutcome]) -> list[str]:
         return []
     rows = session.execute(_COUNT_RECORDS, {"ids": workload_ids}).all()
     return [row.id for row in rows if row.all_in]
+
+
+_LISTS_DELIVERED = text(
+    "UPDATE workload_users AS u SET clock_at = now() "
+    "FROM unnest(CAST(:workload_ids AS varchar[]), CAST(:user_ids AS varchar[])) "
+    "AS t(workload_id, user_id) "
+    "WHERE u.workload_id = t.workload_id AND u.user_id = t.user_id"
+)
+
+
+def _note_lists_delivered(session: Session, outcomes: list[_JobOutcome]) -> None:
+    """A user's list starts when it is delivered, not when it was decided: its rate, and
+    how long it may stay silent, count from here (a User Service outage is not its fault)."""
+    delivered = sorted(
+        {
+            (row.workload_id, row.body["user_id"])
+            for outcome in outcomes
+            for row in outcome.done
+            if row.destination == USER_SERVICE and row.topic == "start-rendering"
+        }
+    )
+    if delivered:
+        session.execute(
+            _LISTS_DELIVERED,
+            {"workload_ids": [w for w, _ in delivered], "user_ids": [u for _, u in delivered]},
+        )
 
 
 def _jobs(due: Iterable[tuple[OutboxMessage, str | None]]) -> list[list[OutboxMessage]]:

@@ -970,14 +970,16 @@ class UserServiceClient(_PeerClient):
         )
         return False
 
-    def answers(self, user_id: str, topic: str, data: dict[str, Any]) -> bool:
-        """Whether the node answers an acknowledged message at all, true or false. The real
-        User Service relays the call over the node's socket, so a node it cannot reach
-        makes the call fail or time out: that is the only liveness test the platform has."""
+    def answers(self, user_id: str, topic: str, data: dict[str, Any]) -> bool | None:
+        """Whether the node answers an acknowledged message at all, true or false: the real
+        User Service relays the call over the node's socket, so a node it cannot reach makes
+        the call fail (an error status) or outlast our timeout. That is the only liveness
+        test the platform has. None when the User Service itself cannot be reached: then
+        nothing is known of the node."""
         try:
             status, _payload = self._call_with_ack(user_id, topic, data)
-        except PeerError:
-            return False
+        except PeerError as exc:
+            return False if isinstance(exc.__cause__, requests.ReadTimeout) else None
         return 200 <= status < 300
 
     def _call_with_ack(self, user_id: str, topic: str, data: dict[str, Any]) -> tuple[int, Any]:

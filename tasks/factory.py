@@ -14,6 +14,7 @@ EVENT_QUEUE = "supervisor.events"
 OUTBOX_QUEUE = "supervisor.outbox"
 MAINTENANCE_QUEUE = "supervisor.maintenance"
 QUEUES = (WORKLOAD_QUEUE, EVENT_QUEUE, OUTBOX_QUEUE, MAINTENANCE_QUEUE)
+FINISH_INTERVAL_SECONDS = 5.0
 
 TASK_MODULES = (
     "tasks.workload_tasks",
@@ -47,7 +48,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         "reclaim-stale-frames": ("tasks.reclaim_stale_frames", settings.reclaim_interval_seconds),
         "rebalance": ("tasks.rebalance", settings.rebalance_interval_seconds),
         "recover-stuck-starts": ("tasks.recover_stuck_starts", 60.0),
-        "finish-workloads": ("tasks.finish_workloads", 5.0),
+        "finish-workloads": ("tasks.finish_workloads", FINISH_INTERVAL_SECONDS),
         "redispatch-inbox": (
             "tasks.redispatch_inbox",
             max(1.0, settings.inbox_redispatch_seconds / 4),

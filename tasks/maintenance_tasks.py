@@ -12,6 +12,7 @@ from celery import current_app, shared_task
 from supervisor import inbox, maintenance, outbox, workloads
 from supervisor.refusals import refuse
 from tasks.event_tasks import TASK_FOR_TOPIC
+from tasks.factory import FINISH_INTERVAL_SECONDS
 from tasks.runtime import supervisor
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,13 @@ def only_one(name: str, ttl: int = 300) -> Iterator[bool]:
             lock.release()
 
 
-def _guarded(name: str, work: Callable[[], Any]) -> Any:
-    with only_one(name) as acquired:
+def _guarded(name: str, work: Callable[[], Any], every: float) -> Any:
+    """Run `work` unless another run of it holds the lock. The lock expires after a few of
+    the task's periods (and two peer timeouts, for a run that calls peers), so a worker
+    killed mid-run holds the task back for that long, not for minutes."""
+    settings = supervisor().settings
+    ttl = max(3 * every, 2 * settings.peer_timeout_seconds + 5)
+    with only_one(name, ttl=int(ttl) + 1) as acquired:
         if not acquired:
             logger.info("periodic task still running elsewhere; skipped", extra={"task": name})
             return None
@@ -50,17 +56,22 @@ def drain_outbox() -> int:
 
 @shared_task(name="tasks.demand_users", ignore_result=True)
 def demand_users() -> Any:
-    return _guarded("demand_users", lambda: maintenance.demand_users(supervisor()))
+    every = supervisor().settings.demand_interval_seconds
+    return _guarded("demand_users", lambda: maintenance.demand_users(supervisor()), every)
 
 
 @shared_task(name="tasks.reclaim_stale_frames", ignore_result=True)
 def reclaim_stale_frames() -> Any:
-    return _guarded("reclaim_stale_frames", lambda: maintenance.reclaim_stale_frames(supervisor()))
+    every = supervisor().settings.reclaim_interval_seconds
+    return _guarded(
+        "reclaim_stale_frames", lambda: maintenance.reclaim_stale_frames(supervisor()), every
+    )
 
 
 @shared_task(name="tasks.rebalance", ignore_result=True)
 def rebalance() -> Any:
-    return _guarded("rebalance", lambda: maintenance.rebalance(supervisor()))
+    every = supervisor().settings.rebalance_interval_seconds
+    return _guarded("rebalance", lambda: maintenance.rebalance(supervisor()), every)
 
 
 @shared_task(name="tasks.finish_workloads", ignore_result=True)
@@ -74,7 +85,7 @@ def finish_workloads() -> Any:
         unbound = [w for w in workloads.overdue_unbindings(sv) if workloads.end_grace(sv, w)]
         return {"completed": completed, "unbound": unbound}
 
-    return _guarded("finish_workloads", work)
+    return _guarded("finish_workloads", work, FINISH_INTERVAL_SECONDS)
 
 
 @shared_task(name="tasks.redispatch_inbox", ignore_result=True)

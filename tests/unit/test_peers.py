@@ -1076,6 +1076,31 @@ def test_read_timeout_on_message_is_not_retried(server: _PeerServer) -> None:
     assert len(server.seen) == 1
 
 
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (json_reply(False), True),
+        (json_reply(True), True),
+        (Reply(500), False),
+        (Reply(200, b"true", delay=2.0), False),
+    ],
+    ids=["answers-no", "answers-yes", "cannot-reach-the-node", "node-never-answers"],
+)
+def test_answers_tells_a_live_node_from_one_the_user_service_cannot_reach(
+    server: _PeerServer, reply: Reply, expected: bool
+) -> None:
+    server.route("POST", SEND_ACK, reply)
+    data = {"frame-number": 3, "blend-file-hash": ""}
+    with Peers.from_settings(make_settings(server.url, timeout=0.2), policy=FAST) as bundle:
+        assert bundle.users.answers("u1", "retrieve-frame", data) is expected
+
+
+def test_answers_knows_nothing_when_the_user_service_is_down() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    with Peers.from_settings(make_settings(url, timeout=0.2), policy=FAST) as bundle:
+        assert bundle.users.answers("u1", "retrieve-frame", {"frame-number": 3}) is None
+
+
 def test_stalled_download_times_out(server: _PeerServer, tmp_path: Path) -> None:
     def stall(handler: _Handler, seen: Seen) -> None:
         handler.send_response(200)
