@@ -449,10 +449,38 @@ def _claim_all(
         for workload_id in sorted({batch[index].session_id for index in claims}):
             workload = workloads[workload_id]
             workload.progress_at = func.now()
-            distribute(session, workload, cap, steal=True)
+            involved = {
+                user
+                for index, claim in claims.items()
+                if batch[index].session_id == workload_id
+                for user in (claim.holder, batch[index].user_id)
+                if user
+            }
+            if _any_emptied(session, workload_id, involved):
+                distribute(session, workload, cap, steal=True)
     for event in unwanted:
         _log("upload not needed; discarded", event, temp_key=event.temp_key)
     return claims
+
+
+def _any_emptied(session: Session, workload_id: str, users: set[str]) -> bool:
+    """Whether one of these users (the senders and former holders of claimed frames) now
+    holds nothing: only then is there a list to hand out, so the full distribution (which
+    counts every user's frames) runs only then, not on every batch."""
+    if not users:
+        return False
+    holding = set(
+        session.scalars(
+            select(Frame.user_id)
+            .where(
+                Frame.workload_id == workload_id,
+                Frame.state == FrameState.ASSIGNED,
+                Frame.user_id.in_(sorted(users)),
+            )
+            .distinct()
+        )
+    )
+    return bool(users - holding)
 
 
 def _frame_of(event: Event) -> tuple[str, int]:
