@@ -76,27 +76,29 @@ def _assert_the_platform_is_left_clean(run: Run, *, copies_in_flight: int = 0) -
 
 
 def _list_gaps(run: Run) -> list[tuple[float, float]]:
-    """For each user, when it made the last upload of a list and when its next list came
-    (the last list of each user has no next list)."""
+    """For each user, when it made the last upload of a list and when its next list came,
+    counted only when frames never handed to anyone were waiting as its list ran out (the
+    hand-off of work; a straggler's frame handed on later is a different matter, and the
+    last list of each user has no next list)."""
     gaps = []
-    timeline = run.stack.simulator.user_timeline()
-    by_user: dict[str, list[dict[str, Any]]] = {}
-    for entry in timeline:
-        by_user.setdefault(entry["user_id"], []).append(entry)
-    for entries in by_user.values():
-        pending: set[int] = set()
-        last_upload = None
-        for entry in entries:
-            if entry["kind"] == "list":
-                if last_upload is not None and not pending:
-                    gaps.append((last_upload, entry["t"]))
-                pending = set(entry["frames"])
-                last_upload = None
-            elif entry["kind"] == "upload":
-                pending.discard(entry["frame"])
-                last_upload = entry["t"]
-            elif entry["kind"] == "reset":
-                pending, last_upload = set(), None
+    handed: set[int] = set()
+    pending: dict[str, set[int]] = {}
+    ran_out: dict[str, float] = {}
+    for entry in run.stack.simulator.user_timeline():
+        user = entry["user_id"]
+        if entry["kind"] == "list":
+            if user in ran_out:
+                gaps.append((ran_out.pop(user), entry["t"]))
+            pending[user] = set(entry["frames"])
+            handed.update(entry["frames"])
+        elif entry["kind"] == "upload":
+            left = pending.setdefault(user, set())
+            left.discard(entry["frame"])
+            if not left and len(handed) < len(FRAMES):
+                ran_out[user] = entry["t"]
+        elif entry["kind"] == "reset":
+            pending.pop(user, None)
+            ran_out.pop(user, None)
     return gaps
 
 
