@@ -101,6 +101,7 @@ class SimUser:
     generation: int = 0
     busy: bool = False
     report_due: bool = False
+    due_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> str:
@@ -409,7 +410,11 @@ class UserPool:
 
     # ------------------------------------------------------------ rendering
 
-    def _schedule(self, user: SimUser) -> None:
+    def _schedule(self, user: SimUser, *, going_on: bool = False) -> None:
+        """Time the user's next frame. A user going straight on from one frame to the next
+        keeps its rhythm from when the last frame was due, so the simulator's own cost of
+        making and announcing an image (shared CPU on one box) never slows the farm it plays;
+        a user starting from idle starts from now."""
         if user.busy or not (user.queue or user.report_due):
             return
         user.busy = True
@@ -417,7 +422,10 @@ class UserPool:
         delay = self._config.frame_time
         if self._config.jitter:
             delay += user.rng.uniform(-self._config.jitter, self._config.jitter)
-        self._scheduler.call_later(max(0.0, delay), lambda: self._step(user, generation))
+        now = time.monotonic()
+        start = max(user.due_at, now - delay) if going_on else now
+        user.due_at = start + max(0.0, delay)
+        self._scheduler.call_later(user.due_at - now, lambda: self._step(user, generation))
 
     def _step(self, user: SimUser, generation: int) -> None:
         with user.lock:
@@ -429,7 +437,7 @@ class UserPool:
                 if user.disconnected:
                     return
             if user.queue:
-                self._schedule(user)
+                self._schedule(user, going_on=True)
             elif user.report_due:
                 user.report_due = False
                 self._publish(user, "user-rendering-completed", {"user-id": user.user_id})
