@@ -32,6 +32,7 @@ from supervisor.models import (
     ACTIVE_STATUSES,
     Frame,
     FrameState,
+    InboxEvent,
     UserState,
     Workload,
     WorkloadStatus,
@@ -155,6 +156,17 @@ def _queues(session: Session, workload_id: str, user_ids: Iterable[str]) -> dict
     return queues
 
 
+def _uploads_waiting(session: Session, workload_id: str) -> set[int]:
+    """Frames whose upload is already in the inbox but not yet handled: rendered, only
+    not yet stored. The inbox holds only events in flight, so this stays small."""
+    numbers = session.scalars(
+        select(InboxEvent.body["frame_number"].as_integer()).where(
+            InboxEvent.workload_id == workload_id, InboxEvent.topic == "user-frame-rendered"
+        )
+    )
+    return {number for number in numbers if number is not None}
+
+
 def _storing(session: Session, workload_id: str) -> int:
     return (
         session.scalar(
@@ -271,7 +283,13 @@ def distribute(
     empty = [user for user in receivers if user not in lists]
     if steal and empty:
         holders = [user for user, count in held.items() if count > 0] + list(lists)
-        moves = scheduling.steal_plan(empty, _queues(session, workload.id, holders), min_queue=2)
+        # A frame whose upload waits in the inbox is done; moving it would render it twice.
+        waiting = _uploads_waiting(session, workload.id)
+        queues = {
+            user: [frame for frame in frames if frame not in waiting]
+            for user, frames in _queues(session, workload.id, holders).items()
+        }
+        moves = scheduling.steal_plan(empty, queues, min_queue=2)
         stolen = scheduling.stolen_lists(moves)
         _assign(session, workload.id, stolen)
         moved = {frame for frames in stolen.values() for frame in frames}

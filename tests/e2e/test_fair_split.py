@@ -101,6 +101,7 @@ def test_three_hundred_frames_over_ten_users_split_fairly(tmp_path: Path) -> Non
                         "ideal_s": ideal,
                         "ratio": round(makespan / ideal, 3),
                         "first_list_sizes": sorted(len(e["frames"]) for e in lists[:10]),
+                        "renders": len(uploads),
                     }
                 )
                 + "\n"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from supervisor import events, maintenance, workloads
+from supervisor import events, inbox, maintenance, workloads
 from supervisor.errors import PeerError
 from supervisor.intake import Event
 from supervisor.models import Frame, FrameState, UserState, Workload, WorkloadUser
@@ -1082,6 +1082,28 @@ def test_rebalance_moves_the_tail_of_the_longest_list_when_nothing_is_unassigned
     late = rendered(session_id, "idle", 13, fake_peers)
     assert events.record_rendered_frame(supervisor, late) == "duplicate"
     assert fake_peers.stored == {"cust-1/obj-1/013.png": b"image 13 by u1"}
+
+
+def test_a_steal_leaves_frames_whose_upload_waits_in_the_inbox(
+    supervisor: Supervisor, session_id: str, fake_peers: FakePeers
+) -> None:
+    """u1 has uploaded 13-15 but the events wait behind a slow intake: moving them would
+    render them twice, so the tail comes from u2 instead."""
+    events.add_users(supervisor, new_users(session_id, "u1", "u2"))
+    add_idle_user(supervisor, session_id, "idle")
+    inbox.record_many(
+        supervisor.db, [rendered(session_id, "u1", n, fake_peers) for n in (13, 14, 15)]
+    )
+
+    moved = maintenance.rebalance(supervisor)
+
+    assert moved == {session_id: {"idle": 2}}
+    assert assignments(supervisor, session_id) == {
+        **{n: "u1" for n in range(10, 16)},
+        **{n: "u2" for n in range(16, 19)},
+        19: "idle",
+        20: "idle",
+    }
 
 
 def test_list_sizes_follow_measured_rates_and_leave_room_for_expected_users(
