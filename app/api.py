@@ -12,6 +12,7 @@ from app.errors import error_body
 from app.security import privileged
 from supervisor import workloads
 from supervisor.errors import InvalidInput, SupervisorError
+from supervisor.keys import validate_id
 from supervisor.service import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _field(name: str) -> str:
         body = request.get_json(silent=True)
         if isinstance(body, dict):
             value = body.get(name)
-    return workloads.validate_id(name, value)
+    return validate_id(name, value)
 
 
 @api.post("/")
@@ -63,14 +64,14 @@ def stop_and_delete_workload() -> ResponseReturnValue:
 
 @api.get("/get-workload-status")
 def get_workload_status() -> ResponseReturnValue:
-    customer_id = workloads.validate_id("customer_id", request.args.get("customer_id"))
+    customer_id = validate_id("customer_id", request.args.get("customer_id"))
     status = workloads.workload_status(_supervisor(), customer_id)
     return jsonify(message="Workload status", status=status)
 
 
 @api.get("/get-workload-progress")
 def get_workload_progress() -> ResponseReturnValue:
-    customer_id = workloads.validate_id("customer_id", request.args.get("customer_id"))
+    customer_id = validate_id("customer_id", request.args.get("customer_id"))
     return jsonify(workloads.workload_progress(_supervisor(), customer_id))
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from supervisor import outbox, scheduling
 from supervisor.errors import PeerError
 from supervisor.intake import Event
+from supervisor.keys import final_frame_key
 from supervisor.models import (
     ACTIVE_STATUSES,
     Frame,
@@ -38,7 +39,6 @@ from supervisor.models import (
     WorkloadStatus,
     WorkloadUser,
 )
-from supervisor.peers import final_frame_key
 from supervisor.workloads import (
     demand_missing_users,
     end_late_users,

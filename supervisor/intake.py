@@ -13,14 +13,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from supervisor.errors import InvalidInput
+from supervisor.keys import (
+    SESSION_ID_PATTERN,
+    USER_ID_PATTERN,
+    validate_blob_key,
+    validate_extension,
+)
 from supervisor.messaging import session_routing_key
-from supervisor.peers import validate_blob_key, validate_extension
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_USERS_PER_MESSAGE = 10_000
 FRAME_LIMIT = 1_048_574
-USER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ROUTING_PREFIX = session_routing_key("")
 
 

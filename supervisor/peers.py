@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import tempfile
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -53,6 +52,15 @@ from urllib3.util.retry import Retry
 
 from supervisor.config import Settings
 from supervisor.errors import InvalidInput, ObjectNotRenderable, PeerError
+from supervisor.keys import (
+    MAX_ID_CHARS,
+    check_id,
+    check_int,
+    check_text,
+    has_control,
+    validate_blob_key,
+    validate_extension,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +69,11 @@ CHUNK_BYTES = 1024 * 1024
 # syscall costs vanish (1, 2 and 4 MiB measured alike), and two steps' worth is the
 # memory an upload holds.
 UPLOAD_CHUNK_BYTES = 2 * 1024 * 1024
-MAX_KEY_BYTES = 1024
-MAX_ID_CHARS = 256
 MAX_JSON_BYTES = 1024 * 1024
 DETAIL_CHARS = 200
 
 Timeout = float | tuple[float, float]
 
-_EXTENSION = re.compile(r"[A-Za-z0-9]{1,10}")
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
 _TRANSIENT_STATUSES = frozenset({408, 429})
 _CONTENT_TYPES = {
@@ -90,87 +95,12 @@ _ACK_WORDS = frozenset(
 _NOT_JSON = object()
 
 
-# ---------------------------------------------------------------- validation
-
-
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
-
-
-def validate_blob_key(key: str) -> str:
-    """Return `key` if it is a plain relative path; a key must never escape its folder."""
-    if not isinstance(key, str) or not key:
-        raise InvalidInput("blob key must be a non-empty string")
-    if _has_control(key):
-        raise InvalidInput("blob key contains control characters")
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-        raise InvalidInput(f"blob key is longer than {MAX_KEY_BYTES} bytes")
-    if "\\" in key:
-        raise InvalidInput("blob key contains a backslash")
-    if "://" in key:
-        raise InvalidInput("blob key looks like a URL")
-    if any(char in key for char in "%?#"):
-        raise InvalidInput("blob key contains '%', '?' or '#' (URL syntax, never in a key)")
-    if key.startswith("/"):
-        raise InvalidInput("blob key is an absolute path")
-    for segment in key.split("/"):
-        if not segment:
-            raise InvalidInput("blob key has an empty path segment")
-        if segment in (".", ".."):
-            raise InvalidInput("blob key has a '.' or '..' segment")
-    return key
-
-
-def validate_extension(extension: str) -> str:
-    """Return the image extension lower-cased; it ends up in keys and the `type` field."""
-    if not isinstance(extension, str) or not _EXTENSION.fullmatch(extension):
-        raise InvalidInput("image extension must be 1-10 letters or digits")
-    return extension.lower()
-
-
-def _check_text(name: str, value: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{name} must be a non-empty string")
-    if len(value) > MAX_ID_CHARS or _has_control(value):
-        raise InvalidInput(f"{name} is too long or contains control characters")
-    return value
-
-
-def _check_id(name: str, value: str) -> str:
-    """An id that becomes one path segment (of a URL or a blob key)."""
-    _check_text(name, value)
-    if "/" in value or "\\" in value or value in (".", ".."):
-        raise InvalidInput(f"{name} must not contain '/' or '\\' or be '.' or '..'")
-    return value
-
-
-def _check_int(name: str, value: int, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{name} must be an integer")
-    if minimum is not None and value < minimum:
-        raise InvalidInput(f"{name} must be at least {minimum}")
-    return value
-
-
-def final_frame_key(customer_id: str, object_id: str, frame_number: int, extension: str) -> str:
-    """Key of a finished frame: `<customer>/<object>/<frame>.<ext>`.
-
-    The frame is formatted with `{:03d}`: at least three digits, so 7 -> "007" and
-    1234 -> "1234"; the sign counts as a digit, so -7 -> "-07" and -123 -> "-123".
-    """
-    _check_id("customer_id", customer_id)
-    _check_id("object_id", object_id)
-    _check_int("frame_number", frame_number)
-    ext = validate_extension(extension)
-    return validate_blob_key(f"{customer_id}/{object_id}/{frame_number:03d}.{ext}")
-
-
 # ---------------------------------------------------------------- helpers
 
 
 def _clip(text: str, limit: int = DETAIL_CHARS) -> str:
     """One line, no control characters, at most `limit` characters."""
-    cleaned = " ".join("".join(" " if _has_control(ch) else ch for ch in text).split())
+    cleaned = " ".join("".join(" " if has_control(ch) else ch for ch in text).split())
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
@@ -595,8 +525,8 @@ class CatalogClient(_PeerClient):
 
     def get_blend_file(self, object_id: str, customer_id: str) -> BlendFileRef:
         """Look the object up; refuse any answer that does not point inside its own folder."""
-        _check_id("object_id", object_id)
-        _check_id("customer_id", customer_id)
+        check_id("object_id", object_id)
+        check_id("customer_id", customer_id)
         operation = "get-blend-file-name"
         path = f"{self._prefix}/get-blend-file-name/{quote(object_id, safe='')}"
         with self._exchange(operation, "GET", path, params={"customer_id": customer_id}) as resp:
@@ -646,7 +576,7 @@ class CatalogClient(_PeerClient):
         blend_hash = body.get("blendFileHash")
         if not isinstance(blend_hash, str) or not blend_hash:
             raise self._not_renderable(object_id, "the catalog gives no blendFileHash")
-        if len(blend_hash) > MAX_ID_CHARS or _has_control(blend_hash):
+        if len(blend_hash) > MAX_ID_CHARS or has_control(blend_hash):
             raise self._not_renderable(object_id, "blendFileHash is malformed")
         return BlendFileRef(path=blend_path, hash=blend_hash)
 
@@ -655,9 +585,9 @@ class CatalogClient(_PeerClient):
     ) -> None:
         """Tell the catalog a frame is stored; not retried once sent (may not be idempotent)."""
         body = {
-            "objectId": _check_id("object_id", object_id),
-            "customerId": _check_id("customer_id", customer_id),
-            "frameNumber": _check_int("frame_number", frame_number),
+            "objectId": check_id("object_id", object_id),
+            "customerId": check_id("customer_id", customer_id),
+            "frameNumber": check_int("frame_number", frame_number),
             "imageFilePath": validate_blob_key(image_file_path),
         }
         operation = "add-rendered-image"
@@ -672,8 +602,8 @@ class CatalogClient(_PeerClient):
         if state not in self.OBJECT_STATES:
             raise InvalidInput(f"object state must be one of {', '.join(self.OBJECT_STATES)}")
         body = {
-            "objectId": _check_id("object_id", object_id),
-            "customerId": _check_id("customer_id", customer_id),
+            "objectId": check_id("object_id", object_id),
+            "customerId": check_id("customer_id", customer_id),
             "objectState": state,
         }
         operation = "change-state"
@@ -705,7 +635,7 @@ class BlobClient(_PeerClient):
     def _download(
         self, operation: str, path: str, params: Mapping[str, str], dest: Path, max_bytes: int
     ) -> int:
-        _check_int("max_bytes", max_bytes, minimum=0)
+        check_int("max_bytes", max_bytes, minimum=0)
         dest = Path(dest)
         with self._get(operation, path, params, max_bytes) as (resp, _declared):
             try:
@@ -812,7 +742,7 @@ class BlobClient(_PeerClient):
         params = {"key": validate_blob_key(temp_key)}
         validate_blob_key(final_key)
         ext = validate_extension(extension)
-        _check_int("max_bytes", max_bytes, minimum=0)
+        check_int("max_bytes", max_bytes, minimum=0)
         with _TempBlob(self, params, max_bytes) as blob:
             if blob.declared is None:
                 return self._transfer_through_file(
@@ -931,8 +861,8 @@ class UserServiceClient(_PeerClient):
         if not isinstance(data, Mapping):
             raise InvalidInput("message data must be a JSON object")
         return {
-            "user_id": _check_text("user_id", user_id),
-            "topic": _check_text("topic", topic),
+            "user_id": check_text("user_id", user_id),
+            "topic": check_text("topic", topic),
             "data": dict(data),
         }
 
@@ -1017,8 +947,8 @@ class UserManagerClient(_PeerClient):
         """Register this supervisor; the User Manager routes nothing to unknown ones, and
         forgets every registration when it restarts, so this is repeated (it is idempotent)."""
         form = [
-            ("user_count", str(_check_int("user_count", user_count, minimum=0))),
-            ("session_supervisor_id", _check_text("session_id", session_id)),
+            ("user_count", str(check_int("user_count", user_count, minimum=0))),
+            ("session_supervisor_id", check_text("session_id", session_id)),
         ]
         operation = "new-session"
         path = "/api/user-manager/session-supervisor/new-session"
@@ -1029,7 +959,7 @@ class UserManagerClient(_PeerClient):
     def cleanup_session(self, session_id: str) -> None:
         """Drop our registration and routing key; without it the User Manager's maps grow
         for ever. A repeat is harmless."""
-        form = [("session_supervisor_id", _check_text("session_id", session_id))]
+        form = [("session_supervisor_id", check_text("session_id", session_id))]
         operation = "cleanup-session"
         path = "/api/user-manager/session-supervisor/cleanup-session"
         with self._exchange(operation, "DELETE", path, data=form) as resp:

@@ -8,7 +8,6 @@ peers go through the outbox and leave only after the commit that decided them.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from supervisor.errors import (
     PeerError,
     WorkloadAlreadyActive,
 )
+from supervisor.keys import validate_id
 from supervisor.messaging import session_routing_key
 from supervisor.models import (
     ACTIVE_STATUSES,
@@ -46,24 +46,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ACTIVE_UNIQUE_INDEX = "uq_workloads_one_active_per_customer"
 # The User Manager lists a session once per `new-session` and `cleanup-session` removes one
 # entry; registrations are rare (see register_session), so this bound is never reached in
 # practice, and only keeps a pathological workload from queueing without limit.
 MAX_CLEANUPS = 50
-
-
-def validate_id(name: str, value: object) -> str:
-    """Ids are 1 to 128 characters of [A-Za-z0-9._-]; anything else is refused."""
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{name} is required")
-    if not ID_PATTERN.fullmatch(value) or value in {".", ".."}:
-        raise InvalidInput(
-            f"{name} must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '-' "
-            "(and not '.' or '..')"
-        )
-    return value
 
 
 def _log(event: str, workload_id: str | None, **fields: Any) -> None:

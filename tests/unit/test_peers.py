@@ -23,16 +23,14 @@ import pytest
 
 from supervisor.config import Settings
 from supervisor.errors import InvalidInput, ObjectNotRenderable, PeerError
+from supervisor.keys import final_frame_key, validate_blob_key, validate_extension
 from supervisor.peers import (
     UPLOAD_CHUNK_BYTES,
     BlendFileRef,
     BlobClient,
     Peers,
     RetryPolicy,
-    final_frame_key,
     make_session,
-    validate_blob_key,
-    validate_extension,
 )
 
 CATALOG = "/api/mongodb-service/blender-objects"

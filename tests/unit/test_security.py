@@ -6,7 +6,7 @@ import pytest
 
 from app.security import address_is_privileged, token_is_valid
 from supervisor.errors import InvalidInput
-from supervisor.workloads import validate_id
+from supervisor.keys import validate_id
 
 NETWORKS = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.1.0.0/16"))
 
