@@ -49,9 +49,9 @@ def degraded_peers(redis: Redis) -> dict[str, dict[str, object]]:
 class PeerHealth:
     """The marks as one process sees them, read from Redis at most once a `max_age`.
 
-    Every status poll used to pay a Redis round trip for marks that live a minute; now a
-    mark set by another process shows within `max_age`, and one set by this process (its
-    own failing call) at once."""
+    Marks live a minute, so a status poll need not pay a Redis round trip for them: a mark
+    set by another process shows within `max_age`, and one set by this process (its own
+    failing call) at once."""
 
     def __init__(self, redis: Redis, *, max_age: float = READ_EVERY_SECONDS) -> None:
         self._redis = redis

@@ -1,46 +1,28 @@
 """The inbox: User Manager events recorded in Postgres before their message is acked.
 
-The intake writes one row per event (the session must exist: one conditional INSERT) and
-dispatches a task with the row's id; the task handles the event and deletes the row. Rows
-whose task was lost are dispatched again by beat, so an event survives a killed worker or
-a flushed Redis. Handlers are idempotent, so a second run of one changes nothing.
+The intake writes one row per event of a known session (its body is the event's JSON form,
+`to_body` of a supervisor.messages event) and dispatches a task with the row's id; the
+task handles the event and deletes the row. Rows whose task was lost are dispatched again
+by beat, so an event survives a killed worker or a flushed Redis. Handlers are idempotent,
+so a second run of one changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from supervisor.db import Database
-from supervisor.intake import Event
+from supervisor.messages import Event, from_body
 from supervisor.models import InboxEvent, Workload
 
 logger = logging.getLogger(__name__)
 
 GIVE_UP_AFTER_DISPATCHES = 20
-
-
-def record(db: Database, event: Event) -> int | None:
-    """Record an event of a known session; None when the session is unknown."""
-    with db.transaction() as session:
-        return session.execute(
-            text(
-                "INSERT INTO inbox (workload_id, topic, body) "
-                "SELECT CAST(:workload_id AS varchar), :topic, CAST(:body AS jsonb) "
-                "WHERE EXISTS (SELECT 1 FROM workloads WHERE id = CAST(:workload_id AS varchar)) "
-                "RETURNING id"
-            ),
-            {
-                "workload_id": event.session_id,
-                "topic": event.topic,
-                "body": _json(event),
-            },
-        ).scalar_one_or_none()
 
 
 def record_many(db: Database, events: Sequence[Event]) -> list[int | None]:
@@ -58,7 +40,7 @@ def record_many(db: Database, events: Sequence[Event]) -> list[int | None]:
                 session.scalars(
                     insert(InboxEvent).returning(InboxEvent.id, sort_by_parameter_order=True),
                     [
-                        {"workload_id": e.session_id, "topic": e.topic, "body": e.to_task()}
+                        {"workload_id": e.session_id, "topic": e.topic, "body": e.to_body()}
                         for e in wanted
                     ],
                 )
@@ -76,17 +58,13 @@ def claim_many(db: Database, inbox_ids: Sequence[int]) -> list[tuple[int, Event]
             .values(dispatched_at=func.now(), attempts=InboxEvent.attempts + 1)
             .returning(InboxEvent.id, InboxEvent.body)
         ).all()
-    return sorted((row.id, Event.from_task(row.body)) for row in rows)
+    return sorted((row.id, from_body(row.body)) for row in rows)
 
 
 def done_many(db: Database, inbox_ids: Sequence[int]) -> None:
     if inbox_ids:
         with db.transaction() as session:
             session.execute(delete(InboxEvent).where(InboxEvent.id.in_(list(inbox_ids))))
-
-
-def _json(event: Event) -> str:
-    return json.dumps(event.to_task())
 
 
 def claim(db: Database, inbox_id: int) -> Event | None:
@@ -99,7 +77,7 @@ def claim(db: Database, inbox_id: int) -> Event | None:
             .values(dispatched_at=func.now(), attempts=InboxEvent.attempts + 1)
             .returning(InboxEvent.body)
         ).scalar_one_or_none()
-    return Event.from_task(body) if body is not None else None
+    return from_body(body) if body is not None else None
 
 
 def done(db: Database, inbox_id: int) -> None:

@@ -16,24 +16,24 @@ from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session
 
 from supervisor import outbox
-from supervisor.events import distribute, lock_workload, unassign_user
+from supervisor.frames.assignment import distribute, lock_workload, unassign_user
 from supervisor.models import Frame, FrameState, UserState, Workload, WorkloadStatus, WorkloadUser
 from supervisor.workloads import demand_missing_users, register_session, send_outbox_soon
 
 if TYPE_CHECKING:
-    from supervisor.service import Supervisor
+    from supervisor.services import Services
 
 logger = logging.getLogger(__name__)
 
 
-def _running_ids(sv: Supervisor) -> list[str]:
+def _running_ids(sv: Services) -> list[str]:
     with sv.db.session() as session:
         return list(
             session.scalars(select(Workload.id).where(Workload.status == WorkloadStatus.RUNNING))
         )
 
 
-def _each_running_workload(sv: Supervisor) -> Iterator[tuple[Session, Workload]]:
+def _each_running_workload(sv: Services) -> Iterator[tuple[Session, Workload]]:
     """Each running workload in its own transaction, under its row lock."""
     for workload_id in _running_ids(sv):
         with sv.db.transaction() as session:
@@ -42,7 +42,7 @@ def _each_running_workload(sv: Supervisor) -> Iterator[tuple[Session, Workload]]
                 yield session, workload
 
 
-def demand_users(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
+def demand_users(sv: Services, now: datetime | None = None) -> dict[str, int]:
     """Ask again for the users a running workload lacks once the last ask is stale, after a
     fresh registration (the User Manager may have restarted and forgotten us; it drops the
     demands of supervisors it does not know). A workload that has made no progress for
@@ -71,7 +71,7 @@ def demand_users(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
     return asked
 
 
-def _stall_backoff(sv: Supervisor, workload: Workload) -> timedelta:
+def _stall_backoff(sv: Services, workload: Workload) -> timedelta:
     """How long a stalled workload waits before registering again: `stall_seconds`, doubled
     for each registration it already made, up to 32 times, so a User Manager down for hours
     does not collect hundreds of entries (each needs its cleanup-session)."""
@@ -83,7 +83,7 @@ def _older(moment: datetime | None, cutoff: datetime) -> bool:
     return moment is None or moment < cutoff
 
 
-def reclaim_stale_frames(sv: Supervisor, now: datetime | None = None) -> dict[str, int]:
+def reclaim_stale_frames(sv: Services, now: datetime | None = None) -> dict[str, int]:
     """Users holding frames we have not heard from for a while are taken as lost: their
     frames go back to be rendered by others, and users are asked for again (after a fresh
     registration). "A while" is `stall_seconds`, or ten of the user's own frame times when
@@ -164,7 +164,7 @@ def _silence_params(now: datetime, settings: Any) -> dict[str, Any]:
     }
 
 
-def _silent_holders(sv: Supervisor, now: datetime) -> dict[str, dict[str, tuple[int, str]]]:
+def _silent_holders(sv: Services, now: datetime) -> dict[str, dict[str, tuple[int, str]]]:
     """Silent users holding frames, by workload: a frame each holds, and the blend hash."""
     with sv.db.session() as session:
         params = {"workload_id": None, **_silence_params(now, sv.settings)}
@@ -182,7 +182,7 @@ def _still_silent(session: Session, workload_id: str, now: datetime, settings: A
 
 
 def _probe(
-    sv: Supervisor, suspects: dict[str, dict[str, tuple[int, str]]]
+    sv: Services, suspects: dict[str, dict[str, tuple[int, str]]]
 ) -> dict[tuple[str, str], bool | None]:
     """Ask each suspect's node for a frame it holds (`retrieve-frame`, acknowledged),
     outside any transaction, a few at a time: True when it answered, False when the User
@@ -228,7 +228,7 @@ def _give_up_stale_claims(session: Session, workload_id: str, now: datetime, tim
     return result.rowcount or 0
 
 
-def rebalance(sv: Supervisor) -> dict[str, dict[str, int]]:
+def rebalance(sv: Services) -> dict[str, dict[str, int]]:
     """Give idle users work: unassigned frames first, else the tails of long lists."""
     moved: dict[str, dict[str, int]] = {}
     with sv.db.session() as session:
@@ -267,7 +267,7 @@ def rebalance(sv: Supervisor) -> dict[str, dict[str, int]]:
     return moved
 
 
-def fully_recorded(sv: Supervisor) -> list[str]:
+def fully_recorded(sv: Services) -> list[str]:
     """Running workloads whose every frame the catalog has confirmed."""
     with sv.db.session() as session:
         return list(
@@ -281,7 +281,7 @@ def fully_recorded(sv: Supervisor) -> list[str]:
         )
 
 
-def stuck_starts(sv: Supervisor, now: datetime | None = None) -> list[str]:
+def stuck_starts(sv: Services, now: datetime | None = None) -> list[str]:
     """Workloads still `initialized` long after start: their preparation task was lost."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=sv.settings.stuck_start_seconds)

@@ -199,7 +199,8 @@ class OutboxMessage(Base):
     """A message decided inside a transaction, sent only after that transaction commits."""
 
     __tablename__ = "outbox"
-    # A workload's User Manager messages wait behind its unsent stop-works (outbox._due).
+    # A workload's User Manager messages wait behind its unsent stop-works
+    # (outbox.order.due_rows).
     __table_args__ = (
         Index(
             "ix_outbox_stop_work", "workload_id", "id", postgresql_where=text("topic = 'stop-work'")

@@ -1,5 +1,6 @@
-"""Refused messages: logged once with the reason, counted in Redis, kept on the dead-letter
-queue for inspection. Never raises: a refusal must not take the consumer down."""
+"""Refusals: the one exception for a message or event we will not act on, and what becomes
+of it (logged once with the reason, counted in Redis, kept on the dead-letter queue for
+inspection). `refuse` never raises: a refusal must not take the consumer down."""
 
 from __future__ import annotations
 
@@ -7,15 +8,26 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from supervisor.service import Supervisor
+    from supervisor.services import Services
 
 logger = logging.getLogger(__name__)
 
 REFUSED_COUNTER = "supervisor:refused-messages"
 
 
+class Refused(Exception):
+    """A message that makes no sense, or an event that does not fit our state (not our
+    user, frame or session). `reason` is a short machine-friendly code, counted per code;
+    `detail` says what was wrong with this one."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
 def refuse(
-    sv: Supervisor,
+    sv: Services,
     *,
     reason: str,
     detail: str,
@@ -42,7 +54,3 @@ def refuse(
         sv.dead_letters.keep(reason=f"{reason}: {detail}"[:500], routing_key=routing_key, body=body)
     except Exception:
         logger.warning("could not dead-letter a refused message", exc_info=True)
-
-
-def refused_counts(sv: Supervisor) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in sv.redis.hgetall(REFUSED_COUNTER).items()}

@@ -23,10 +23,10 @@ from supervisor.outbox import (
     to_user_manager,
     to_users,
 )
-from supervisor.service import Supervisor
+from supervisor.services import Services
 
 
-def drain_locks_held(supervisor: Supervisor) -> int:
+def drain_locks_held(supervisor: Services) -> int:
     with supervisor.db.session() as session:
         return session.scalar(
             text(
@@ -38,13 +38,14 @@ def drain_locks_held(supervisor: Supervisor) -> int:
         )
 
 
-def terminate_the_drainer(supervisor: Supervisor) -> None:
+def terminate_the_drainer(supervisor: Services) -> None:
     """What a database restart does to a drain: the backend holding its lock goes away."""
     with supervisor.db.session() as session:
         session.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
                 "locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND ((classid::bigint << 32) | objid::bigint) = :id"
             ),
             {"id": OUTBOX_DRAIN_LOCK_ID},
@@ -62,7 +63,7 @@ def queue_record(session: Session, frame: int) -> None:
     )
 
 
-def warm_pool(supervisor: Supervisor, connections: int) -> None:
+def warm_pool(supervisor: Services, connections: int) -> None:
     """Leave several idle connections in the pool, as a busy worker process has."""
     held = [supervisor.db.engine.connect() for _ in range(connections)]
     for connection in held:
@@ -71,8 +72,9 @@ def warm_pool(supervisor: Supervisor, connections: int) -> None:
         connection.close()
 
 
+@pytest.mark.commits
 def test_drain_releases_its_lock_on_the_connection_that_took_it(
-    supervisor: Supervisor,
+    supervisor: Services,
 ) -> None:
     warm_pool(supervisor, 4)
     for round_number in range(3):
@@ -85,7 +87,8 @@ def test_drain_releases_its_lock_on_the_connection_that_took_it(
         assert drain_locks_held(supervisor) == 0
 
 
-def test_a_waiting_drain_gets_the_lock_once_the_holder_is_done(supervisor: Supervisor) -> None:
+@pytest.mark.commits
+def test_a_waiting_drain_gets_the_lock_once_the_holder_is_done(supervisor: Services) -> None:
     warm_pool(supervisor, 4)
     drain(supervisor.db, supervisor.publisher, supervisor.peers)
     with supervisor.db.transaction() as session:
@@ -110,7 +113,7 @@ class FlakyUsers:
         self.delivered.append((user_id, data["label"]))
 
 
-def queue_lists(supervisor: Supervisor, *messages: tuple[str, str]) -> None:
+def queue_lists(supervisor: Services, *messages: tuple[str, str]) -> None:
     with supervisor.db.transaction() as session:
         for user, label in messages:
             to_users(
@@ -119,7 +122,7 @@ def queue_lists(supervisor: Supervisor, *messages: tuple[str, str]) -> None:
 
 
 def test_a_newer_message_never_overtakes_an_older_one_waiting_for_a_retry(
-    supervisor: Supervisor,
+    supervisor: Services,
 ) -> None:
     users = FlakyUsers(fail_once={"u1-first"})
     peers = SimpleNamespace(users=users, catalog=None, blob=None)
@@ -137,7 +140,7 @@ def test_a_newer_message_never_overtakes_an_older_one_waiting_for_a_retry(
     assert users.delivered == [("u2", "u2-only"), ("u1", "u1-first"), ("u1", "u1-second")]
 
 
-def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Supervisor) -> None:
+def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Services) -> None:
     """A crash may resend only the record in flight: catalog records are not idempotent."""
     seen_waiting: list[int] = []
 
@@ -164,8 +167,9 @@ def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Supe
     assert seen_waiting == [5, 4, 3, 2, 1]
 
 
+@pytest.mark.commits
 def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_again(
-    supervisor: Supervisor,
+    supervisor: Services,
 ) -> None:
     calls: list[int] = []
 
@@ -185,8 +189,9 @@ def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_ag
     assert calls == [7]
 
 
+@pytest.mark.commits
 def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
-    supervisor: Supervisor,
+    supervisor: Services,
 ) -> None:
     """The drain's rollback undoes the count with the delete: both are redone together on a
     fresh connection, or the workload would wait for that record for ever."""
@@ -219,10 +224,10 @@ def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
 
 
-def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Supervisor) -> None:
+def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Services) -> None:
     """The one-at-a-time catalog lane runs while the pool sends the idempotent messages:
-    a slow Blob Service must not hold back the records (they used to wait for every
-    deletion of the drain)."""
+    a slow Blob Service must not hold back the records until every deletion of the drain
+    is done."""
     release = threading.Event()
     recorded_while_deleting: list[bool] = []
 
@@ -250,8 +255,9 @@ def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Supervisor) 
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
 
 
+@pytest.mark.commits
 def test_a_drain_that_loses_its_database_stops_sending_what_it_cannot_settle(
-    supervisor: Supervisor,
+    supervisor: Services,
 ) -> None:
     deleted: list[str] = []
 
@@ -288,7 +294,7 @@ class RecordingUserManager:
 
 
 def test_user_manager_messages_wait_for_an_older_stop_work_of_their_workload(
-    supervisor: Supervisor,
+    supervisor: Services,
 ) -> None:
     """The User Manager hands released users on at once: a `stop-work` arriving after the
     release would stop the next session's work."""

@@ -24,7 +24,7 @@ Split = Callable[[list[int], dict[str, list[int]], int, int], dict[str, list[int
 def _new_split(
     unassigned: list[int], held: dict[str, list[int]], expected: int, cap: int
 ) -> dict[str, list[int]]:
-    """What events.distribute decides on an arrival: lists from the unassigned frames,
+    """What frames.assignment.distribute decides on an arrival: lists from the unassigned frames,
     then list tails for the users still empty."""
     receivers = sorted(user for user, frames in held.items() if not frames)
     sizes = list_sizes(len(unassigned), receivers, dict.fromkeys(held), expected, cap)
