@@ -6,8 +6,10 @@ import logging
 
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from app.schemas import WORDED_ERRORS
 from supervisor.errors import (
     InvalidInput,
     NoActiveWorkload,
@@ -33,6 +35,18 @@ def error_body(
     if details:
         body["details"] = details
     return jsonify(body), status, headers or []
+
+
+def validation_details(error: ValidationError) -> str:
+    """The `details` of the 400 `Invalid input` for a request its model (app/schemas.py)
+    refuses: the first problem found."""
+    first = error.errors(include_url=False)[0]
+    name = str(first["loc"][0]) if first["loc"] else "request"
+    if first["type"] == "missing":
+        return f"{name} is required"
+    if first["type"] in WORDED_ERRORS:
+        return str(first["msg"])
+    return f"{name}: {first['msg']}"
 
 
 def register_error_handlers(app: Flask) -> None:

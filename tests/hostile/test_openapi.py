@@ -2,25 +2,31 @@
 
 Schemathesis generates requests for every documented operation (explicit examples, then its
 coverage cases, then up to MAX_EXAMPLES random ones, valid and invalid) and sends them to the
-Flask app in-process. Each answer must be no 5xx, a documented status code and content type,
-and a body that matches the documented schema; an admin route must refuse a request without
-its token. The other tests pin the document itself (valid OpenAPI 3, every route documented,
-bodies of real workload states) and the Swagger UI page (served from local files only).
+Flask app in-process, with every check it has: no 5xx, a documented status code, content type
+and body, invalid input refused, valid input accepted, an admin route refusing a wrong token.
+The fake catalog knows every object, and a workload the fuzzing starts is stopped at once, so
+every valid start-workload is accepted. The other tests pin the document itself
+(valid OpenAPI 3, every route documented, bodies of real workload states) and the Swagger UI
+page (served from local files only). tests/hostile/test_live_api.py runs the schemathesis CLI
+against a served app.
 
-The run is seeded (SEED): change it, or raise MAX_EXAMPLES, to explore further.
+The run is seeded (tests/hostile/schemathesis.toml): change the seed, or raise MAX_EXAMPLES,
+to explore further.
 
 `schemathesis.pytest.from_fixture` cannot be used with pytest 9.2 (it sets `Item._nodeid`,
 which pytest no longer has), so schemathesis gets the document at import, from a WSGI app that
 forwards to the running test's `app` fixture (AppUnderTest); before any test runs it is an app
-with the document's blueprint only. `test_the_served_document_is_the_fuzzed_one` checks that
-the real app serves that same document.
+with the API's routes and the document but no supervisor behind them.
+`test_the_served_document_is_the_fuzzed_one` checks that the real app serves that same document.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,15 +35,18 @@ import pytest
 import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
-from schemathesis import checks
 from sqlalchemy import insert, select, update
 
+from app.api import api
 from app.errors import ALREADY_RUNNING
 from app.openapi import PREFIX, openapi
 from supervisor.config import Settings
+from supervisor.errors import InvalidInput
+from supervisor.keys import ID_MAX_CHARS, ID_PATTERN, ID_SCHEMA_PATTERN, validate_id
 from supervisor.models import (
     ACTIVE_STATUSES,
     Frame,
@@ -46,27 +55,21 @@ from supervisor.models import (
     WorkloadStatus,
     WorkloadUser,
 )
-from supervisor.service import Supervisor
-from tests.conftest import FIXTURES, make_settings
+from supervisor.services import Services
 from tests.fakes import FakePeers
+from tests.helpers import FIXTURES, make_settings
+from tests.hostile.catalog import know_every_object
 
 pytestmark = pytest.mark.integration
 
-ADMIN_TOKEN = "hostile-admin-token"
+SCHEMATHESIS_CONFIG = Path(__file__).with_name("schemathesis.toml")
+CONFIG = schemathesis.Config.from_path(SCHEMATHESIS_CONFIG)
+ADMIN_TOKEN = CONFIG.projects.default.auth.openapi.schemes["adminToken"].bearer
 # The document's examples name this customer and object; schemathesis sends them first.
 CUSTOMER, OBJECT = "customer-42", "object-7"
 BLEND = (FIXTURES / "blend" / "blender-5.0" / "range_10_20.blend").read_bytes()
 STRANGER = {"REMOTE_ADDR": "203.0.113.9"}  # not a privileged address
-SEED = 20_251_124
 MAX_EXAMPLES = 50
-
-CONFIG = schemathesis.Config.from_dict(
-    {
-        "seed": SEED,
-        "generation": {"database": "none"},
-        "auth": {"openapi": {"adminToken": {"bearer": ADMIN_TOKEN}}},
-    }
-)
 
 
 class AppUnderTest:
@@ -77,6 +80,7 @@ class AppUnderTest:
         documents_only.extensions["session_supervisor"] = SimpleNamespace(
             settings=Settings(_env_file=None)
         )
+        documents_only.register_blueprint(api)
         documents_only.register_blueprint(openapi)
         self.target: Flask = documents_only
 
@@ -86,14 +90,6 @@ class AppUnderTest:
 
 APP_UNDER_TEST = AppUnderTest()
 schema = schemathesis.openapi.from_wsgi(f"{PREFIX}/openapi.json", APP_UNDER_TEST, config=CONFIG)
-
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_schema_conformance,
-    checks.ignored_auth,
-]
 
 
 @pytest.fixture(name="settings")
@@ -108,7 +104,7 @@ class World:
     """A customer with a running workload, two users and frames out with them."""
 
     client: FlaskClient
-    supervisor: Supervisor
+    supervisor: Services
 
     def ensure_running(self) -> None:
         response = self.client.post(
@@ -147,8 +143,9 @@ def app_under_test(app: Flask) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def world(app: Flask, supervisor: Supervisor, fake_peers: FakePeers) -> World:
+def world(app: Flask, supervisor: Services, fake_peers: FakePeers) -> World:
     fake_peers.add_object(CUSTOMER, OBJECT, BLEND)
+    know_every_object(fake_peers)
     return World(app.test_client(), supervisor)
 
 
@@ -165,11 +162,17 @@ def world(app: Flask, supervisor: Supervisor, fake_peers: FakePeers) -> World:
 def test_every_operation_keeps_to_the_document(
     case: schemathesis.Case, app_under_test: Flask, world: World
 ) -> None:
-    # start-workload starts from nothing, so that its documented example can succeed once;
-    # every other operation meets the example customer with a running workload.
+    # Every other operation meets the example customer with a running workload; a workload
+    # start-workload starts is stopped at once, so that the next valid start is accepted too.
+    starts = case.operation.path == f"{PREFIX}/start-workload" and case.method == "POST"
     if case.operation.path != f"{PREFIX}/start-workload":
         world.ensure_running()
-    case.call_and_validate(checks=CHECKS)
+    response = case.call_and_validate()
+    if starts and response.status_code == 200:
+        stopped = world.client.post(
+            f"{PREFIX}/stop-and-delete-workload", data={"customer_id": case.body["customer_id"]}
+        )
+        assert stopped.status_code == 200, stopped.get_data(as_text=True)
 
 
 # --- the document -------------------------------------------------------------------------
@@ -186,6 +189,57 @@ def test_openapi_json_is_valid_openapi_3(client: FlaskClient) -> None:
 
 def test_the_served_document_is_the_fuzzed_one(client: FlaskClient) -> None:
     assert client.get(f"{PREFIX}/openapi.json").get_json() == schema.raw_schema
+
+
+def _schemas_with_a_pattern(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "pattern" in node:
+            yield node
+        for value in node.values():
+            yield from _schemas_with_a_pattern(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _schemas_with_a_pattern(value)
+
+
+def test_every_id_in_the_document_has_the_servers_rule(client: FlaskClient) -> None:
+    document = client.get(f"{PREFIX}/openapi.json").get_json()
+    ids = list(_schemas_with_a_pattern(document))
+    # the two forms, the query and the three paths that take a customer, and object_id
+    assert len(ids) >= 7
+    for schema in ids:
+        assert (schema["pattern"], schema["minLength"], schema["maxLength"]) == (
+            ID_SCHEMA_PATTERN,
+            1,
+            ID_MAX_CHARS,
+        )
+
+
+def _documented(value: str) -> bool:
+    """What the document allows: OpenAPI patterns are ECMA-262, whose `$` (unlike Python's)
+    does not match before a final newline."""
+    within = 1 <= len(value) <= ID_MAX_CHARS and not value.endswith("\n")
+    return within and re.search(ID_SCHEMA_PATTERN, value) is not None
+
+
+def _served(value: str) -> bool:
+    try:
+        validate_id("customer_id", value)
+    except InvalidInput:
+        return False
+    return True
+
+
+@given(
+    st.one_of(
+        st.sampled_from([".", "..", "...", ".a", "a.", "a" * ID_MAX_CHARS, "a" * 129, "a\n"]),
+        st.from_regex(ID_PATTERN, fullmatch=True),
+        st.text(alphabet="._-aZ0/\n ", max_size=6),
+        st.text(max_size=ID_MAX_CHARS + 2),
+    )
+)
+def test_the_documented_id_rule_is_the_servers(value: str) -> None:
+    assert _documented(value) == _served(value)
 
 
 def test_every_route_of_the_api_is_documented_and_nothing_else(
@@ -212,7 +266,7 @@ def _validate(client: FlaskClient, method: str, path: str, url: str, **kwargs: A
 
 
 def test_real_workload_states_match_the_documented_bodies(
-    client: FlaskClient, world: World, supervisor: Supervisor, fake_peers: FakePeers
+    client: FlaskClient, world: World, supervisor: Services, fake_peers: FakePeers
 ) -> None:
     status = f"{PREFIX}/get-workload-status"
     progress = f"{PREFIX}/get-workload-progress"

@@ -8,13 +8,13 @@ import logging
 import pytest
 
 from app import create_app
-from supervisor.service import Supervisor
+from supervisor.services import Services
 
 PREFIX = "/api/session-supervisor-service"
 ADMIN = f"{PREFIX}/get-user-count/nobody"
 
 
-def app_with(supervisor: Supervisor, **settings: object):  # type: ignore[no-untyped-def]
+def app_with(supervisor: Services, **settings: object):  # type: ignore[no-untyped-def]
     for name, value in settings.items():
         setattr(supervisor.settings, name, value)
     return create_app(supervisor=supervisor).test_client()
@@ -40,7 +40,7 @@ def app_with(supervisor: Supervisor, **settings: object):  # type: ignore[no-unt
     ],
 )
 def test_client_address_is_believed_only_as_far_as_trusted_proxies(
-    supervisor: Supervisor, remote: str, forwarded: str | None, proxies: int, allowed: bool
+    supervisor: Services, remote: str, forwarded: str | None, proxies: int, allowed: bool
 ) -> None:
     from ipaddress import ip_network
 
@@ -54,9 +54,7 @@ def test_client_address_is_believed_only_as_far_as_trusted_proxies(
     assert response.status_code == (404 if allowed else 403)
 
 
-def test_no_secret_reaches_the_logs(
-    supervisor: Supervisor, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_no_secret_reaches_the_logs(supervisor: Services, caplog: pytest.LogCaptureFixture) -> None:
     token = "tok-5ecret-value-9"
     client = app_with(supervisor, admin_token=token)
     caplog.set_level(logging.DEBUG)

@@ -16,11 +16,10 @@ from supervisor.models import (
     WorkloadUser,
 )
 from supervisor.outbox import drain, pending_count
-from supervisor.service import Supervisor
-from tests.conftest import FIXTURES
+from supervisor.services import Services
 from tests.fakes import FakePeers
-from tests.integration.conftest import PeerLog
-from tests.integration.helpers import drain_everything
+from tests.helpers import FIXTURES
+from tests.integration.helpers import PeerLog, drain_everything
 
 PREFIX = "/api/session-supervisor-service"
 BLEND = FIXTURES / "blend"
@@ -40,7 +39,7 @@ def start(client, customer: str = "cust-1", obj: str = "obj-1"):  # type: ignore
     return client.post(f"{PREFIX}/start-workload", data={"customer_id": customer, "object_id": obj})
 
 
-def add_users(sv: Supervisor, workload_id: str, *user_ids: str) -> None:
+def add_users(sv: Services, workload_id: str, *user_ids: str) -> None:
     with sv.db.transaction() as session:
         session.execute(
             insert(WorkloadUser),
@@ -48,7 +47,7 @@ def add_users(sv: Supervisor, workload_id: str, *user_ids: str) -> None:
         )
 
 
-def workload_of(sv: Supervisor, customer: str = "cust-1") -> Workload:
+def workload_of(sv: Services, customer: str = "cust-1") -> Workload:
     with sv.db.session() as session:
         return session.scalars(select(Workload).where(Workload.customer_id == customer)).one()
 
@@ -60,7 +59,7 @@ def test_service_is_active(client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_start_workload_reads_the_blend_and_demands_users(
-    client, supervisor: Supervisor, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     response = start(client)
 
@@ -87,7 +86,7 @@ def test_start_workload_reads_the_blend_and_demands_users(
 
 
 def test_start_workload_with_a_step_creates_exactly_the_rendered_frames(
-    client, supervisor: Supervisor, fake_peers: FakePeers
+    client, supervisor: Services, fake_peers: FakePeers
 ) -> None:  # type: ignore[no-untyped-def]
     fake_peers.add_object("cust-1", "obj-1", blend("blender-5.0/step_3_1_100.blend"))
     assert start(client).status_code == 200
@@ -131,7 +130,7 @@ def test_start_workload_rejects_bad_fields(client, form: dict[str, str]) -> None
 
 
 def test_unknown_object_is_refused_and_does_not_block_the_customer(
-    client, supervisor: Supervisor
+    client, supervisor: Services
 ) -> None:  # type: ignore[no-untyped-def]
     response = start(client, obj="missing")
     assert response.status_code == 400
@@ -164,7 +163,7 @@ def test_a_bad_blend_fails_the_workload_with_its_reason(
     assert start(client).status_code == 200, "a failed workload must not block a new one"
 
 
-def test_status_reports_counters(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+def test_status_reports_counters(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
     with supervisor.db.transaction() as session:
@@ -206,7 +205,7 @@ def test_status_and_progress_without_customer_are_400(client, route: str) -> Non
 
 
 def test_progress_maps_assigned_frames_to_their_users(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -239,7 +238,7 @@ def test_progress_maps_assigned_frames_to_their_users(
     }
 
 
-def test_progress_caps_the_frame_mapping(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+def test_progress_caps_the_frame_mapping(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     supervisor.settings.progress_mapping_limit = 3
     start(client)
     workload = workload_of(supervisor)
@@ -254,7 +253,7 @@ def test_progress_caps_the_frame_mapping(client, supervisor: Supervisor, range_1
     assert body["frame_mapping_truncated"] is True
 
 
-def _big_workload(sv: Supervisor, frames: int, rendered: int, assigned: int) -> str:
+def _big_workload(sv: Services, frames: int, rendered: int, assigned: int) -> str:
     """A running workload made set-based, as the status benchmark makes its 1M-frame one:
     frames 1..rendered rendered, the next `assigned` held round-robin by user-0..user-2, a
     released user-3 that holds nothing, the rest pending."""
@@ -293,7 +292,7 @@ def _big_workload(sv: Supervisor, frames: int, rendered: int, assigned: int) -> 
 
 
 def test_progress_of_a_huge_workload_counts_everything_and_maps_the_lowest_frames(
-    client, supervisor: Supervisor
+    client, supervisor: Services
 ) -> None:  # type: ignore[no-untyped-def]
     limit = supervisor.settings.progress_mapping_limit
     _big_workload(supervisor, frames=50_000, rendered=30_000, assigned=limit * 3)
@@ -317,7 +316,7 @@ def test_progress_of_a_huge_workload_counts_everything_and_maps_the_lowest_frame
 
 
 def test_progress_is_not_truncated_when_exactly_the_limit_is_out(
-    client, supervisor: Supervisor
+    client, supervisor: Services
 ) -> None:  # type: ignore[no-untyped-def]
     supervisor.settings.progress_mapping_limit = 5
     _big_workload(supervisor, frames=20, rendered=10, assigned=5)
@@ -328,14 +327,14 @@ def test_progress_is_not_truncated_when_exactly_the_limit_is_out(
     assert body["frame_mapping_truncated"] is False
 
 
-def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Supervisor) -> None:
+def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Services) -> None:
     """The mapping must walk ix_frames_assigned_number: through the primary key it would
     step over every rendered frame below the first assigned one (100 ms at 1M frames)."""
     _big_workload(supervisor, frames=50_000, rendered=40_000, assigned=300)
     with supervisor.db.engine.connect() as connection:
         connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
         plan = connection.exec_driver_sql(
-            "EXPLAIN " + workloads._PROGRESS,
+            "EXPLAIN " + workloads.views._PROGRESS,
             {"customer_id": "big", "fetch": 101},
         ).scalars()
         plan_text = "\n".join(plan)
@@ -343,7 +342,7 @@ def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Superviso
 
 
 def test_stop_and_delete_tells_users_and_the_user_manager(
-    client, supervisor: Supervisor, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -393,7 +392,7 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
 
 
 def test_status_after_a_stop_shows_the_previous_workload(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     with supervisor.db.transaction() as session:
@@ -409,7 +408,7 @@ def test_status_after_a_stop_shows_the_previous_workload(
 
 
 def test_a_stopped_workload_is_forgotten_once_its_grace_period_is_over(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload_id = workload_of(supervisor).id
@@ -436,7 +435,7 @@ def test_a_stopped_workload_is_forgotten_once_its_grace_period_is_over(
 
 @pytest.mark.parametrize("ending", ["completed", "failed"])
 def test_an_ended_workload_is_only_unbound_after_its_grace_period(
-    client, supervisor: Supervisor, range_10_20: str, ending: str
+    client, supervisor: Services, range_10_20: str, ending: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload_id = workload_of(supervisor).id
@@ -465,7 +464,7 @@ def test_stop_without_active_workload_is_404(client) -> None:  # type: ignore[no
 
 
 def test_stop_keeps_messages_when_the_broker_is_down_and_sends_them_later(
-    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     supervisor.publisher.fail = True
@@ -488,7 +487,7 @@ def test_stop_keeps_messages_when_the_broker_is_down_and_sends_them_later(
 # --- admin ---------------------------------------------------------------------------
 
 
-def test_get_user_count(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+def test_get_user_count(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
     body = client.get(f"{PREFIX}/get-user-count/cust-1").get_json()
@@ -519,7 +518,7 @@ def test_admin_routes_refuse_strangers(client, method: str, path: str) -> None: 
     assert response.get_json()["message"] == "Forbidden"
 
 
-def test_admin_token_opens_admin_routes(client, supervisor: Supervisor, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+def test_admin_token_opens_admin_routes(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     supervisor.settings.admin_token = "s3cret-token"
     start(client)
     stranger = {"REMOTE_ADDR": "203.0.113.9"}
@@ -545,7 +544,7 @@ def test_set_user_count_rejects_absurd_counts(client, range_10_20: str, count: s
 
 
 def test_set_user_count_demands_the_missing_users(
-    client, supervisor: Supervisor, peer_log: PeerLog, range_10_20: str
+    client, supervisor: Services, peer_log: PeerLog, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -571,7 +570,7 @@ def test_set_user_count_demands_the_missing_users(
 
 
 def test_set_user_count_asks_only_for_the_users_still_missing(
-    client, supervisor: Supervisor, peer_log: PeerLog, range_10_20: str
+    client, supervisor: Services, peer_log: PeerLog, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     add_users(supervisor, workload_of(supervisor).id, "user-a", "user-b")
@@ -584,7 +583,7 @@ def test_set_user_count_asks_only_for_the_users_still_missing(
 
 
 def test_set_user_count_releases_the_surplus(
-    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -640,7 +639,7 @@ def overview_of(workload: Workload, status: str, users: int) -> dict[str, object
 
 
 def test_session_overview_of_a_running_workload(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -659,7 +658,7 @@ def test_session_overview_of_a_running_workload(
 
 
 def test_session_overview_of_a_just_stopped_workload_still_answers(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -673,7 +672,7 @@ def test_session_overview_of_a_just_stopped_workload_still_answers(
 
 
 def test_session_overview_shows_the_latest_workload(
-    client, supervisor: Supervisor, range_10_20: str
+    client, supervisor: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     with supervisor.db.transaction() as session:
@@ -694,7 +693,7 @@ def test_session_overview_of_an_unknown_customer_is_a_200_with_an_error(client) 
 
 
 def test_all_supervisor_information_lists_the_active_workloads(
-    client, supervisor: Supervisor, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, fake_peers: FakePeers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     assert client.get(f"{PREFIX}/get-all-supervisor-information").get_json() == []
     fake_peers.add_object("cust-2", "obj-2", blend("blender-5.0/range_10_20.blend"))
@@ -719,7 +718,7 @@ def test_all_supervisor_information_lists_the_active_workloads(
     "path", ["get-session-supervisor-overview/cust-1", "get-all-supervisor-information"]
 )
 def test_overview_routes_refuse_strangers(
-    client, supervisor: Supervisor, range_10_20: str, path: str
+    client, supervisor: Services, range_10_20: str, path: str
 ) -> None:  # type: ignore[no-untyped-def]
     supervisor.settings.admin_token = "s3cret-token"
     start(client)
