@@ -114,7 +114,7 @@ def run(opts: Options) -> list[Row]:
             read_bytes_once(path)  # warm the page cache for every contender alike
             baseline = samples_ms(lambda p=path: read_bytes_once(p), rounds)
             parse = samples_ms(lambda p=path: parse_scene_range(p), rounds)
-            forked = samples_ms(lambda p=path: read_scene_range(p), rounds)
+            isolated = samples_ms(lambda p=path: read_scene_range(p), rounds)
             file_mb = path.stat().st_size / MiB
             note = f"{file_mb:.1f} MB on disk; baseline: read the bytes once"
             target = [at_most(LIMIT_MS, "<= 50 ms")] if targeted else []
@@ -124,9 +124,9 @@ def run(opts: Options) -> list[Row]:
             rows.append(
                 Row(
                     "blend",
-                    f"{label}: read_scene_range (fork)",
+                    f"{label}: read_scene_range (child process)",
                     "ms",
-                    forked,
+                    isolated,
                     baseline,
                     target,
                     note,

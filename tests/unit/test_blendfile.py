@@ -6,11 +6,11 @@ import gzip
 import logging
 import os
 import random
-import signal
 import struct
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,8 +18,7 @@ import pytest
 import zstandard
 from blender_asset_tracer.blendfile import BlendFile
 
-from supervisor import blendfile
-from supervisor.blendfile import SceneRange, parse_scene_range, read_scene_range
+from supervisor.blendfile import SceneRange, isolation, parse_scene_range, read_scene_range, reader
 from supervisor.errors import BlendFileError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "blend"
@@ -482,7 +481,7 @@ def test_unexpected_bat_errors_become_blend_file_errors(monkeypatch: pytest.Monk
     def broken(self: object, block: object) -> None:
         raise struct.error("unpack requires a buffer of 4 bytes")
 
-    monkeypatch.setattr(blendfile._IndexedBlendFile, "decode_structs", broken)
+    monkeypatch.setattr(reader._IndexedBlendFile, "decode_structs", broken)
     with pytest.raises(BlendFileError, match=r"unreadable \.blend file \(error: unpack"):
         parse_scene_range(V500)
 
@@ -514,21 +513,70 @@ def test_mutated_files_only_raise_blend_file_error(tmp_path: Path) -> None:
 
 # --- the child process ------------------------------------------------------------------
 
+# A parser child whose parse misbehaves as FAULTS[name] says; the rest is the real child.
+FAULT_CHILD = """
+import os, signal, subprocess, sys, time
+from supervisor.blendfile import child
+from supervisor.blendfile.reader import SceneRange, parse_scene_range
+
+def hang(*args, **kwargs):
+    time.sleep(60)
+
+def hog(*args, **kwargs):
+    blob = bytearray(512 * 1024**2)
+    return SceneRange("hog", len(blob), len(blob), 1)
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def boom(*args, **kwargs):
+    raise RuntimeError("bug")
+
+def environment(*args, **kwargs):
+    from supervisor.errors import BlendFileError
+    raise BlendFileError(",".join(sorted(os.environ)))
+
+def chatter(*args, **kwargs):
+    sys.stdout.buffer.write(b"x" * 100_000)
+    sys.stdout.buffer.flush()
+    time.sleep(60)
+
+def leave_stdout_open(then):
+    # A process that outlives us with our stdout, as one forked by another thread would.
+    def parse(*args, **kwargs):
+        subprocess.Popen(["sleep", "3"])
+        return then(*args, **kwargs)
+    return parse
+
+FAULTS = {
+    "hang": hang, "hog": hog, "die": die, "boom": boom, "chatter": chatter,
+    "environment": environment,
+    "linger": leave_stdout_open(parse_scene_range), "linger-die": leave_stdout_open(die),
+}
+child.parse_scene_range = FAULTS[sys.argv[1]]
+os._exit(child.main())
+"""
+
 
 @pytest.fixture
 def child_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Pids of the children read_scene_range forks."""
+    """Pids of the children read_scene_range starts, spare ones included."""
     pids: list[int] = []
-    real_fork = os.fork
+    real_start = isolation._start
 
-    def recording_fork() -> int:
-        pid = real_fork()
-        if pid:
-            pids.append(pid)
-        return pid
+    def recording_start(argv: tuple[str, ...]) -> subprocess.Popen[bytes]:
+        child = real_start(argv)
+        pids.append(child.pid)
+        return child
 
-    monkeypatch.setattr(os, "fork", recording_fork)
+    monkeypatch.setattr(isolation, "_start", recording_start)
     return pids
+
+
+def faulty(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    """Make read_scene_range's children misbehave."""
+    argv = [sys.executable, "-P", "-c", FAULT_CHILD, fault]
+    monkeypatch.setattr(isolation, "child_argv", lambda: argv)
 
 
 def assert_reaped(pid: int) -> None:
@@ -541,48 +589,47 @@ def assert_reaped(pid: int) -> None:
 def test_timeout_kills_and_reaps_the_child(
     monkeypatch: pytest.MonkeyPatch, child_pids: list[int]
 ) -> None:
-    def hang(*args: object, **kwargs: object) -> SceneRange:
-        time.sleep(60)
-        raise AssertionError("not killed")
-
-    monkeypatch.setattr(blendfile, "parse_scene_range", hang)
+    faulty(monkeypatch, "hang")
     started = time.monotonic()
     with pytest.raises(BlendFileError, match=r"parsing timed out after 0\.5s"):
         read_scene_range(V500, timeout=0.5)
     assert time.monotonic() - started < 2
-    (pid,) = child_pids
-    assert_reaped(pid)
+    assert_reaped(child_pids[0])
 
 
 def test_memory_limit_is_enforced(monkeypatch: pytest.MonkeyPatch, child_pids: list[int]) -> None:
-    def hog(*args: object, **kwargs: object) -> SceneRange:
-        blob = bytearray(512 * 1024**2)
-        return SceneRange("hog", len(blob), len(blob), 1)
-
-    monkeypatch.setattr(blendfile, "parse_scene_range", hog)
+    faulty(monkeypatch, "hog")
     with pytest.raises(BlendFileError, match="parsing needs more than 67108864 bytes of memory"):
         read_scene_range(V500, memory_limit=64 * 1024**2)
     assert_reaped(child_pids[0])
 
 
 def test_child_killed_by_a_signal(monkeypatch: pytest.MonkeyPatch, child_pids: list[int]) -> None:
-    def die(*args: object, **kwargs: object) -> SceneRange:
-        os.kill(os.getpid(), signal.SIGKILL)
-        raise AssertionError("not killed")
-
-    monkeypatch.setattr(blendfile, "parse_scene_range", die)
+    faulty(monkeypatch, "die")
     with pytest.raises(BlendFileError, match=r"parser process died \(SIGKILL\)"):
         read_scene_range(V500)
     assert_reaped(child_pids[0])
 
 
-def test_unexpected_error_in_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*args: object, **kwargs: object) -> SceneRange:
-        raise RuntimeError("bug")
-
-    monkeypatch.setattr(blendfile, "parse_scene_range", boom)
+def test_unexpected_error_in_the_child(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    faulty(monkeypatch, "boom")
     with pytest.raises(BlendFileError, match=r"parser failed unexpectedly \(RuntimeError\)"):
         read_scene_range(V500)
+    assert "blend parser child failed" in caplog.text
+    assert "RuntimeError: bug" in caplog.text
+
+
+def test_an_oversized_reply_is_refused(
+    monkeypatch: pytest.MonkeyPatch, child_pids: list[int]
+) -> None:
+    faulty(monkeypatch, "chatter")
+    started = time.monotonic()
+    with pytest.raises(BlendFileError, match="parser process sent an oversized reply"):
+        read_scene_range(V500, timeout=5)
+    assert time.monotonic() - started < 2
+    assert_reaped(child_pids[0])
 
 
 @pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"memory_limit": 0}])
@@ -591,41 +638,44 @@ def test_limits_must_be_positive(kwargs: dict[str, float]) -> None:
         read_scene_range(V500, **kwargs)
 
 
-@pytest.fixture
-def leaked_pipe_ends(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Keep a copy of each pipe's write end open, as a child forked by another thread would."""
-    real_pipe = os.pipe
-    held: list[int] = []
-
-    def leaky_pipe() -> tuple[int, int]:
-        read_fd, write_fd = real_pipe()
-        held.append(os.dup(write_fd))
-        return read_fd, write_fd
-
-    monkeypatch.setattr(os, "pipe", leaky_pipe)
-    yield
-    for fd in held:
-        os.close(fd)
-
-
-@pytest.mark.usefixtures("leaked_pipe_ends")
-def test_reply_does_not_wait_for_eof() -> None:
+def test_reply_does_not_wait_for_eof(monkeypatch: pytest.MonkeyPatch) -> None:
+    faulty(monkeypatch, "linger")
     started = time.monotonic()
     assert read_scene_range(V500, timeout=5).name == "ZZZ_active"
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.usefixtures("leaked_pipe_ends")
 def test_dead_child_is_noticed_without_eof(monkeypatch: pytest.MonkeyPatch) -> None:
-    def die(*args: object, **kwargs: object) -> SceneRange:
-        os.kill(os.getpid(), signal.SIGKILL)
-        raise AssertionError("not killed")
-
-    monkeypatch.setattr(blendfile, "parse_scene_range", die)
+    faulty(monkeypatch, "linger-die")
     started = time.monotonic()
     with pytest.raises(BlendFileError, match="parser process died"):
         read_scene_range(V500, timeout=5)
     assert time.monotonic() - started < 2
+
+
+def test_child_warnings_reach_our_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    offset = field_offset(V500, b"GLOB", (b"curscene",))
+    path = patched(tmp_path, V500, offset, struct.pack("<Q", 0x1234))
+    with caplog.at_level(logging.WARNING, logger="supervisor.blendfile"):
+        assert read_scene_range(path).name == "AAA_first"
+    assert "not a scene in the file" in caplog.text
+
+
+def test_a_spare_child_waits_for_the_next_file(child_pids: list[int]) -> None:
+    read_scene_range(V500)
+    started = len(child_pids)
+    assert started >= 1  # the spare for the next read
+    assert read_scene_range(V402).name == "AAA_active"
+    assert len(child_pids) == started + 1  # the read took the spare and started another
+
+
+def test_the_child_gets_none_of_our_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", "secret")
+    faulty(monkeypatch, "environment")
+    with pytest.raises(BlendFileError) as seen:
+        read_scene_range(V500)
+    assert "PYTHONPATH" in str(seen.value).split(",")
+    assert "ADMIN_TOKEN" not in str(seen.value)
 
 
 def test_concurrent_reads_from_threads() -> None:
