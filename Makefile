@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run demo test bench bench-smoke lint format migrate clean
+.PHONY: run demo test test-fast bench bench-smoke lint format migrate clean lock
 
 # `make demo` talks to the API of a running `make run`.
 SESSION_SUPERVISOR_API ?= http://127.0.0.1:$(or $(PORT),7500)
@@ -13,13 +13,27 @@ export SESSION_SUPERVISOR_API
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[dev]"
+# Installs take their versions from requirements-dev.lock (every extra but render);
+# requirements.lock pins the runtime alone, for docker/Dockerfile. Both come from setup.cfg.
+LOCK := requirements-dev.lock
+
+$(VENV)/.installed-dev: setup.cfg pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) install -c $(LOCK) -e ".[dev]"
 	touch $@ $(VENV)/.installed-test
 
-$(VENV)/.installed-test: setup.cfg pyproject.toml | $(BIN)/python
-	$(PIP) install -e ".[test]"
+$(VENV)/.installed-test: setup.cfg pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) install -c $(LOCK) -e ".[test]"
 	touch $@
+
+# After editing setup.cfg's requirements: pins already in the lock files stay, new ones are
+# added. LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves them.
+PIP_COMPILE := $(BIN)/pip-compile --quiet --strip-extras --no-allow-unsafe --annotation-style line \
+	--no-emit-find-links --no-emit-index-url --no-emit-trusted-host --newline lf $(LOCK_ARGS)
+
+lock: export CUSTOM_COMPILE_COMMAND := make lock
+lock: $(VENV)/.installed-dev
+	$(PIP_COMPILE) --extra test --extra dev --extra flower -o $(LOCK) setup.cfg
+	$(PIP_COMPILE) --extra flower -c $(LOCK) -o requirements.lock setup.cfg
 
 run: $(VENV)/.installed-dev
 	$(BIN)/python scripts/run.py
@@ -32,6 +46,12 @@ demo: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick gear: unit and integration tests of the app, one pytest-xdist worker per core
+# (each worker has a database and a Redis database of its own). Gears: tests/conftest.py.
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "unit or integration" \
+		tests/unit tests/cli tests/integration $(PYTEST_ARGS)
 
 # Side-by-side benchmarks (not part of make test); bench/results.json gets the figures.
 bench: $(VENV)/.installed-dev

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -121,6 +121,13 @@ class Database:
         """Commit on success, roll back on error, always close."""
         with self.session() as session, session.begin():
             yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection of the pool for work that must stay on one connection (a
+        session-level advisory lock); back in the pool on exit."""
+        with self.engine.connect() as connection:
+            yield connection
 
     def read_row(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row of one read-only statement (driver paramstyle, `%(name)s`) in one

@@ -1,26 +1,61 @@
-"""Fixtures shared by all tests. Integration fixtures use real services (see tests/services.py)."""
+"""Fixtures and hooks shared by all tests. Integration fixtures use real services (see
+tests/services.py); plain helpers are in tests/helpers.py.
+
+Every test gets the marker of its gear from the directory it is in, unless it names one:
+
+- unit: tests/unit, tests/cli. No outside service; what they serve runs in this process.
+- integration: tests/integration and tests/hostile (the real Postgres and Redis, RabbitMQ
+  where marked), tests/simulator (it runs the fake platform: HTTP servers, scheduler
+  threads and, for most tests, RabbitMQ).
+- e2e, faults: whole Procfile stacks with the simulator as the platform.
+- bench: the benchmarks' smoke run, and tests marked `bench` for their volume (a thousand
+  connections, thousands of messages, a million rows) wherever they are.
+
+e2e, faults and bench get LONG_TIMEOUT_SECONDS unless they set a timeout of their own.
+`make test-fast` runs the unit and integration gears of tests/unit, tests/cli and
+tests/integration; `make test` runs everything.
+
+A test's database work is rolled back at its end (tests/savepoints.py) unless it is marked
+`commits`: then it commits for real and the tables are emptied afterwards.
+"""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic import command
-from alembic.config import Config
-from sqlalchemy import text
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
 
 from app import create_app
 from supervisor.config import Settings
-from supervisor.health import PEERS
-from supervisor.service import Supervisor
+from supervisor.db import Database
+from supervisor.inline import inline_supervisor
+from supervisor.services import Services
 from tests import services
 from tests.fakes import FakePeers, FakePeerServer
+from tests.helpers import RecordingPublisher, alembic_config, clear_peer_health, make_settings
+from tests.savepoints import SavepointDatabase, rolled_back
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TESTS = Path(__file__).resolve().parent
+GEARS = {
+    "unit": "unit",
+    "cli": "unit",
+    "integration": "integration",
+    "hostile": "integration",
+    "simulator": "integration",
+    "e2e": "e2e",
+    "faults": "faults",
+    "bench": "bench",
+}
+GEAR_NAMES = ("unit", "integration", "e2e", "faults", "bench")
+LONG_RUNNING_GEARS = {"e2e", "faults", "bench"}
+LONG_TIMEOUT_SECONDS = 900
+TABLES = "workloads, frames, workload_users, outbox, inbox"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,15 +70,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/integration/" in item.nodeid:
-            item.add_marker(pytest.mark.integration)
-
-
-def alembic_config(database_url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.attributes["database_url"] = database_url
-    config.attributes["configure_logger"] = False
-    return config
+        if not item.path.is_relative_to(TESTS):
+            continue
+        named = [gear for gear in GEAR_NAMES if item.get_closest_marker(gear)]
+        folder = item.path.relative_to(TESTS).parts[0]
+        gear = named[0] if named else GEARS.get(folder)
+        if gear is None:
+            raise pytest.UsageError(f"tests/{folder} has no gear: add it to GEARS in {__file__}")
+        if not named:
+            item.add_marker(getattr(pytest.mark, gear))
+        if gear in LONG_RUNNING_GEARS and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_SECONDS))
 
 
 @pytest.fixture(scope="session")
@@ -56,50 +93,20 @@ def database_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     with services.redis_url() as url:
-        yield url
+        yield services.worker_redis_url(url)
+
+
+@pytest.fixture(scope="session")
+def peer_server() -> Iterator[FakePeerServer]:
+    server = FakePeerServer()
+    with server:
+        yield server
 
 
 @pytest.fixture
-def fake_peers() -> Iterator[FakePeers]:
-    with FakePeerServer() as peers:
-        yield peers
-
-
-class RecordingPublisher:
-    """Stands in for the AMQP publisher where the broker is incidental to the test."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.fail = False
-
-    def publish(self, body: dict[str, Any]) -> None:
-        if self.fail:
-            raise ConnectionError("broker unreachable (injected)")
-        self.bodies.append(body)
-
-    def topics(self) -> list[str]:
-        return [body["topic"] for body in self.bodies]
-
-    def close(self) -> None:
-        pass
-
-
-def make_settings(database_url: str, redis_url: str, peers_url: str, **extra: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "redis_url": redis_url,
-        "user_manager_broker_url": "memory://",
-        "mongodb_service": peers_url,
-        "blob_service": peers_url,
-        "user_service": peers_url,
-        "user_manager_service": peers_url,
-        "auth_service": peers_url,
-        "peer_retries": 1,
-        "peer_timeout_seconds": 5,
-        "initial_user_count": 2,
-        **extra,
-    }
-    return Settings(_env_file=None, **values)
+def fake_peers(peer_server: FakePeerServer) -> FakePeers:
+    """The fake platform with nothing on it yet; one server serves the whole run."""
+    return peer_server.reset()
 
 
 @pytest.fixture
@@ -107,27 +114,44 @@ def settings(database_url: str, redis_url: str, fake_peers: FakePeers) -> Settin
     return make_settings(database_url, redis_url, fake_peers.base_url)
 
 
-def clear_peer_health(sv: Supervisor) -> None:
-    sv.redis.delete(*(f"supervisor:degraded:{peer}" for peer in PEERS))
+@pytest.fixture(scope="session")
+def savepoint_engine(database_url: str) -> Iterator[Engine]:
+    """The pool the rolled-back tests take their one connection from."""
+    database = Database(database_url)
+    yield database.engine
+    database.dispose()
 
 
 @pytest.fixture
-def supervisor(settings: Settings) -> Iterator[Supervisor]:
-    sv = Supervisor.from_settings(settings)
+def supervisor(
+    request: pytest.FixtureRequest, settings: Settings, savepoint_engine: Engine
+) -> Iterator[Services]:
+    """A `Services` on the test services whose handed-off work runs at once. Its database
+    work is rolled back at the end; marked `commits`, it commits and the tables are emptied."""
+    sv = inline_supervisor(settings)
     sv.publisher = RecordingPublisher()  # type: ignore[assignment]
     clear_peer_health(sv)
-    yield sv
-    clear_peer_health(sv)
-    with sv.db.transaction() as session:
-        session.execute(text("TRUNCATE workloads, frames, workload_users, outbox, inbox"))
-    sv.close()
+    try:
+        if request.node.get_closest_marker("commits") is None:
+            with rolled_back(savepoint_engine) as connection:
+                sv.db = SavepointDatabase(settings.database_url, connection)
+                yield sv
+        else:
+            try:
+                yield sv
+            finally:
+                with sv.db.transaction() as session:
+                    session.execute(text(f"TRUNCATE {TABLES}"))
+    finally:
+        clear_peer_health(sv)
+        sv.close()
 
 
 @pytest.fixture
-def app(supervisor: Supervisor):  # type: ignore[no-untyped-def]
+def app(supervisor: Services) -> Flask:
     return create_app(supervisor=supervisor)
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app: Flask) -> FlaskClient:
     return app.test_client()

@@ -69,7 +69,7 @@ class FakePeers:
         self.failures[path_suffix + "#status"] = status
 
 
-def _handler(peers: FakePeers) -> type[BaseHTTPRequestHandler]:
+def _handler(server: FakePeerServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
@@ -88,6 +88,7 @@ def _handler(peers: FakePeers) -> type[BaseHTTPRequestHandler]:
             self._reply(status, json.dumps(payload).encode())
 
         def _handle(self) -> None:
+            peers = server.peers
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
@@ -108,9 +109,9 @@ def _handler(peers: FakePeers) -> type[BaseHTTPRequestHandler]:
                         status = peers.failures.get(suffix + "#status", 503)
                         self._json(status, {"message": "injected failure"})
                         return
-            self._route(record)
+            self._route(peers, record)
 
-        def _route(self, r: Recorded) -> None:
+        def _route(self, peers: FakePeers, r: Recorded) -> None:
             q = {k: v[0] for k, v in r.query.items()}
             path = r.path
             if "/blender-objects/get-blend-file-name/" in path:
@@ -160,14 +161,21 @@ def _handler(peers: FakePeers) -> type[BaseHTTPRequestHandler]:
 
 
 class FakePeerServer:
+    """One server for many tests: `reset` gives each a fresh FakePeers at the same URL."""
+
     def __init__(self) -> None:
         self.peers = FakePeers()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.peers))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
-        self.peers.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.peers.base_url = self.base_url
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
+
+    def reset(self) -> FakePeers:
+        self.peers = FakePeers(base_url=self.base_url)
+        return self.peers
 
     def __enter__(self) -> FakePeers:
         self.thread.start()

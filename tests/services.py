@@ -115,6 +115,20 @@ def redis_url() -> Iterator[str]:
             server.shutdown()
 
 
+def worker_redis_url(url: str) -> str:
+    """Under pytest-xdist, database 1 + N of the server for worker gwN: the supervisor's flags
+    and counters are global to a database, and the workers' tests run at the same time."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    database = 1 + int(worker.removeprefix("gw")) % 15
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = [p for p in parts.query.split("&") if p and not p.startswith("db=")]
+        return f"unix://{parts.path}?{'&'.join([*query, f'db={database}'])}"
+    return parts._replace(path=f"/{database}").geturl()
+
+
 @contextmanager
 def private_redis() -> Iterator[str]:
     """A Redis server of our own on a free port, for tests that run whole stacks: their

@@ -6,7 +6,7 @@ import pytest
 
 from supervisor_cli.client import PREFIX, ApiError, ApiUnreachable, SupervisorClient
 from supervisor_cli.client import normalize_api_url as normalize
-from tests.cli.conftest import FakeApi
+from tests.cli.helpers import FakeApi
 
 FULL = f"http://host:7500{PREFIX}"
 

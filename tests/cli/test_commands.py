@@ -12,7 +12,7 @@ import pytest
 
 from supervisor_cli.__main__ import main
 from supervisor_cli.client import PREFIX
-from tests.cli.conftest import FakeApi, Result
+from tests.cli.helpers import FakeApi, Result
 
 Cli = Callable[..., Result]
 ROOT = Path(__file__).resolve().parents[2]

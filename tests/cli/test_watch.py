@@ -23,7 +23,7 @@ from supervisor_cli.watch import (
     make_display,
     watch_workload,
 )
-from tests.cli.conftest import FakeApi, Result, Seen
+from tests.cli.helpers import FakeApi, Result, Seen
 
 Cli = Callable[..., Result]
 PROGRESS = "/get-workload-progress"

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.blendgen import blend_with_range
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 from tests.processes import wait_until
 from tests.stack import platform
 

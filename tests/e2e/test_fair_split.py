@@ -12,8 +12,8 @@ from typing import Any
 import requests
 
 from tests.blendgen import blend_with_range
-from tests.conftest import FIXTURES
-from tests.faults.conftest import RESULTS
+from tests.faults.helpers import RESULTS
+from tests.helpers import FIXTURES
 from tests.processes import wait_until
 from tests.stack import platform
 

@@ -20,8 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from supervisor.messaging import IntakeTopology
 from tests.brokers import Broker
-from tests.conftest import FIXTURES
-from tests.faults.conftest import RESULTS
+from tests.faults.helpers import RESULTS
+from tests.helpers import FIXTURES
 from tests.processes import wait_until
 from tests.stack import Stack, platform
 

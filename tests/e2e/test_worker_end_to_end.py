@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 from tests.processes import wait_until
 from tests.stack import platform
 

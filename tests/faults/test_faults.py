@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from app.errors import ALREADY_RUNNING
-from tests.faults.conftest import FRAMES, assert_every_frame_exactly_once, fault_run
+from tests.faults.helpers import FRAMES, assert_every_frame_exactly_once, fault_run
 from tests.processes import ProcfileProcess, free_port, wait_until
 
 

@@ -20,15 +20,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Producer
 
-from supervisor.intake import RefusedMessage, parse
+from supervisor.messages import parse
 from supervisor.messaging import (
     SESSION_SUPERVISOR_EXCHANGE,
     IntakeTopology,
     SessionBindings,
     session_routing_key,
 )
-from supervisor.refusals import REFUSED_COUNTER
-from tests.faults.conftest import assert_every_frame_exactly_once, fault_run
+from supervisor.refusals import REFUSED_COUNTER, Refused
+from tests.faults.helpers import assert_every_frame_exactly_once, fault_run
 from tests.processes import wait_until
 
 HOSTILE_COUNT = 2000
@@ -240,8 +240,8 @@ def _dead_letters_expected(
         raw = _encode(body)
         kept = raw.decode("utf-8", "replace")[:65536]
         if route != "ghost":
-            with contextlib.suppress(RefusedMessage):
-                kept = json.dumps(parse(raw, keys[route]).to_task())
+            with contextlib.suppress(Refused):
+                kept = json.dumps(parse(raw, keys[route]).to_body())
         expected[(keys[route], kept)] += 1
     return expected
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.user_manager import DROP_COMPLETED
-from tests.faults.conftest import (
+from tests.faults.helpers import (
     FRAMES,
     RESULTS,
     Run,

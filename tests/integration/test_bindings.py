@@ -83,6 +83,7 @@ def test_unbinding_twice_or_unbinding_an_unknown_session_is_harmless(broker: Bro
     broker.assert_unbound([session])
 
 
+@pytest.mark.bench  # volume: a slower gear than integration
 def test_many_bind_unbind_cycles_leave_no_binding(broker: Broker) -> None:
     bindings = broker.bindings
     sessions = [new_session() for _ in range(CYCLES)]

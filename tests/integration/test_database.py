@@ -18,11 +18,11 @@ from sqlalchemy.pool import NullPool
 from supervisor import db as db_module
 from supervisor.errors import WorkloadAlreadyActive
 from supervisor.models import Base, Workload
-from supervisor.service import Supervisor
+from supervisor.services import Services
 from supervisor.workloads import start_workload
-from tests import services
-from tests.conftest import FIXTURES, alembic_config
+from tests import factories, services
 from tests.fakes import FakePeers
+from tests.helpers import FIXTURES, alembic_config
 
 
 def test_alembic_has_one_head(database_url: str) -> None:
@@ -46,23 +46,24 @@ def test_migrations_downgrade_and_upgrade_cleanly() -> None:
         command.upgrade(config, "head")
 
 
-def test_database_refuses_a_second_active_workload(supervisor: Supervisor) -> None:
+def test_database_refuses_a_second_active_workload(supervisor: Services) -> None:
     with supervisor.db.transaction() as session:
-        session.add(Workload(customer_id="c", object_id="o", target_user_count=1))
+        factories.workload(session, customer_id="c")
     with supervisor.db.session() as session:
         session.add(Workload(customer_id="c", object_id="o", target_user_count=1))
         with pytest.raises(IntegrityError, match="uq_workloads_one_active_per_customer"):
             session.commit()
 
 
-def test_a_finished_workload_does_not_count_as_active(supervisor: Supervisor) -> None:
+def test_a_finished_workload_does_not_count_as_active(supervisor: Services) -> None:
     with supervisor.db.transaction() as session:
-        session.add(Workload(customer_id="c", object_id="o", target_user_count=1, status="failed"))
-        session.add(Workload(customer_id="c", object_id="o", target_user_count=1))
+        factories.workload(session, customer_id="c", status="failed")
+        factories.workload(session, customer_id="c")
 
 
+@pytest.mark.commits
 def test_racing_starts_give_exactly_one_workload(
-    supervisor: Supervisor, fake_peers: FakePeers
+    supervisor: Services, fake_peers: FakePeers
 ) -> None:
     """Eight threads, each with its own connection, start the same customer at once."""
     blend = (FIXTURES / "blend/blender-5.0/range_10_20.blend").read_bytes()
@@ -93,8 +94,9 @@ def test_racing_starts_give_exactly_one_workload(
     assert count == 1
 
 
+@pytest.mark.bench  # volume: a slower gear than integration
 def test_a_million_frames_are_created_set_based(
-    supervisor: Supervisor, fake_peers: FakePeers
+    supervisor: Services, fake_peers: FakePeers
 ) -> None:
     blend = (FIXTURES / "blend/blender-5.0/range_1_1000000.blend").read_bytes()
     fake_peers.add_object("big", "obj", blend)
@@ -109,7 +111,7 @@ def test_a_million_frames_are_created_set_based(
     assert tuple(rows) == (1_000_000, 1, 1_000_000)
 
 
-def _terminate(supervisor: Supervisor, pids: list[int]) -> None:
+def _terminate(supervisor: Services, pids: list[int]) -> None:
     with supervisor.db.engine.connect() as connection:
         connection.execute(
             text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"),
@@ -117,8 +119,9 @@ def _terminate(supervisor: Supervisor, pids: list[int]) -> None:
         )
 
 
+@pytest.mark.commits
 def test_read_row_answers_in_autocommit_with_the_statement_timeout(
-    supervisor: Supervisor,
+    supervisor: Services,
 ) -> None:
     db = supervisor.db
     pid, timeout = db.read_row("SELECT pg_backend_pid(), current_setting('statement_timeout')", {})
@@ -131,7 +134,8 @@ def test_read_row_answers_in_autocommit_with_the_statement_timeout(
     assert state == "idle", "no transaction left open on the pooled connection"
 
 
-def test_read_row_does_not_ping(supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.commits
+def test_read_row_does_not_ping(supervisor: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pre-ping's `SELECT 1` per checkout doubled the round trips of a status poll."""
 
     def no_ping(_connection: object) -> bool:
@@ -142,11 +146,11 @@ def test_read_row_does_not_ping(supervisor: Supervisor, monkeypatch: pytest.Monk
     assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
 
 
-def _backend(supervisor: Supervisor) -> int:
+def _backend(supervisor: Services) -> int:
     return supervisor.db.read_row("SELECT pg_backend_pid()", {})[0]
 
 
-def _alive(supervisor: Supervisor, pids: list[int]) -> list[int]:
+def _alive(supervisor: Services, pids: list[int]) -> list[int]:
     with supervisor.db.engine.connect() as connection:
         return list(
             connection.execute(
@@ -156,7 +160,8 @@ def _alive(supervisor: Supervisor, pids: list[int]) -> list[int]:
         )
 
 
-def test_read_row_keeps_one_connection_per_thread(supervisor: Supervisor) -> None:
+@pytest.mark.commits
+def test_read_row_keeps_one_connection_per_thread(supervisor: Services) -> None:
     mine = _backend(supervisor)
     theirs: list[int] = []
     thread = threading.Thread(target=lambda: theirs.append(_backend(supervisor)))
@@ -170,7 +175,8 @@ def test_read_row_keeps_one_connection_per_thread(supervisor: Supervisor) -> Non
     assert _alive(supervisor, [mine, other]) == [], "dispose closes every thread's"
 
 
-def test_read_row_survives_its_connection_being_killed(supervisor: Supervisor) -> None:
+@pytest.mark.commits
+def test_read_row_survives_its_connection_being_killed(supervisor: Services) -> None:
     """Nothing pings the kept connection: a dead one shows on use, is closed and replaced."""
     killed = _backend(supervisor)
     _terminate(supervisor, [killed])
@@ -181,8 +187,9 @@ def test_read_row_survives_its_connection_being_killed(supervisor: Supervisor) -
     assert _backend(supervisor) == replacement
 
 
+@pytest.mark.commits
 def test_read_row_replaces_its_connection_after_the_recycle_age(
-    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+    supervisor: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = _backend(supervisor)
     later = time.monotonic() + db_module.RECYCLE_SECONDS + 1
@@ -192,7 +199,8 @@ def test_read_row_replaces_its_connection_after_the_recycle_age(
     assert _alive(supervisor, [first]) == [], "the old one is closed, not left open"
 
 
-def test_read_row_raises_what_is_not_a_dead_connection(supervisor: Supervisor) -> None:
+@pytest.mark.commits
+def test_read_row_raises_what_is_not_a_dead_connection(supervisor: Services) -> None:
     before = _backend(supervisor)
     with pytest.raises(psycopg.errors.DivisionByZero):
         supervisor.db.read_row("SELECT 1 / 0", {})

@@ -17,7 +17,7 @@ from supervisor.messaging import (
     user_manager_body,
 )
 from supervisor.outbox import drain, to_user_manager
-from supervisor.service import Supervisor
+from supervisor.services import Services
 from tests import services
 
 
@@ -80,7 +80,7 @@ def test_exchange_is_direct_and_durable(amqp_url: str, tap: Queue) -> None:
 
 
 def test_outbox_drains_in_order_to_rabbitmq(
-    supervisor: Supervisor, amqp_url: str, tap: Queue
+    supervisor: Services, amqp_url: str, tap: Queue
 ) -> None:
     supervisor.publisher = UserManagerPublisher(amqp_url)
     topics = ["more-users", "update-user-count", "users-released", "remove-users-demand-completely"]

@@ -13,7 +13,7 @@ import requests
 from kombu import Connection
 
 from simulator import Simulator, SimulatorError
-from tests.simulator.conftest import Supervisor, Tap
+from tests.simulator.helpers import Supervisor, Tap
 
 pytestmark = pytest.mark.rabbitmq
 

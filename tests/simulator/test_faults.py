@@ -12,7 +12,7 @@ import requests
 
 from simulator import Simulator
 from simulator.blobs import TEMP_BUCKET
-from tests.simulator.conftest import NEW_SESSION, SEND, Supervisor, Tap
+from tests.simulator.helpers import NEW_SESSION, SEND, Supervisor, Tap
 
 CATALOG = "/api/mongodb-service/blender-objects"
 BLOB = "/api/blob-service"

@@ -22,7 +22,7 @@ from simulator import Simulator
 from simulator.blobs import TEMP_BUCKET
 from simulator.config import FIXTURES
 from simulator.web import FORM_READ_BYTES, _KeepAliveHandler
-from tests.simulator.conftest import NEW_SESSION, SEND, SEND_ACK
+from tests.simulator.helpers import NEW_SESSION, SEND, SEND_ACK
 
 CATALOG = "/api/mongodb-service/blender-objects"
 BLOB = "/api/blob-service"

@@ -19,7 +19,7 @@ from simulator.user_manager import (
     DROP_UNREGISTERED,
     QUEUED_ALREADY,
 )
-from tests.simulator.conftest import (
+from tests.simulator.helpers import (
     CLEANUP_SESSION,
     NEW_SESSION,
     SEND_ACK,

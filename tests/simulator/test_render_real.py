@@ -23,7 +23,7 @@ from simulator import Simulator
 from simulator.core import DEMO_CUSTOMER, DEMO_OBJECT
 from simulator.png import SIGNATURE, frame_png
 from simulator.render import REAL_HEIGHT, REAL_WIDTH, BlenderRenderer, real_renderer
-from tests.simulator.conftest import Supervisor, Tap
+from tests.simulator.helpers import Supervisor, Tap
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("bpy") is None, reason="the optional `render` extra is not installed"

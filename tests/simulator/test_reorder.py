@@ -12,7 +12,7 @@ import pytest
 
 from simulator import Simulator
 from simulator.amqp import EventPublisher
-from tests.simulator.conftest import Supervisor, Tap
+from tests.simulator.helpers import Supervisor, Tap
 
 REORDER = 0.2
 

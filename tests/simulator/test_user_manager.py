@@ -15,7 +15,7 @@ import pytest
 from kombu import Connection
 
 from simulator import Simulator, SimulatorConfig, SimulatorError
-from tests.simulator.conftest import SESSION_SUPERVISOR_EXCHANGE, Supervisor, Tap
+from tests.simulator.helpers import SESSION_SUPERVISOR_EXCHANGE, Supervisor, Tap
 
 pytestmark = pytest.mark.rabbitmq
 

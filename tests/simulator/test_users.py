@@ -14,7 +14,7 @@ import requests
 
 from simulator import Simulator
 from simulator.png import SIGNATURE
-from tests.simulator.conftest import Supervisor, Tap
+from tests.simulator.helpers import Supervisor, Tap
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from tests.blendgen import blend_with_range
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 from tests.processes import wait_until
 from tests.stack import Stack, platform
 
