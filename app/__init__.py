@@ -1,7 +1,19 @@
-"""The Flask application factory: `gunicorn 'app:create_app()'`."""
+"""The Flask application factory: `gunicorn 'app:create_app()'`.
+
+The HTTP contract is in one place: pydantic models (app/schemas.py), named by each view
+(app/api.py), drive request and response validation and the OpenAPI document through
+spectree (app/openapi.py). spectree over flask-openapi3 and flask-smorest: it validates
+pydantic models on a plain Flask app and Blueprint (flask-openapi3 needs its own app class);
+it checks a form or a JSON body against the same model on one route, as the contract's lenient
+clients need, where flask-openapi3 JSON-decodes every form field (an id such as `123`, `1e5` or
+`null` would be changed or refused); flask-smorest describes schemas in marshmallow, a second
+schema language beside pydantic; and its document can be OpenAPI 3.0, which the bundled
+Swagger UI (4.x) renders. Its one gap, path parameters, is filled by `schemas.PathParameters`.
+"""
 
 from __future__ import annotations
 
+from celery import Celery
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -10,18 +22,28 @@ from app.errors import register_error_handlers
 from app.openapi import openapi
 from supervisor.config import Settings, load_settings
 from supervisor.logs import configure_logging
-from supervisor.service import Jobs, Supervisor
+from supervisor.services import Services
+from tasks.factory import create_celery
+from tasks.jobs import CeleryJobs
 
 EXTENSION = "session_supervisor"
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    """The web process's Celery app, built once from the settings the Flask app was made
+    with: tasks go to that broker, with that configuration (Flask's Celery pattern)."""
+    celery = create_celery(settings)
+    app.extensions["celery"] = celery
+    return celery
 
 
 def create_app(
     settings: Settings | None = None,
     *,
-    supervisor: Supervisor | None = None,
-    jobs: Jobs | None = None,
+    supervisor: Services | None = None,
 ) -> Flask:
-    """Build the app from `settings` (default: the environment). Nothing is read at import."""
+    """Build the app from `settings` (default: the environment), or around a ready
+    `supervisor` (tests). Nothing is read at import."""
     settings = settings or (supervisor.settings if supervisor else load_settings())
     configure_logging()
     app = Flask(__name__)
@@ -34,11 +56,9 @@ def create_app(
         count = settings.trusted_proxy_count
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
     if supervisor is None:
-        if jobs is None:
-            from tasks.jobs import CeleryJobs
-
-            jobs = CeleryJobs(redis_url=settings.redis_url)
-        supervisor = Supervisor.from_settings(settings, jobs=jobs)
+        celery = celery_init_app(app, settings)
+        jobs = CeleryJobs(celery, redis_url=settings.redis_url)
+        supervisor = Services.from_settings(settings, jobs=jobs)
     app.extensions[EXTENSION] = supervisor
     register_error_handlers(app)
     app.register_blueprint(api)

@@ -6,7 +6,7 @@ child's RSS is that of one process doing the work, as a Celery pool child would:
 
 * start-workload's HTTP answer, then the worker's part (download, fork+parse, one INSERT
   of every frame, registration, first demand) to "running";
-* `supervisor.events.add_users` with one `new-users` event of 1,000 users, then the outbox
+* `supervisor.users.add_users` with one `new-users` event of 1,000 users, then the outbox
   drained to the fake User Service; the parent counts the User Service requests.
 
 Baselines, same run, same database: one bare `INSERT ... generate_series` of as many frame
@@ -49,8 +49,8 @@ def run(opts: Options) -> list[Row]:
 
     from tests import services
     from tests.blendgen import blend_with_range
-    from tests.conftest import alembic_config
     from tests.fakes import FakePeerServer
+    from tests.helpers import alembic_config
 
     frames, users = (10_000, 50) if opts.smoke else (1_000_000, 1000)
     rounds = opts.rounds_or(3)
@@ -208,10 +208,10 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     from app import create_app
     from bench.harness import RssSampler
     from supervisor.config import Settings
-    from supervisor.events import add_users
-    from supervisor.intake import Event
+    from supervisor.messages import NewUsers
     from supervisor.outbox import drain, pending_count
-    from supervisor.service import Supervisor
+    from supervisor.services import Services
+    from supervisor.users import add_users
     from supervisor.workloads import prepare_workload
 
     settings = Settings(
@@ -226,10 +226,9 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         auth_service=args["peers_url"],
         initial_user_count=args["users"],
     )
-    sv = Supervisor.from_settings(settings)
-    sv.publisher = _NullPublisher()  # type: ignore[assignment]
     jobs = _DeferredJobs()
-    sv.jobs = jobs
+    sv = Services.from_settings(settings, jobs=jobs)
+    sv.publisher = _NullPublisher()  # type: ignore[assignment]
     client = create_app(supervisor=sv).test_client()
     out: dict[str, Any] = {}
     sampler = RssSampler(every=0.01)
@@ -255,9 +254,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"not running: {body}")
     out["total_frames"] = body["status"]["total_frames"]
 
-    event = Event(
-        "new-users", workload_id, user_ids=tuple(f"user-{i:05d}" for i in range(args["users"]))
-    )
+    event = NewUsers(workload_id, user_ids=tuple(f"user-{i:05d}" for i in range(args["users"])))
     sampler.reset()
     began = time.perf_counter()
     granted = add_users(sv, event)

@@ -1,13 +1,10 @@
-"""Celery side of the service. `celery -A tasks` and `celery -A tasks.celery_app` both work;
-the app is built only when first asked for, never when this package is imported."""
+"""Celery side of the service: the app (tasks.factory, tasks.celery_app), the tasks, beat
+and the User Manager intake. `celery -A tasks` and `celery -A tasks.celery_app` both work;
+importing this package builds nothing, so `tasks.names` stays free to import anywhere."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from tasks.factory import create_celery
-
-__all__ = ["create_celery"]
 
 
 def __getattr__(name: str) -> Any:

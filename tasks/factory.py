@@ -7,14 +7,10 @@ from datetime import timedelta
 from celery import Celery
 from kombu import Queue
 
-from supervisor.config import Settings, load_settings
-
-WORKLOAD_QUEUE = "supervisor.workloads"
-EVENT_QUEUE = "supervisor.events"
-OUTBOX_QUEUE = "supervisor.outbox"
-MAINTENANCE_QUEUE = "supervisor.maintenance"
-QUEUES = (WORKLOAD_QUEUE, EVENT_QUEUE, OUTBOX_QUEUE, MAINTENANCE_QUEUE)
-FINISH_INTERVAL_SECONDS = 5.0
+from supervisor.config import Settings
+from tasks import names
+from tasks.base import SupervisorTask
+from tasks.intake import UserManagerIntake
 
 TASK_MODULES = (
     "tasks.workload_tasks",
@@ -22,35 +18,17 @@ TASK_MODULES = (
     "tasks.maintenance_tasks",
 )
 
-ROUTES = {
-    "tasks.prepare_workload": WORKLOAD_QUEUE,
-    "tasks.unbind_session": WORKLOAD_QUEUE,
-    "tasks.new_users": EVENT_QUEUE,
-    "tasks.frame_rendered": EVENT_QUEUE,
-    "tasks.frames_rendered": EVENT_QUEUE,
-    "tasks.rendering_completed": EVENT_QUEUE,
-    "tasks.user_disconnected": EVENT_QUEUE,
-    "tasks.error_sending_frame": EVENT_QUEUE,
-    "tasks.drain_outbox": OUTBOX_QUEUE,
-    "tasks.demand_users": MAINTENANCE_QUEUE,
-    "tasks.reclaim_stale_frames": MAINTENANCE_QUEUE,
-    "tasks.rebalance": MAINTENANCE_QUEUE,
-    "tasks.recover_stuck_starts": MAINTENANCE_QUEUE,
-    "tasks.redispatch_inbox": MAINTENANCE_QUEUE,
-    "tasks.finish_workloads": MAINTENANCE_QUEUE,
-}
-
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     every = {
-        "drain-outbox": ("tasks.drain_outbox", 2.0),
-        "demand-users": ("tasks.demand_users", settings.demand_interval_seconds),
-        "reclaim-stale-frames": ("tasks.reclaim_stale_frames", settings.reclaim_interval_seconds),
-        "rebalance": ("tasks.rebalance", settings.rebalance_interval_seconds),
-        "recover-stuck-starts": ("tasks.recover_stuck_starts", 60.0),
-        "finish-workloads": ("tasks.finish_workloads", FINISH_INTERVAL_SECONDS),
+        "drain-outbox": (names.DRAIN_OUTBOX, 2.0),
+        "demand-users": (names.DEMAND_USERS, settings.demand_interval_seconds),
+        "reclaim-stale-frames": (names.RECLAIM_STALE_FRAMES, settings.reclaim_interval_seconds),
+        "rebalance": (names.REBALANCE, settings.rebalance_interval_seconds),
+        "recover-stuck-starts": (names.RECOVER_STUCK_STARTS, 60.0),
+        "finish-workloads": (names.FINISH_WORKLOADS, names.FINISH_INTERVAL_SECONDS),
         "redispatch-inbox": (
-            "tasks.redispatch_inbox",
+            names.REDISPATCH_INBOX,
             max(1.0, settings.inbox_redispatch_seconds / 4),
         ),
     }
@@ -60,9 +38,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     }
 
 
-def create_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or load_settings()
-    app = Celery("session_supervisor", set_as_current=True)
+def create_celery(settings: Settings) -> Celery:
+    """The one Celery app of a process, configured from `settings` alone (the worker's
+    from the environment, the web's from what create_app was given)."""
+    app = Celery("session_supervisor", set_as_current=True, task_cls=SupervisorTask)
     broker_options: dict[str, object] = {}
     if settings.broker_url.startswith(("amqp", "pyamqp")):
         broker_options["confirm_publish"] = True
@@ -70,6 +49,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
         broker_options["visibility_timeout"] = settings.broker_visibility_timeout_seconds
     app.conf.update(
         broker_url=settings.broker_url,
+        # Celery lets CELERY_BROKER_URL in the environment override broker_url; the read
+        # and write URLs come first, so the app uses the broker of the settings it was given.
+        broker_read_url=settings.broker_url,
+        broker_write_url=settings.broker_url,
         broker_transport_options=broker_options,
         broker_connection_retry_on_startup=True,
         task_serializer="json",
@@ -84,16 +67,14 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_default_queue=WORKLOAD_QUEUE,
-        task_queues=[Queue(name, durable=True) for name in QUEUES],
-        task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
+        task_default_queue=names.WORKLOAD_QUEUE,
+        task_queues=[Queue(name, durable=True) for name in names.QUEUES],
+        task_routes={name: {"queue": queue} for name, queue in names.ROUTES.items()},
         beat_schedule=beat_schedule(settings),
         beat_scheduler="tasks.beat:LockedScheduler",
         beat_max_loop_interval=5,
         supervisor_settings=settings,
     )
     app.conf.imports = TASK_MODULES
-    from tasks.intake import UserManagerIntake
-
     app.steps["consumer"].add(UserManagerIntake)
     return app

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -22,11 +21,12 @@ from kombu import Connection, Consumer, Message
 from kombu.mixins import ConsumerMixin
 
 from supervisor import inbox
-from supervisor.intake import Event, RefusedMessage, parse
+from supervisor.messages import Event, parse
 from supervisor.messaging import IntakeTopology
-from supervisor.refusals import refuse
-from supervisor.service import Supervisor
-from tasks.event_tasks import TASK_FOR_TOPIC
+from supervisor.refusals import Refused, refuse
+from supervisor.services import Services
+from tasks import names
+from tasks.base import build_services
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ BATCH_SIZE = 128
 # were a quarter of the worker's CPU per event. Frames take seconds to render; 0.1 s is noise.
 FLUSH_SECONDS = 0.1
 RETRY_PAUSE_SECONDS = 1.0
-BATCHED_TOPICS = frozenset({"user-frame-rendered"})
 
 
 class IntakeConsumer(ConsumerMixin):
@@ -52,14 +51,14 @@ class IntakeConsumer(ConsumerMixin):
         self,
         topology: IntakeTopology,
         celery: Celery,
-        supervisor: Callable[[], Supervisor],
+        services: Services,
         *,
         settle_seconds: float = 0.0,
     ) -> None:
         self.topology = topology
         self.connection = Connection(topology.url, heartbeat=30)
         self.celery = celery
-        self.supervisor = supervisor
+        self.services = services
         self.settle_seconds = settle_seconds
         self._pending: list[Message] = []
         self._oldest = 0.0
@@ -97,13 +96,13 @@ class IntakeConsumer(ConsumerMixin):
 
     def flush(self) -> None:
         batch, self._pending = self._pending, []
-        sv = self.supervisor()
+        sv = self.services
         parsed: list[tuple[Message, Event]] = []
         for message in batch:
             routing_key = message.delivery_info.get("routing_key")
             try:
                 parsed.append((message, parse(message.body, routing_key)))
-            except RefusedMessage as exc:
+            except Refused as exc:
                 self._refuse(sv, message, exc)
         try:
             inbox_ids = inbox.record_many(sv.db, [event for _, event in parsed])
@@ -119,20 +118,20 @@ class IntakeConsumer(ConsumerMixin):
         batched: list[int] = []
         for (message, event), inbox_id in zip(parsed, inbox_ids, strict=True):
             if inbox_id is None:
-                self._refuse(sv, message, RefusedMessage("unknown-session", event.session_id))
-            elif event.topic in BATCHED_TOPICS:
+                self._refuse(sv, message, Refused("unknown-session", event.session_id))
+            elif event.topic in names.BATCHED_TOPICS:
                 batched.append(inbox_id)
             elif event.topic == "user-rendering-completed" and self.settle_seconds:
-                self._dispatch(TASK_FOR_TOPIC[event.topic], [inbox_id], self.settle_seconds)
+                self._dispatch(names.TASK_FOR_TOPIC[event.topic], [inbox_id], self.settle_seconds)
             else:
-                self._dispatch(TASK_FOR_TOPIC[event.topic], [inbox_id])
+                self._dispatch(names.TASK_FOR_TOPIC[event.topic], [inbox_id])
         if batched:
-            self._dispatch("tasks.frames_rendered", [batched])
+            self._dispatch(names.FRAMES_RENDERED, [batched])
         for message, _ in parsed:
             if not message.acknowledged:
                 message.ack()
 
-    def _refuse(self, sv: Supervisor, message: Message, exc: RefusedMessage) -> None:
+    def _refuse(self, sv: Services, message: Message, exc: Refused) -> None:
         refuse(
             sv,
             reason=exc.reason,
@@ -156,21 +155,24 @@ class IntakeConsumer(ConsumerMixin):
 
 
 class UserManagerIntake(bootsteps.ConsumerStep):
-    """Runs the intake consumer in a thread for as long as the worker's consumer runs."""
+    """Runs the intake consumer in a thread for as long as the worker's consumer runs, with
+    a `Services` of its own in the worker's main process (the pool's children build theirs
+    after the fork)."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        self._services: Services | None = None
         self._consumer: IntakeConsumer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self, parent: Any) -> None:
-        from tasks.runtime import supervisor
-
-        settings = parent.app.conf.supervisor_settings
+        if self._services is None:
+            self._services = build_services(parent.app)
+        settings = self._services.settings
         self._consumer = IntakeConsumer(
-            supervisor().topology,
+            self._services.topology,
             parent.app,
-            supervisor,
+            self._services,
             settle_seconds=settings.completion_settle_seconds,
         )
         self._thread = threading.Thread(
@@ -189,3 +191,6 @@ class UserManagerIntake(bootsteps.ConsumerStep):
 
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)
+        if self._services is not None:
+            self._services.close()
+            self._services = None

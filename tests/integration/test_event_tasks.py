@@ -7,26 +7,27 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from supervisor import events, inbox
+from supervisor import inbox
 from supervisor.models import InboxEvent
 from supervisor.refusals import REFUSED_COUNTER
-from supervisor.service import Supervisor
+from supervisor.services import Services
+from supervisor.users import add_users
 from supervisor.workloads import start_workload
 from tasks import event_tasks
 from tests.fakes import FakePeers
-from tests.integration.test_events import BLEND, fail_copies_of_frame, new_users, rendered
+from tests.integration.rendering import BLEND, fail_copies_of_frame, new_users, rendered
 
 
 @pytest.fixture
-def session_id(supervisor: Supervisor, fake_peers: FakePeers) -> str:
+def session_id(supervisor: Services, fake_peers: FakePeers) -> str:
     fake_peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
     workload_id = start_workload(supervisor, "cust-1", "obj-1")
-    events.add_users(supervisor, new_users(workload_id, "u1"))
+    add_users(supervisor, new_users(workload_id, "u1"))
     return workload_id
 
 
 def test_a_batch_stores_refuses_and_retries_alone_what_it_cannot_settle(
-    supervisor: Supervisor, session_id: str, fake_peers: FakePeers, monkeypatch: Any
+    supervisor: Services, session_id: str, fake_peers: FakePeers, monkeypatch: Any
 ) -> None:
     supervisor.redis.delete(REFUSED_COUNTER)
     batch = [
@@ -37,7 +38,7 @@ def test_a_batch_stores_refuses_and_retries_alone_what_it_cannot_settle(
     ids = inbox.record_many(supervisor.db, batch)
     fail_copies_of_frame(supervisor, 11)
     retried: list[list[int]] = []
-    monkeypatch.setattr(event_tasks, "supervisor", lambda: supervisor)
+    monkeypatch.setattr(event_tasks.frames_rendered.app, "services", supervisor, raising=False)
     monkeypatch.setattr(
         event_tasks.frame_rendered, "apply_async", lambda args, **_: retried.append(args)
     )

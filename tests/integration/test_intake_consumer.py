@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer
 
+from supervisor.inline import inline_supervisor
 from supervisor.messaging import SESSION_SUPERVISOR_EXCHANGE, session_routing_key
 from supervisor.refusals import REFUSED_COUNTER
-from supervisor.service import Supervisor
+from supervisor.services import Services
 from supervisor.workloads import start_workload
 from tasks.intake import IntakeConsumer
 from tests import services
-from tests.conftest import FIXTURES, RecordingPublisher, make_settings
 from tests.fakes import FakePeers
+from tests.helpers import FIXTURES, RecordingPublisher, make_settings
 
 
 class RecordingCelery:
@@ -38,9 +39,7 @@ class RecordingCelery:
 
 
 @pytest.fixture
-def amqp_supervisor(
-    database_url: str, redis_url: str, fake_peers: FakePeers
-) -> Iterator[Supervisor]:
+def amqp_supervisor(database_url: str, redis_url: str, fake_peers: FakePeers) -> Iterator[Services]:
     url = services.rabbitmq_url()
     suffix = uuid.uuid4().hex[:8]
     settings = make_settings(
@@ -52,7 +51,7 @@ def amqp_supervisor(
         dead_letter_queue=f"test-dead-letter-{suffix}",
         completion_settle_seconds=1.5,
     )
-    sv = Supervisor.from_settings(settings)
+    sv = inline_supervisor(settings)
     sv.publisher = RecordingPublisher()  # type: ignore[assignment]
     sv.redis.delete(REFUSED_COUNTER)
     yield sv
@@ -68,11 +67,9 @@ def amqp_supervisor(
 
 
 @pytest.fixture
-def consumer(amqp_supervisor: Supervisor) -> Iterator[tuple[IntakeConsumer, RecordingCelery]]:
+def consumer(amqp_supervisor: Services) -> Iterator[tuple[IntakeConsumer, RecordingCelery]]:
     celery = RecordingCelery()
-    intake = IntakeConsumer(
-        amqp_supervisor.topology, celery, lambda: amqp_supervisor, settle_seconds=1.5
-    )
+    intake = IntakeConsumer(amqp_supervisor.topology, celery, amqp_supervisor, settle_seconds=1.5)
     thread = threading.Thread(target=intake.run_batched, daemon=True)
     thread.start()
     yield intake, celery
@@ -82,13 +79,13 @@ def consumer(amqp_supervisor: Supervisor) -> Iterator[tuple[IntakeConsumer, Reco
 
 
 @pytest.fixture
-def session_id(amqp_supervisor: Supervisor, fake_peers: FakePeers) -> str:
+def session_id(amqp_supervisor: Services, fake_peers: FakePeers) -> str:
     blend = (FIXTURES / "blend/blender-5.0/range_10_20.blend").read_bytes()
     fake_peers.add_object("cust-1", "obj-1", blend)
     return start_workload(amqp_supervisor, "cust-1", "obj-1")
 
 
-def publish(sv: Supervisor, routing_key: str, body: bytes | dict, **properties: Any) -> None:
+def publish(sv: Services, routing_key: str, body: bytes | dict, **properties: Any) -> None:
     with Connection(sv.topology.url) as connection:
         producer = Producer(connection.default_channel)
         if isinstance(body, dict):
@@ -119,7 +116,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyp
     raise AssertionError("condition not met in time")
 
 
-def dead_letters(sv: Supervisor) -> list[dict[str, Any]]:
+def dead_letters(sv: Services) -> list[dict[str, Any]]:
     kept = []
     with Connection(sv.topology.url) as connection:
         queue = sv.topology.dead_letter_queue(connection.default_channel)
@@ -129,7 +126,7 @@ def dead_letters(sv: Supervisor) -> list[dict[str, Any]]:
 
 
 def test_valid_events_become_tasks_and_are_acked(
-    amqp_supervisor: Supervisor, consumer, session_id: str
+    amqp_supervisor: Services, consumer, session_id: str
 ) -> None:  # type: ignore[no-untyped-def]
     _intake, celery = consumer
     key = session_routing_key(session_id)
@@ -154,7 +151,7 @@ def test_valid_events_become_tasks_and_are_acked(
 
 
 def test_a_burst_of_rendered_frames_is_recorded_and_handed_off_in_batches(
-    amqp_supervisor: Supervisor, consumer, session_id: str
+    amqp_supervisor: Services, consumer, session_id: str
 ) -> None:  # type: ignore[no-untyped-def]
     intake, celery = consumer
     key = session_routing_key(session_id)
@@ -192,7 +189,7 @@ def test_a_burst_of_rendered_frames_is_recorded_and_handed_off_in_batches(
         assert queue.queue_declare(passive=True).message_count == 0, "every message acked"
 
 
-def inbox_body(sv: Supervisor, inbox_id: int) -> dict[str, Any]:
+def inbox_body(sv: Services, inbox_id: int) -> dict[str, Any]:
     from supervisor.models import InboxEvent
 
     with sv.db.session() as session:
@@ -243,7 +240,7 @@ MALFORMED = [
 
 
 def test_malformed_messages_are_dead_lettered_and_the_consumer_survives(
-    amqp_supervisor: Supervisor, consumer, session_id: str
+    amqp_supervisor: Services, consumer, session_id: str
 ) -> None:  # type: ignore[no-untyped-def]
     _intake, celery = consumer
     key = session_routing_key(session_id)
@@ -278,7 +275,7 @@ def test_malformed_messages_are_dead_lettered_and_the_consumer_survives(
 
 
 def test_an_event_that_cannot_be_handed_off_stays_recorded_for_beat(
-    amqp_supervisor: Supervisor, consumer, session_id: str
+    amqp_supervisor: Services, consumer, session_id: str
 ) -> None:  # type: ignore[no-untyped-def]
     from supervisor import inbox
 
@@ -298,8 +295,9 @@ def test_an_event_that_cannot_be_handed_off_stays_recorded_for_beat(
     assert inbox_body(amqp_supervisor, inbox_id)["user_id"] == "u1"
 
 
+@pytest.mark.bench  # volume: a slower gear than integration
 def test_every_generated_hostile_message_is_refused_or_recorded(
-    amqp_supervisor: Supervisor, consumer, session_id: str
+    amqp_supervisor: Services, consumer, session_id: str
 ) -> None:  # type: ignore[no-untyped-def]
     """2,000 messages from the fault suite's hypothesis strategy: none is lost on the way in."""
     from supervisor import inbox

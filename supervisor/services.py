@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis
@@ -20,7 +20,8 @@ from supervisor.peers import Peers
 
 
 class Jobs(Protocol):
-    """Work handed off after a commit: Celery tasks in production, inline in some tests."""
+    """Work handed off after a commit: Celery tasks in production (tasks.jobs.CeleryJobs),
+    run at once in tests and scripts (supervisor.inline.InlineJobs)."""
 
     def prepare_workload(self, workload_id: str) -> None: ...
 
@@ -30,7 +31,7 @@ class Jobs(Protocol):
 
 
 @dataclass
-class Supervisor:
+class Services:
     settings: Settings
     db: Database
     redis: redis.Redis
@@ -40,10 +41,10 @@ class Supervisor:
     topology: IntakeTopology
     bindings: SessionBindings
     dead_letters: DeadLetters
-    jobs: Jobs = field(init=False)
+    jobs: Jobs
 
     @classmethod
-    def from_settings(cls, settings: Settings, jobs: Jobs | None = None) -> Supervisor:
+    def from_settings(cls, settings: Settings, *, jobs: Jobs) -> Services:
         topology = IntakeTopology(
             settings.user_manager_broker_url,
             queue_name=settings.intake_queue,
@@ -51,7 +52,7 @@ class Supervisor:
         )
         client = redis.Redis.from_url(settings.redis_url)
         health = PeerHealth(client)
-        supervisor = cls(
+        return cls(
             settings=settings,
             db=Database(settings.database_url),
             redis=client,
@@ -61,9 +62,8 @@ class Supervisor:
             topology=topology,
             bindings=SessionBindings(topology),
             dead_letters=DeadLetters(topology),
+            jobs=jobs,
         )
-        supervisor.jobs = jobs if jobs is not None else InlineJobs(supervisor)
-        return supervisor
 
     def close(self) -> None:
         self.publisher.close()
@@ -71,32 +71,3 @@ class Supervisor:
         self.peers.close()
         self.db.dispose()
         self.redis.close()
-
-
-class InlineJobs:
-    """Runs handed-off work at once, in the caller's process (tests, one-off scripts)."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-
-    def prepare_workload(self, workload_id: str) -> None:
-        from supervisor.workloads import prepare_workload
-
-        prepare_workload(self.supervisor, workload_id)
-
-    def unbind_later(self, workload_id: str) -> None:
-        """Inline there is no later: the grace period is ended when it is over (end_grace),
-        by whoever calls it; here nothing is scheduled."""
-
-    def drain_outbox(self) -> None:
-        from supervisor.outbox import drain
-        from supervisor.workloads import complete_workloads
-
-        sv = self.supervisor
-        drain(
-            sv.db,
-            sv.publisher,
-            sv.peers,
-            wait_seconds=10,
-            on_all_recorded=lambda ids: complete_workloads(sv, ids),
-        )

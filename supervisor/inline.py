@@ -1,0 +1,47 @@
+"""Handed-off work run at once, in the caller's process: for tests and one-off scripts,
+where no worker takes the tasks."""
+
+from __future__ import annotations
+
+from supervisor.config import Settings
+from supervisor.outbox import drain
+from supervisor.services import Services
+from supervisor.workloads import complete_workloads, prepare_workload
+
+
+class InlineJobs:
+    """`Jobs` that run in the calling process against the supervisor they were built with
+    (`inline_supervisor`)."""
+
+    def __init__(self) -> None:
+        self.supervisor: Services | None = None
+
+    def _sv(self) -> Services:
+        if self.supervisor is None:
+            raise RuntimeError("InlineJobs used before inline_supervisor attached it")
+        return self.supervisor
+
+    def prepare_workload(self, workload_id: str) -> None:
+        prepare_workload(self._sv(), workload_id)
+
+    def unbind_later(self, workload_id: str) -> None:
+        """Inline there is no later: the grace period is ended when it is over (end_grace),
+        by whoever calls it; here nothing is scheduled."""
+
+    def drain_outbox(self) -> None:
+        sv = self._sv()
+        drain(
+            sv.db,
+            sv.publisher,
+            sv.peers,
+            wait_seconds=10,
+            on_all_recorded=lambda ids: complete_workloads(sv, ids),
+        )
+
+
+def inline_supervisor(settings: Settings) -> Services:
+    """A `Services` whose handed-off work runs at once, in this process."""
+    jobs = InlineJobs()
+    sv = Services.from_settings(settings, jobs=jobs)
+    jobs.supervisor = sv
+    return sv
