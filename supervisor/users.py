@@ -38,6 +38,7 @@ from supervisor.models import (
 )
 from supervisor.refusals import Refused
 from supervisor.workloads import demand_missing_users, end_late_users, send_outbox_soon
+from supervisor.workloads.demand import active_user_ids
 
 if TYPE_CHECKING:
     from supervisor.messages import Event
@@ -67,7 +68,7 @@ def add_users(sv: Services, event: NewUsers) -> dict[str, Any]:
             _log("users returned: workload has ended", event, users=len(event.user_ids))
             send_outbox_soon(sv)
             return {"added": 0, "returned": len(event.user_ids)}
-        active = set(_active_users(session, workload.id))
+        active = set(active_user_ids(session, workload.id))
         room = max(0, workload.target_user_count - len(active))
         newcomers = [user for user in dict.fromkeys(event.user_ids) if user not in active]
         wanted, surplus = newcomers[:room], newcomers[room:]
@@ -87,16 +88,6 @@ def add_users(sv: Services, event: NewUsers) -> dict[str, Any]:
     )
     send_outbox_soon(sv)
     return {"added": len(added), "refused": refused, "assigned": granted, "missing": missing}
-
-
-def _active_users(session: Session, workload_id: str) -> list[str]:
-    return list(
-        session.scalars(
-            select(WorkloadUser.user_id).where(
-                WorkloadUser.workload_id == workload_id, WorkloadUser.state == UserState.ACTIVE
-            )
-        )
-    )
 
 
 def _activate(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from supervisor.services import Services
+from tests.fakes import FakePeers
 from tests.integration.helpers import PeerLog, after
+from tests.integration.rendering import start_running_workload
 
 
 @pytest.fixture
@@ -39,3 +41,9 @@ def peer_log(supervisor: Services) -> PeerLog:
         lambda **body: entries.append(("catalog", "change-state", body)),
     )
     return log
+
+
+@pytest.fixture
+def session_id(supervisor: Services, fake_peers: FakePeers) -> str:
+    """A running workload of frames 10..20 (11 frames), no users yet."""
+    return start_running_workload(supervisor, fake_peers)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import update
 
 from supervisor import maintenance, workloads
@@ -22,15 +21,8 @@ from tests.integration.rendering import (
     new_users,
     pending,
     rendered,
-    start_running_workload,
     user_row,
 )
-
-
-@pytest.fixture
-def session_id(supervisor: Services, fake_peers: FakePeers) -> str:
-    """A running workload of frames 10..20 (11 frames), no users yet."""
-    return start_running_workload(supervisor, fake_peers)
 
 
 def test_demand_users_repeats_an_unanswered_demand(

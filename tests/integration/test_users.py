@@ -27,17 +27,9 @@ from tests.integration.rendering import (
     render_all,
     rendered,
     run_together,
-    start_running_workload,
     user_row,
     workload,
 )
-
-
-@pytest.fixture
-def session_id(supervisor: Services, fake_peers: FakePeers) -> str:
-    """A running workload of frames 10..20 (11 frames), no users yet."""
-    return start_running_workload(supervisor, fake_peers)
-
 
 # --- new-users ------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ shares by measured rate, and the list tails moved to idle users (maintenance.reb
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import update
 
 from supervisor import inbox, maintenance
@@ -21,15 +20,8 @@ from tests.integration.rendering import (
     new_users,
     pending,
     rendered,
-    start_running_workload,
     workload,
 )
-
-
-@pytest.fixture
-def session_id(supervisor: Services, fake_peers: FakePeers) -> str:
-    """A running workload of frames 10..20 (11 frames), no users yet."""
-    return start_running_workload(supervisor, fake_peers)
 
 
 def test_new_users_get_contiguous_runs(
