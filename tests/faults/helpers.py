@@ -106,7 +106,9 @@ def assert_every_frame_exactly_once(run: Run, scenario: str, timeout: float = 18
     duplicated = sorted(n for n, count in recorded.items() if count > 1)
     assert sorted(recorded) == FRAMES, "a frame was recorded that is not in the workload"
     resent = _resent_after_a_crash(run, duplicated)
-    assert sorted(set(duplicated) - set(resent)) == [], f"frames recorded twice: {duplicated}"
+    assert sorted(set(duplicated) - set(resent)) == [], (
+        f"frames recorded twice: {duplicated}\n{_duplicates_report(run, duplicated)}"
+    )
     _wait_for_temp_bucket_empty(stack, unheard_of=stack.simulator.dropped_uploads())
 
     with RESULTS.open("a") as results:
@@ -161,6 +163,27 @@ def _log_lines_about(log: str, temp_key: str) -> list[str]:
 
 
 CRASH_WINDOW_S = 1.0
+_SEND_TROUBLE = ("add-rendered-image failed", "outbox drain lost", "outbox send failed")
+
+
+def _duplicates_report(run: Run, duplicated: list[int]) -> str:
+    """When each duplicated record arrived (seconds after the start) and what the worker
+    logged about failed sends: enough to tell a resend after an ambiguous failure from two
+    drainers at once."""
+    stack = run.stack
+    arrivals: dict[int, list[float]] = {}
+    for record, arrived in zip(
+        stack.simulator.catalog_records(), stack.simulator.catalog_arrival_times(), strict=True
+    ):
+        if record["customerId"] == run.customer and record["frameNumber"] in duplicated:
+            arrivals.setdefault(record["frameNumber"], []).append(round(arrived - run.started, 3))
+    worker_log = stack.log_dir / "worker.log"
+    lines = worker_log.read_text(errors="replace").splitlines() if worker_log.exists() else []
+    trouble = [line[:400] for line in lines if any(t in line for t in _SEND_TROUBLE)]
+    return (
+        f"faults: {run.faults}\narrivals: {arrivals}\n"
+        f"worker send trouble ({len(trouble)} lines):\n" + "\n".join(trouble[:40])
+    )
 
 
 def _resent_after_a_crash(run: Run, duplicated: list[int]) -> list[int]:
