@@ -238,12 +238,20 @@ def test_dangling_curscene_takes_first_scene_with_warning(
     assert "not a scene in the file" in caplog.text
 
 
+def bytes_read_by_this_process() -> int:
+    """What this process has read through read(2) and friends, page cache included."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
 def test_large_file_parses_without_reading_it(tmp_path: Path) -> None:
     path = big_sparse_copy(tmp_path, V500, 100 * 1024**2)
-    started = time.perf_counter()
+    before = bytes_read_by_this_process()
     assert parse_scene_range(path) == SceneRange("ZZZ_active", 100, 200, 2)
-    # About 25 ms measured; the bound only catches reading the 100 MB.
-    assert time.perf_counter() - started < 0.5
+    # The header, the block headers and the blocks it needs: a few MB at most of the 100.
+    assert bytes_read_by_this_process() - before < 8 * 1024**2
     assert read_scene_range(path).name == "ZZZ_active"
 
 
@@ -342,16 +350,14 @@ def test_bad_table_covers_every_bad_fixture() -> None:
 @pytest.mark.parametrize(("rel", "message"), sorted(BAD.items()))
 def test_bad_file_fails_fast_with_one_clear_error(rel: str, message: str) -> None:
     path = corpus_file(rel)
-    started = time.monotonic()
+    # The message is the check's own, so the child's timeout or memory limit did not end it;
+    # a check that hangs instead meets the test's timeout.
     with pytest.raises(BlendFileError) as in_child:
         read_scene_range(path, **HOSTILE_LIMITS)
-    assert time.monotonic() - started < 5
     assert str(in_child.value).startswith(message)
-    # The checks, not only the child's limits, catch it: same error in-process, quickly.
-    started = time.monotonic()
+    # The checks, not only the child's limits, catch it: the same error in-process.
     with pytest.raises(BlendFileError) as in_process:
         parse_scene_range(path)
-    assert time.monotonic() - started < 1
     assert str(in_process.value) == str(in_child.value)
 
 
@@ -441,10 +447,8 @@ def compressed_bomb(tmp_path: Path, kind: str, payload_head: bytes, size: int) -
 def test_decompression_bomb_is_capped(tmp_path: Path, kind: str) -> None:
     path = compressed_bomb(tmp_path, kind, b"BLENDER17-01v0500", 32 * 1024**2)
     assert path.stat().st_size < 200 * 1024
-    started = time.monotonic()
     with pytest.raises(BlendFileError, match=f"{kind}-compressed file expands to more than"):
         read_scene_range(path, max_uncompressed_bytes=4 * 1024**2, **HOSTILE_LIMITS)
-    assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("kind", ["gzip", "zstd"])
