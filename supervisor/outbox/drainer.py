@@ -94,12 +94,19 @@ def _drain_locked(
     go SEND_CONCURRENCY at a time on a pool. Catalog records, which a repeat would
     duplicate, go one by one on this thread meanwhile, each deleted in its own commit right
     after its send (with whatever the pool has finished meanwhile), so a crash resends at
-    most the one record in flight. The database is used from this thread only."""
+    most the one record in flight.
+
+    Each record is also leased before its send, in the commit that settles the one before:
+    a drainer whose connection was killed (and its lock with it) may still be sending it,
+    and the next lock holder must not send it too. A lease that cannot be taken (another
+    drainer has the row) skips the row. The database is used from this thread only."""
     due = session.execute(due_rows(batch_size)).all()
     rows = [row for row, _key in due]
     session.commit()
     blocked: set[str] = set()
     jobs = group_jobs((row, key) for row, key in due if row.destination not in ONE_AT_A_TIME)
+    one_at_a_time = [row for row in rows if row.destination in ONE_AT_A_TIME]
+    lease = timedelta(seconds=peers.longest_call_seconds)
     finished: SimpleQueue[Future[JobOutcome]] = SimpleQueue()
     pool = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox")
     try:
@@ -108,12 +115,21 @@ def _drain_locked(
                 finished.put
             )
         unsettled = len(jobs)
-        for row in rows:
-            if row.destination in ONE_AT_A_TIME:
-                sent = send_in_order(publisher, peers, blocked, [row])
-                ready = _take_ready(finished)
-                unsettled -= len(ready)
-                _settle(db, session, [sent, *ready], result)
+        leased = _lease(session, one_at_a_time[:1], lease)
+        session.commit()
+        for index, row in enumerate(one_at_a_time):
+            outcomes = _take_ready(finished)
+            unsettled -= len(outcomes)
+            failed = False
+            if row.id in leased:
+                outcome = send_in_order(publisher, peers, blocked, [row])
+                outcomes.append(outcome)
+                failed = outcome.failed is not None
+            # After a failure the destination waits for its retry: nothing more is leased.
+            following = [] if failed else one_at_a_time[index + 1 : index + 2]
+            leased = _settle(db, session, outcomes, result, lease_next=(following, lease))
+            if failed:
+                break
         while unsettled:
             chunk = [finished.get().result() for _ in range(min(SEND_CHUNK, unsettled))]
             unsettled -= len(chunk)
@@ -133,13 +149,35 @@ def _take_ready(finished: SimpleQueue[Future[JobOutcome]]) -> list[JobOutcome]:
     return ready
 
 
+_LEASE = text(
+    "UPDATE outbox SET available_at = now() + CAST(:lease AS interval) "
+    "WHERE id = ANY(CAST(:ids AS bigint[])) AND available_at <= now() RETURNING id"
+)
+
+
+def _lease(session: Session, rows: list[OutboxMessage], lease: timedelta) -> set[int]:
+    """Hold these rows back from every other drainer for `lease` (as a retry's backoff
+    does); the ids actually leased: not those another drainer leased or deleted first."""
+    if not rows:
+        return set()
+    leased = session.execute(_LEASE, {"ids": [row.id for row in rows], "lease": lease})
+    return {row.id for row in leased}
+
+
 def _settle(
-    db: Database, session: Session, outcomes: list[JobOutcome], result: DrainResult
-) -> None:
-    """Delete what was sent and postpone what failed, in one commit. If the drain's own
-    connection died meanwhile (a restarted or killed backend), the sent rows are deleted
-    through a fresh one before the drain gives up, so they are not sent a second time."""
+    db: Database,
+    session: Session,
+    outcomes: list[JobOutcome],
+    result: DrainResult,
+    *,
+    lease_next: tuple[list[OutboxMessage], timedelta] | None = None,
+) -> set[int]:
+    """Delete what was sent and postpone what failed, in one commit, which also leases the
+    rows of `lease_next` (returned: those leased). If the drain's own connection died
+    meanwhile (a restarted or killed backend), the sent rows are deleted through a fresh
+    one before the drain gives up, so they are not sent a second time."""
     done = [row.id for outcome in outcomes for row in outcome.done]
+    leased: set[int] = set()
     try:
         if done:
             session.execute(_DELETE_SENT, {"ids": done})
@@ -148,6 +186,8 @@ def _settle(
         for outcome in outcomes:
             if outcome.failed is not None:
                 _postpone(session, *outcome.failed)
+        if lease_next is not None:
+            leased = _lease(session, *lease_next)
         session.commit()
     except OperationalError:
         if done:
@@ -164,6 +204,7 @@ def _settle(
         result.sent += outcome.sent
         if outcome.failed is not None:
             result.failed += 1
+    return leased
 
 
 _COUNT_RECORDS = text(

@@ -16,6 +16,7 @@ USER_MANAGER = "user-manager"
 USER_SERVICE = "user-service"
 CATALOG = "catalog"
 BLOB_TEMP = "blob-temp"
+DESTINATIONS = (USER_MANAGER, USER_SERVICE, CATALOG, BLOB_TEMP)
 
 
 def to_user_manager(session: Session, workload_id: str, topic: str, data: dict[str, Any]) -> None:

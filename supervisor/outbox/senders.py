@@ -24,6 +24,7 @@ class PeerClients(Protocol):
     catalog: Any
     blob: Any
     user_manager: Any
+    longest_call_seconds: float
 
 
 @dataclass
@@ -81,6 +82,8 @@ def _send(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> N
             "destination": row.destination,
             "topic": row.topic,
             "user_id": body.get("user_id"),
+            "frame": body.get("frame_number"),
+            "outbox_id": row.id,
         },
     )
 

@@ -46,6 +46,9 @@ class Peers:
     blob: BlobClient
     users: UserServiceClient
     user_manager: UserManagerClient
+    # The most one call can take, retries of its connection included: a message whose
+    # send may still be under way is not handed to anyone else for this long.
+    longest_call_seconds: float = 60.0
 
     @classmethod
     def from_settings(
@@ -67,6 +70,8 @@ class Peers:
             blob=BlobClient(settings.blob_service, session, **options),
             users=UserServiceClient(settings.user_service, session, **options),
             user_manager=UserManagerClient(settings.user_manager_service, session, **options),
+            longest_call_seconds=(policy.retries + 2) * settings.peer_timeout_seconds
+            + policy.retries * policy.backoff_max,
         )
 
     def close(self) -> None:

@@ -26,6 +26,14 @@ from supervisor.outbox import (
 from supervisor.services import Services
 
 
+def peer_clients(**clients: Any) -> SimpleNamespace:
+    """The slice of `Peers` the outbox uses, with these clients and no others."""
+    return SimpleNamespace(
+        **{"users": None, "catalog": None, "blob": None, "user_manager": None, **clients},
+        longest_call_seconds=60.0,
+    )
+
+
 def drain_locks_held(supervisor: Services) -> int:
     with supervisor.db.session() as session:
         return session.scalar(
@@ -125,7 +133,7 @@ def test_a_newer_message_never_overtakes_an_older_one_waiting_for_a_retry(
     supervisor: Services,
 ) -> None:
     users = FlakyUsers(fail_once={"u1-first"})
-    peers = SimpleNamespace(users=users, catalog=None, blob=None)
+    peers = peer_clients(users=users, catalog=None, blob=None)
     queue_lists(supervisor, ("u1", "u1-first"), ("u1", "u1-second"), ("u2", "u2-only"))
 
     first = drain(supervisor.db, supervisor.publisher, peers)
@@ -159,12 +167,69 @@ def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Serv
     with supervisor.db.transaction() as session:
         for frame in range(5):
             queue_record(session, frame)
-    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
+    peers = peer_clients(users=None, catalog=Catalog(), blob=None)
 
     result = drain(supervisor.db, supervisor.publisher, peers)
 
     assert result.sent == 5
     assert seen_waiting == [5, 4, 3, 2, 1]
+
+
+def test_a_record_another_drainer_leased_is_left_to_it(supervisor: Services) -> None:
+    """What a drainer whose lock went with its killed connection may still be sending, the
+    next lock holder must not send too: each record is leased before its send, and a lease
+    taken first by another drainer makes this one skip the record."""
+    sent: list[int] = []
+    ids: dict[int, int] = {}
+
+    class Catalog:
+        def add_rendered_image(self, **record: Any) -> None:
+            sent.append(record["frame_number"])
+            if record["frame_number"] == 0:
+                # Meanwhile another drainer leases frame 1's record (this drain has read it).
+                with supervisor.db.transaction() as other:
+                    other.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id == ids[1])
+                        .values(available_at=func.now() + text("interval '1 minute'"))
+                    )
+
+    with supervisor.db.transaction() as session:
+        for frame in range(3):
+            queue_record(session, frame)
+        session.flush()
+        for row in session.scalars(select(OutboxMessage)):
+            ids[row.body["frame_number"]] = row.id
+
+    result = drain(supervisor.db, supervisor.publisher, peer_clients(catalog=Catalog()))
+
+    assert sent == [0, 2]
+    assert result.sent == 2
+    with supervisor.db.session() as session:
+        assert [row.id for row in session.scalars(select(OutboxMessage))] == [ids[1]]
+
+
+def test_a_failed_record_leases_nothing_more(supervisor: Services) -> None:
+    """After a failure the records behind it stay due for the next drain, not leased."""
+
+    class Catalog:
+        def add_rendered_image(self, **record: Any) -> None:
+            raise PeerError("catalog", "add-rendered-image", "down", status=503)
+
+    with supervisor.db.transaction() as session:
+        for frame in range(3):
+            queue_record(session, frame)
+
+    result = drain(supervisor.db, supervisor.publisher, peer_clients(catalog=Catalog()))
+
+    assert (result.sent, result.failed) == (0, 1)
+    with supervisor.db.session() as session:
+        due = session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.available_at <= func.now())
+        )
+    assert due == 2
 
 
 @pytest.mark.commits
@@ -180,7 +245,7 @@ def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_ag
 
     with supervisor.db.transaction() as session:
         queue_record(session, 7)
-    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
+    peers = peer_clients(users=None, catalog=Catalog(), blob=None)
 
     with pytest.raises(OperationalError):
         drain(supervisor.db, supervisor.publisher, peers)
@@ -214,7 +279,7 @@ def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
         )
         session.flush()
         queue_record(session, 7)
-    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=None)
+    peers = peer_clients(users=None, catalog=Catalog(), blob=None)
 
     with pytest.raises(OperationalError):
         drain(supervisor.db, supervisor.publisher, peers)
@@ -245,7 +310,7 @@ def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Services) ->
         for frame in range(3):
             delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
             queue_record(session, frame)
-    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=Blob())
+    peers = peer_clients(users=None, catalog=Catalog(), blob=Blob())
 
     result = drain(supervisor.db, supervisor.publisher, peers)
 
@@ -274,7 +339,7 @@ def test_a_drain_that_loses_its_database_stops_sending_what_it_cannot_settle(
         queue_record(session, 1)
         for frame in range(100):
             delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
-    peers = SimpleNamespace(users=None, catalog=Catalog(), blob=Blob())
+    peers = peer_clients(users=None, catalog=Catalog(), blob=Blob())
 
     with pytest.raises(OperationalError):
         drain(supervisor.db, supervisor.publisher, peers)
@@ -310,9 +375,7 @@ def test_user_manager_messages_wait_for_an_older_stop_work_of_their_workload(
 
     users = Users()
     publisher = SimpleNamespace(publish=lambda body: log.append(f"{body['topic']}"))
-    peers = SimpleNamespace(
-        users=users, catalog=None, blob=None, user_manager=RecordingUserManager(log)
-    )
+    peers = peer_clients(users=users, user_manager=RecordingUserManager(log))
     with supervisor.db.transaction() as session:
         to_user_manager(session, "w1", "remove-users-demand-completely", {})
         to_users(session, "w1", ["u1"], "stop-work", lambda _u: {})
