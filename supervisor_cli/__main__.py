@@ -35,6 +35,9 @@ INTERRUPTED = 130
 
 API_ENV = "SESSION_SUPERVISOR_API"
 TOKEN_ENV = "ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+# The API reads at most six digits of a user count, whatever its MAX_USER_COUNT says.
+MOST_USERS = 999_999
+DEFAULT_MAX_USER_COUNT = 10_000
 
 Handler = Callable[[SupervisorClient, argparse.Namespace, TextIO, TextIO], int]
 
@@ -49,13 +52,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def _user_count(text: str) -> int:
+    """Checked here because past six digits the API names the digits, not the range."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if not 1 <= value <= MOST_USERS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MOST_USERS}, and the server's MAX_USER_COUNT "
+            f"(default {DEFAULT_MAX_USER_COUNT}) may allow fewer: {text!r}"
+        )
     return value
 
 
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = command("users", cmd_users, "show, or with N set, the user count (admin)")
     users.add_argument("customer_id", metavar="CUSTOMER", type=_identifier)
-    users.add_argument("user_count", metavar="N", nargs="?", type=_non_negative_int)
+    users.add_argument("user_count", metavar="N", nargs="?", type=_user_count)
     users.add_argument(
         "--token",
         help=f"admin token, sent as a Bearer header (env {TOKEN_ENV}; prefer the env)",

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor_cli.__main__ import main
+from app.schemas import USER_COUNT_CEILING, USER_COUNT_DIGITS
+from supervisor.config import Settings
+from supervisor_cli.__main__ import DEFAULT_MAX_USER_COUNT, MOST_USERS, main
 from supervisor_cli.client import PREFIX
 from tests.cli.helpers import FakeApi, Result
 
@@ -147,6 +149,48 @@ def test_users_set_posts_the_count_with_the_env_token(
     seen = api.only()
     assert seen.method == "POST"
     assert seen.headers["authorization"] == "Bearer from-env"
+
+
+@pytest.mark.parametrize(
+    ("count", "api_details"),
+    [
+        # What the API answers: past six digits it names the digits, not the range.
+        ("1000000", USER_COUNT_DIGITS),
+        ("0", "user_count must be between 1 and 10000"),
+    ],
+)
+def test_users_out_of_range_names_the_range_without_a_request(
+    api: FakeApi, cli: Cli, count: str, api_details: str
+) -> None:
+    api.reply(
+        "POST",
+        f"/set-user-count/c1/{count}",
+        400,
+        {"message": "Invalid input", "details": api_details},
+    )
+    result = cli("users", "c1", count)
+    assert result.code == 2
+    assert f"from 1 to {USER_COUNT_CEILING}" in result.err
+    assert "MAX_USER_COUNT" in result.err
+    assert "digits" not in result.err
+    assert api.seen == []
+
+
+def test_the_cli_knows_the_apis_user_count_limits() -> None:
+    assert MOST_USERS == USER_COUNT_CEILING
+    assert Settings.model_fields["max_user_count"].default == DEFAULT_MAX_USER_COUNT
+
+
+def test_users_accepts_the_most_the_api_can_take(api: FakeApi, cli: Cli) -> None:
+    most = str(USER_COUNT_CEILING)
+    api.reply(
+        "POST",
+        f"/set-user-count/c1/{most}",
+        200,
+        {"message": "User count updated successfully", "new_user_count": USER_COUNT_CEILING},
+    )
+    assert cli("users", "c1", most).code == 0
+    assert api.only().path == f"/set-user-count/c1/{most}"
 
 
 def test_users_without_a_token_sends_no_header(api: FakeApi, cli: Cli) -> None:
