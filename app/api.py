@@ -24,6 +24,7 @@ from app.schemas import (
     OverviewAnswer,
     Overviews,
     StartWorkloadForm,
+    StatusQuery,
     UserCount,
     UserCountUpdated,
     WorkloadProgress,
@@ -149,19 +150,27 @@ def stop_and_delete_workload() -> ResponseReturnValue:
 
 @api.get("/get-workload-status")
 @contract.validate(
-    query=CustomerQuery,
+    query=StatusQuery,
     resp=Response(
         HTTP_200=(WorkloadStatusBody, "The workload's counters."),
         HTTP_400=BAD_REQUEST,
-        HTTP_404=NO_WORKLOAD,
+        HTTP_404=(Error, "The customer has no such workload (no completed one, with `last`)."),
         HTTP_500=SERVER_ERROR,
     ),
     tags=[WORKLOADS],
     operation_id="getWorkloadStatus",
 )
 def get_workload_status() -> ResponseReturnValue:
-    """Counters of the customer's current (or last) workload"""
-    status = workloads.workload_status(_supervisor(), _fields().customer_id)
+    """Counters of the customer's current (or last) workload
+
+    A failed start (a mistyped object id) becomes the latest workload; `last=completed`
+    still reads the last completed one. Ended workloads are kept for
+    `WORKLOAD_RETENTION_SECONDS` (7 days by default).
+    """
+    query = _fields()
+    status = workloads.workload_status(
+        _supervisor(), query.customer_id, last_completed=query.last == "completed"
+    )
     return jsonify(message="Workload status", status=status)
 
 

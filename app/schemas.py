@@ -155,6 +155,16 @@ class CustomerQuery(Model):
     customer_id: Id = Field(json_schema_extra={"example": "customer-42"})
 
 
+class StatusQuery(CustomerQuery):
+    last: Literal["completed"] | Absent[None] = Field(
+        None,
+        description=(
+            "`completed`: the customer's last completed workload, even when a later one "
+            "failed or was stopped (a 404 when none is kept). Without it: the latest one."
+        ),
+    )
+
+
 class PathParameters(Model):
     """Every path parameter of the API, each checked where a route has it. `user_count` comes
     first: of two bad parameters, it is the one the error names."""
@@ -289,3 +299,19 @@ class OverviewAnswer(_OpenAPI30Schema, RootModel[SessionOverview | NoSession]):
 
 class Overviews(_OpenAPI30Schema, RootModel[list[SessionOverview]]):
     """One overview per active workload."""
+
+
+# --- operations (app/ops.py) ---------------------------------------------------------------
+
+
+class Health(Body):
+    status: Literal["alive"]
+
+
+class Readiness(Body):
+    status: Literal["ready", "not-ready"]
+    checks: dict[str, str] = Field(
+        description="Each dependency (`postgres`, `redis`, `broker`, and "
+        "`user_manager_broker` when it is another broker): `ok`, or `unreachable: <error "
+        "type>`."
+    )

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     demand_interval_seconds: float = Field(15.0, gt=0)
     rebalance_interval_seconds: float = Field(10.0, gt=0)
     unbind_grace_seconds: float = Field(120.0, ge=0)
+    workload_retention_seconds: float = Field(7 * 24 * 3600.0, gt=0)
     inbox_redispatch_seconds: float = Field(120.0, gt=0)
     broker_visibility_timeout_seconds: int = Field(600, ge=30)
     intake_queue: str = Field("session-supervisor.user-manager-events", min_length=1)

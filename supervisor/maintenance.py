@@ -1,4 +1,5 @@
-"""Periodic care of running workloads, run by beat: demand, stale frames, rebalancing.
+"""Periodic care of workloads, run by beat: demand, stale frames, rebalancing for running
+ones, and removing ended ones once their retention is over.
 
 Each function takes `now` so tests can move time forward; each workload is handled in its
 own transaction under its row lock, like the event handlers.
@@ -7,17 +8,28 @@ own transaction under its row lock, like the event handlers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, bindparam, delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from supervisor import outbox
 from supervisor.frames.assignment import distribute, lock_workload, unassign_user
-from supervisor.models import Frame, FrameState, UserState, Workload, WorkloadStatus, WorkloadUser
+from supervisor.models import (
+    ENDED_STATUSES,
+    Frame,
+    FrameState,
+    InboxEvent,
+    OutboxMessage,
+    UserState,
+    Workload,
+    WorkloadStatus,
+    WorkloadUser,
+)
 from supervisor.workloads import demand_missing_users, register_session, send_outbox_soon
 
 if TYPE_CHECKING:
@@ -295,3 +307,86 @@ def stuck_starts(sv: Services, now: datetime | None = None) -> list[str]:
                 )
             )
         )
+
+
+# One batch of the retention sweep: at most REMOVAL_BATCH workloads, and of them only as
+# many as it takes for their frames to reach REMOVAL_FRAME_BUDGET (one at least), so neither
+# a backlog of small workloads nor a few huge ones make one long transaction. One of
+# 2,000,000 frames (MAX_FRAMES) took 3 s alone, well inside the 30 s statement timeout.
+REMOVAL_BATCH = 500
+REMOVAL_FRAME_BUDGET = 200_000
+REMOVAL_TIME_BUDGET_SECONDS = 60.0
+
+
+def remove_old_workloads(
+    sv: Services,
+    now: datetime | None = None,
+    *,
+    batch_size: int = REMOVAL_BATCH,
+    frame_budget: int = REMOVAL_FRAME_BUDGET,
+    time_budget_seconds: float = REMOVAL_TIME_BUDGET_SECONDS,
+) -> int:
+    """Delete ended workloads that finished more than `workload_retention_seconds` ago, with
+    their frames (and, by their foreign key, their users), oldest first, one batch per
+    transaction until none is left or the time budget is spent (one batch at least, so a
+    run always makes progress); one log line per batch.
+
+    Only a workload whose session is unbound is taken: one still in its grace period, or
+    whose unbinding is overdue (finish_workloads retries it), keeps its row. So does one
+    with messages still to send or events still to handle: the outbox retries until the
+    peer takes them, and the row goes on a later run. Returns how many were deleted."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=sv.settings.workload_retention_seconds)
+    deadline = time.monotonic() + time_budget_seconds
+    removed = 0
+    while True:
+        with sv.db.transaction() as session:
+            batch = _old_ended_batch(session, cutoff, batch_size, frame_budget)
+            if not batch:
+                break
+            frames = session.execute(delete(Frame).where(Frame.workload_id.in_(batch))).rowcount
+            session.execute(delete(Workload).where(Workload.id.in_(batch)))
+        removed += len(batch)
+        logger.info(
+            "ended workloads removed",
+            extra={"workloads": len(batch), "frames": frames or 0, "removed_so_far": removed},
+        )
+        if time.monotonic() >= deadline:
+            break
+    return removed
+
+
+# Written into the statement, not bound, so the planner always matches it to the predicate
+# of the partial index ix_workloads_ended_finished_at, whatever plan it caches.
+_ENDED = bindparam(
+    "ended", [status.value for status in ENDED_STATUSES], expanding=True, literal_execute=True
+)
+
+
+def _old_ended_batch(
+    session: Session, cutoff: datetime, batch_size: int, frame_budget: int
+) -> list[str]:
+    """The next batch's ids, locked; rows another sweep holds are skipped."""
+    candidates = (
+        select(Workload.id, Workload.finished_at, Workload.total_frames)
+        .where(
+            Workload.status.in_(_ENDED),
+            Workload.finished_at < cutoff,
+            Workload.unbound_at.is_not(None),
+            ~exists().where(OutboxMessage.workload_id == Workload.id),
+            ~exists().where(InboxEvent.workload_id == Workload.id),
+        )
+        .order_by(Workload.finished_at, Workload.id)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+        .cte("candidates")
+    )
+    frames_before = (
+        func.sum(candidates.c.total_frames).over(
+            order_by=(candidates.c.finished_at, candidates.c.id)
+        )
+        - candidates.c.total_frames
+    )
+    budgeted = select(candidates.c.id, frames_before.label("frames_before")).subquery()
+    return list(
+        session.scalars(select(budgeted.c.id).where(budgeted.c.frames_before < frame_budget))
+    )

@@ -91,6 +91,12 @@ class Workload(Base):
             postgresql_where=text("status IN ('initialized', 'running')"),
         ),
         Index("ix_workloads_customer_created", "customer_id", "created_at"),
+        # Ended workloads by age: beat's retention sweep and its unbinding backstop.
+        Index(
+            "ix_workloads_ended_finished_at",
+            "finished_at",
+            postgresql_where=text("status IN ('completed', 'failed', 'stopped')"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_session_id)

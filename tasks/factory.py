@@ -27,6 +27,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         "rebalance": (names.REBALANCE, settings.rebalance_interval_seconds),
         "recover-stuck-starts": (names.RECOVER_STUCK_STARTS, 60.0),
         "finish-workloads": (names.FINISH_WORKLOADS, names.FINISH_INTERVAL_SECONDS),
+        "remove-old-workloads": (names.REMOVE_OLD_WORKLOADS, names.REMOVAL_INTERVAL_SECONDS),
         "redispatch-inbox": (
             names.REDISPATCH_INBOX,
             max(1.0, settings.inbox_redispatch_seconds / 4),

@@ -89,6 +89,14 @@ def finish_workloads(self: SupervisorTask) -> Any:
     return _guarded(self.services, "finish_workloads", work, names.FINISH_INTERVAL_SECONDS)
 
 
+@shared_task(name=names.REMOVE_OLD_WORKLOADS, base=SupervisorTask, bind=True, ignore_result=True)
+def remove_old_workloads(self: SupervisorTask) -> Any:
+    """Ended workloads past WORKLOAD_RETENTION_SECONDS go, with their frames and users."""
+    sv = self.services
+    every = names.REMOVAL_INTERVAL_SECONDS
+    return _guarded(sv, "remove_old_workloads", maintenance.remove_old_workloads, every)
+
+
 @shared_task(name=names.REDISPATCH_INBOX, base=SupervisorTask, bind=True, ignore_result=True)
 def redispatch_inbox(self: SupervisorTask) -> int:
     """Events whose task was lost (killed worker, flushed broker) are handed out again."""

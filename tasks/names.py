@@ -20,6 +20,10 @@ REDISPATCH_INBOX = "tasks.redispatch_inbox"
 FINISH_WORKLOADS = "tasks.finish_workloads"
 # How often beat runs FINISH_WORKLOADS, the backstop for lost completions and unbindings.
 FINISH_INTERVAL_SECONDS = 5.0
+REMOVE_OLD_WORKLOADS = "tasks.remove_old_workloads"
+# How often beat removes ended workloads past WORKLOAD_RETENTION_SECONDS; each run stops
+# after its time budget (supervisor.maintenance.REMOVAL_TIME_BUDGET_SECONDS).
+REMOVAL_INTERVAL_SECONDS = 600.0
 
 WORKLOAD_QUEUE = "supervisor.workloads"
 EVENT_QUEUE = "supervisor.events"
@@ -43,6 +47,7 @@ ROUTES = {
     RECOVER_STUCK_STARTS: MAINTENANCE_QUEUE,
     REDISPATCH_INBOX: MAINTENANCE_QUEUE,
     FINISH_WORKLOADS: MAINTENANCE_QUEUE,
+    REMOVE_OLD_WORKLOADS: MAINTENANCE_QUEUE,
 }
 
 # The task that handles one recorded event of each User Manager topic.

@@ -97,8 +97,13 @@ def complete_workloads(sv: Services, workload_ids: list[str]) -> list[str]:
     return completed
 
 
-def fail_workload(sv: Services, workload_id: str, reason: str) -> bool:
-    """Mark an active workload failed with its reason; release whatever it holds."""
+def fail_workload(sv: Services, workload_id: str, reason: str, *, bound: bool = True) -> bool:
+    """Mark an active workload failed with its reason; release whatever it holds.
+
+    `bound=False` is the caller's word that the workload was never bound to its session nor
+    registered with the User Manager (its preparation was never handed out). A workload
+    still `initialized` queues nothing when it ends (see _end), so it is then marked
+    unbound at once and no drain or unbinding is scheduled for it."""
     with sv.db.transaction() as session:
         workload = session.scalars(
             select(Workload)
@@ -107,11 +112,15 @@ def fail_workload(sv: Services, workload_id: str, reason: str) -> bool:
         ).one_or_none()
         if workload is None:
             return False
+        nothing_to_undo = not bound and workload.status == WorkloadStatus.INITIALIZED
         workload.failure_reason = reason[:2000]
         _end(session, workload, WorkloadStatus.FAILED)
+        if nothing_to_undo:
+            workload.unbound_at = func.now()
     logger.warning("workload failed", extra={"workload_id": workload_id, "reason": reason[:500]})
-    send_outbox_soon(sv)
-    unbind_after_grace(sv, workload_id)
+    if not nothing_to_undo:
+        send_outbox_soon(sv)
+        unbind_after_grace(sv, workload_id)
     return True
 
 

@@ -61,7 +61,8 @@ def start_workload(sv: Services, customer_id: str, object_id: str) -> str:
     try:
         ref = sv.peers.catalog.get_blend_file(object_id, customer_id)
     except Exception as exc:
-        fail_workload(sv, workload_id, f"catalog: {exc}")
+        # The preparation, which binds and registers the session, is handed out only below.
+        fail_workload(sv, workload_id, f"catalog: {exc}", bound=False)
         raise
     with sv.db.transaction() as session:
         session.execute(

@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 # than the query. The counters are O(1) columns of the workload row; nothing counts frames.
 # A stopped workload is forgotten for status and progress (the contract's "deleted"); its
 # row is kept only for late users and the overview during the grace period.
-_LATEST = (
+_STATUS_COLUMNS = (
     "SELECT status, total_frames, rendered_frames, recorded_frames, failure_reason "
-    "FROM workloads WHERE customer_id = %(customer_id)s AND status <> 'stopped' "
-    "ORDER BY created_at DESC LIMIT 1"
+    "FROM workloads WHERE customer_id = %(customer_id)s "
 )
+_LATEST = _STATUS_COLUMNS + "AND status <> 'stopped' ORDER BY created_at DESC LIMIT 1"
+# A start that failed since (a mistyped object id) does not hide the last good result.
+_LAST_COMPLETED = _STATUS_COLUMNS + "AND status = 'completed' ORDER BY created_at DESC LIMIT 1"
 # The mapping walks the partial index ix_frames_assigned_number (assigned frames only, by
 # number), so its cost is the limit's, whatever the size of the workload or how far it got.
 # Two arrays cost the database and the driver less than building and parsing a JSON object.
@@ -52,13 +54,19 @@ def _percentage(done: int, total: int) -> float:
     return round(100.0 * done / total, 2) if total else 0.0
 
 
-def workload_status(sv: Services, customer_id: str) -> dict[str, Any]:
+def workload_status(
+    sv: Services, customer_id: str, *, last_completed: bool = False
+) -> dict[str, Any]:
     """The customer's current workload, or the last one it finished, from O(1) counters.
     `completed_frames` counts frames stored; `recorded_frames` those the catalog confirmed.
-    The workload is `completed` only once the catalog has every frame."""
+    The workload is `completed` only once the catalog has every frame. With
+    `last_completed`, the last workload that completed, whatever came after it."""
     validate_id("customer_id", customer_id)
-    row = sv.db.read_row(_LATEST, {"customer_id": customer_id})
+    query = _LAST_COMPLETED if last_completed else _LATEST
+    row = sv.db.read_row(query, {"customer_id": customer_id})
     if row is None:
+        if last_completed:
+            raise NoActiveWorkload(f"No completed workload for customer_id: {customer_id}")
         raise _no_workload(customer_id)
     state, total, rendered, recorded, failure_reason = row
     status: dict[str, Any] = {
