@@ -19,7 +19,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.api import api
 from app.errors import register_error_handlers
+from app.limits import install_limits
 from app.openapi import openapi
+from app.ops import ops
 from supervisor.config import Settings, load_settings
 from supervisor.logs import configure_logging
 from supervisor.services import Services
@@ -47,6 +49,7 @@ def create_app(
     settings = settings or (supervisor.settings if supervisor else load_settings())
     configure_logging()
     app = Flask(__name__)
+    install_limits(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
@@ -63,4 +66,5 @@ def create_app(
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(openapi)
+    app.register_blueprint(ops)
     return app
