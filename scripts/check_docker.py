@@ -89,7 +89,7 @@ def dependency_problems(compose: dict[str, Any]) -> list[str]:
             if target not in services:
                 problems.append(f"compose.yml: `{name}` depends on `{target}`: no such service")
             elif (spec or {}).get("condition") == "service_healthy" and (
-                "healthcheck" not in services[target]
+                (services[target].get("healthcheck") or {"disable": True}).get("disable")
             ):
                 problems.append(
                     f"compose.yml: `{name}` waits for `{target}` healthy: no healthcheck"
@@ -104,7 +104,11 @@ def environment_problems(compose: dict[str, Any]) -> list[str]:
         from supervisor.config import Settings
     finally:
         sys.path.remove(str(ROOT))
-    known = {name.upper() for name in Settings.model_fields} | {"LOG_LEVEL"}
+    # LOG_LEVEL and prometheus-client's own variable are read outside the Settings.
+    known = {name.upper() for name in Settings.model_fields} | {
+        "LOG_LEVEL",
+        "PROMETHEUS_MULTIPROC_DIR",
+    }
     known |= set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", PROCFILE.read_text(encoding="utf-8")))
     services = compose.get("services") or {}
     problems = []

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from supervisor import metrics
+
 if TYPE_CHECKING:
     from supervisor.services import Services
 
@@ -46,6 +48,7 @@ def refuse(
             "user_id": user_id,
         },
     )
+    metrics.REFUSED.labels(reason).inc()
     try:
         sv.redis.hincrby(REFUSED_COUNTER, reason, 1)
     except Exception:

@@ -16,6 +16,8 @@ import redis
 from celery.beat import PersistentScheduler
 from redis.exceptions import LockError
 
+from supervisor import metrics
+
 logger = logging.getLogger(__name__)
 
 BEAT_LOCK_NAME = "supervisor:beat-lock"
@@ -74,6 +76,10 @@ class LockedScheduler(PersistentScheduler):
                 self._waiting_logged = True
             return min(self.max_interval, BEAT_LOCK_SECONDS / 3)
         self._waiting_logged = False
+        try:
+            metrics.note_beat_tick(self.beat_lock.lock.redis)
+        except redis.RedisError:
+            logger.warning("could not note the beat tick", exc_info=True)
         return min(super().tick(*args, **kwargs), BEAT_LOCK_SECONDS / 3)
 
     def close(self) -> None:

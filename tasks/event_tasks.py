@@ -9,9 +9,10 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from supervisor import handlers, inbox
+from supervisor import handlers, inbox, metrics
 from supervisor.errors import PeerError
 from supervisor.frames import pipeline
+from supervisor.messages import FrameRendered
 from supervisor.refusals import Refused
 from tasks import names
 from tasks.base import SupervisorTask
@@ -41,15 +42,19 @@ def _run(task: SupervisorTask, inbox_id: int) -> Any:
     except Refused as exc:
         handlers.refuse_event(sv, event, exc)
         inbox.done(sv.db, inbox_id)
+        metrics.count_event(event.topic, "refused")
         return "refused"
     except PeerError as exc:
         if task.request.retries >= task.max_retries and event.topic in _GIVE_UP:
             result = _GIVE_UP[event.topic](sv, event, f"gave up: {exc}")
             inbox.done(sv.db, inbox_id)
+            metrics.count_event(event.topic, "gave-up")
             return result
         inbox.note_failure(sv.db, inbox_id, str(exc))
+        metrics.count_event(event.topic, "retried")
         raise
     inbox.done(sv.db, inbox_id)
+    metrics.count_event(event.topic, result)
     return result
 
 
@@ -94,6 +99,8 @@ def frames_rendered(self: SupervisorTask, inbox_ids: list[int]) -> dict[str, int
             finished.append(inbox_id)
             counts[outcome] += 1
     inbox.done_many(sv.db, finished)
+    for outcome, count in counts.items():
+        metrics.count_event(FrameRendered.topic, outcome, count)
     return dict(counts)
 
 

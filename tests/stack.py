@@ -119,6 +119,7 @@ def platform(
             COMPLETION_SETTLE_SECONDS="0.5",
             WEB_CONCURRENCY="2",
             LOG_LEVEL="INFO",
+            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
         )
         if not embedded_broker:
             cleanup.callback(_delete_queues, amqp_url, env)

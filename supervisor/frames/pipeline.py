@@ -10,6 +10,7 @@ frame. A claim whose copy fails for good is given up, and another upload can win
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from supervisor import outbox
+from supervisor import metrics, outbox
 from supervisor.bans import count_failure
 from supervisor.errors import PeerError
 from supervisor.frames.assignment import distribute, lock_workload, lock_workloads
@@ -77,12 +78,16 @@ def _copy_all(
 
     def copy(index: int) -> int:
         event = batch[index]
-        return sv.peers.blob.transfer_temp_to_final(
+        started = time.perf_counter()
+        size = sv.peers.blob.transfer_temp_to_final(
             temp_key=event.temp_key,
             final_key=claims[index].final_key,
             extension=event.extension,
             max_bytes=sv.settings.max_frame_bytes,
         )
+        metrics.TRANSFER_SECONDS.observe(time.perf_counter() - started)
+        metrics.TRANSFER_BYTES.observe(size)
+        return size
 
     copied: dict[int, str] = {}
     failed: dict[int, Outcome] = {}
@@ -146,6 +151,7 @@ def _mark_all(
             else:
                 marked[index] = "stored"
                 _queue_stored_frame(session, workload, event, final_key)
+    metrics.FRAMES_STORED.inc(sum(1 for outcome in marked.values() if outcome == "stored"))
     for index, final_key in copied.items():
         event = batch[index]
         if marked[index] == "stored":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
+from supervisor import metrics
 from supervisor.errors import InvalidInput, PeerError
 from supervisor.keys import has_control
 
@@ -205,6 +207,7 @@ class PeerClient:
         """The error for a failed `operation`: logged, clipped, and reported to `on_failure`
         when transient. The caller raises it."""
         detail = _clip(detail)
+        metrics.count_peer_error(self.peer, operation, status)
         logger.warning(
             "%s %s failed (status=%s, transient=%s): %s",
             self.peer,
@@ -240,6 +243,7 @@ class PeerClient:
         On a normal exit a short unread body is drained so the connection goes back to
         the pool; otherwise the connection is closed with the response.
         """
+        started = time.perf_counter()
         try:
             resp = self._session.request(
                 method,
@@ -252,9 +256,13 @@ class PeerClient:
                 stream=True,
             )
         except (requests.RequestException, Urllib3Error) as exc:
+            metrics.observe_peer_call(self.peer, operation, None, time.perf_counter() - started)
             raise self.peer_error(
                 operation, describe_exception(exc), status=None, transient=True
             ) from exc
+        metrics.observe_peer_call(
+            self.peer, operation, resp.status_code, time.perf_counter() - started
+        )
         with resp:
             yield resp
             _drain(resp)

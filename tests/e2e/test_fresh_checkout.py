@@ -122,6 +122,10 @@ def test_every_procfile_process_starts_from_a_fresh_checkout(
         assert not dead, f"exited within {UP_FOR_SECONDS:.0f} s: {dead}\n{logs()}"
         assert answers("POST", api), logs()
         assert answers("GET", f"http://127.0.0.1:{env['FLOWER_PORT']}/healthcheck"), logs()
+        assert answers("GET", f"http://127.0.0.1:{env['FLOWER_PORT']}/metrics"), logs()
+        web = f"http://127.0.0.1:{env['PORT']}"
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert answers("GET", web + path), f"{path}\n{logs()}"
         simulator = f"http://127.0.0.1:{env['SIMULATOR_PORT']}/simulator/state"
         assert answers("GET", simulator), logs()
         # What they wrote landed in their own checkout, the only disk a dyno has.
