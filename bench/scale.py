@@ -1,18 +1,19 @@
 """scale: a 1,000,000-frame workload started, then split among 1,000 users at once.
 
 The measured work runs in a fresh child process (`python -m bench.scale --child ...`) with
-the API in-process (Flask test client) and fake peers on localhost in the parent, so the
-child's RSS is that of one process doing the work, as a Celery pool child would:
+the API in-process (Flask test client) and the simulator's HTTP peers on localhost in the
+parent, so the child's RSS is that of one process doing the work, as a Celery pool child
+would:
 
 * start-workload's HTTP answer, then the worker's part (download, fork+parse, one INSERT
   of every frame, registration, first demand) to "running";
 * `supervisor.users.add_users` with one `new-users` event of 1,000 users, then the outbox
-  drained to the fake User Service; the parent counts the User Service requests.
+  drained to the simulator's User Service; the parent counts the User Service requests.
 
 Baselines, same run, same database: one bare `INSERT ... generate_series` of as many frame
 rows (rolled back) for the start; one bare set-based UPDATE of as many rows as add_users
 assigned (rolled back) for the split; as many bare HTTP POSTs of the same bodies to the same
-fake peer for the delivery; the child's idle RSS for memory.
+simulated peer for the delivery; the child's idle RSS for memory.
 """
 
 from __future__ import annotations
@@ -47,25 +48,23 @@ def run(opts: Options) -> list[Row]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
+    from simulator import Simulator
     from tests import services
     from tests.blendgen import blend_with_range
-    from tests.fakes import FakePeerServer
     from tests.helpers import alembic_config
+    from tests.peers import TEST_PEERS, Peers
 
     frames, users = (10_000, 50) if opts.smoke else (1_000_000, 1000)
     rounds = opts.rounds_or(3)
     results: list[dict[str, Any]] = []
-    fake = FakePeerServer()
-    # Its handler answers in two writes; with Nagle on, each answer waits ~40 ms for the
-    # client's delayed ACK, which would swamp the delivery figure (docs/PERFORMANCE.md).
-    fake.server.RequestHandlerClass.disable_nagle_algorithm = True
     with (
         tempfile.TemporaryDirectory(prefix="bench-scale-", dir=opts.workdir) as folder,
         services.postgres_server_url() as server,
         services.throwaway_database(server) as database_url,
         services.redis_url() as redis_url,
-        fake as peers,
+        Simulator(TEST_PEERS) as simulator,
     ):
+        peers = Peers(simulator)
         command.upgrade(alembic_config(database_url), "head")
         if frames == 1_000_000:
             blend = MILLION_FILE.read_bytes()
@@ -75,9 +74,8 @@ def run(opts: Options) -> list[Row]:
         try:
             for index in range(rounds):
                 customer = f"scale-{index}"
+                simulator.reset()
                 peers.add_object(customer, "obj", blend)
-                with peers.lock:
-                    peers.requests.clear()
                 args = {
                     "database_url": database_url,
                     "redis_url": redis_url,
@@ -143,7 +141,7 @@ def _rows(results: list[dict[str, Any]], frames: int, users: int) -> list[Row]:
             delivered,
             column("bare_posts_s"),
             [at_most(1.0, "<= 1 s")],
-            "baseline: the same number of bare HTTP POSTs to the same fake peer",
+            "baseline: the same number of bare HTTP POSTs to the same simulated peer",
         ),
         Row(
             "scale",

@@ -149,6 +149,15 @@ class BlobStore:
             return False
         return True
 
+    def clear(self) -> None:
+        """Empty every bucket (for a fresh start between tests)."""
+        for folder in self._buckets.values():
+            for entry in folder.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
     def keys(self, bucket: str) -> list[str]:
         """Every key in a bucket, sorted, as '/'-separated relative paths."""
         folder = self._buckets[bucket]

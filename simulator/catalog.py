@@ -1,5 +1,10 @@
 """The catalog (the "MongoDB service"): which .blend each customer object has, and the
-rendered images the supervisor reports, kept in memory and appended to a JSON-lines file."""
+rendered images the supervisor reports, kept in memory and appended to a JSON-lines file.
+
+For tests that send arbitrary valid ids (schemathesis), `every_object` makes every object of
+every customer exist: one the catalog is asked about (lookup or change-state) and does not
+know is added then, with the given .blend, as `add_object` would have added it. Off unless
+asked for."""
 
 from __future__ import annotations
 
@@ -35,6 +40,20 @@ class BlendObject:
         return {"blendFilePath": self.blend_path, "blendFileHash": self.blend_hash}
 
 
+def _valid_ids(customer_id: str, object_id: str) -> bool:
+    return all(
+        _ID.fullmatch(value) and value not in (".", "..") for value in (customer_id, object_id)
+    )
+
+
+def _object_key(customer_id: str, object_id: str, name: str) -> str:
+    """`customer_id/object_id/name`; ValueError when an id is not a catalog id."""
+    for field, value in (("customer_id", customer_id), ("object_id", object_id)):
+        if not _ID.fullmatch(value) or value in (".", ".."):
+            raise ValueError(f"{field} must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    return f"{customer_id}/{object_id}/{name}"
+
+
 def _file_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as source:
@@ -56,15 +75,23 @@ class Catalog:
         self._per_customer: Counter[str] = Counter()
         self._states: dict[tuple[str, str], str] = {}
         self._state_changes: list[dict[str, Any]] = []
+        self._every_object: Path | None = None
 
     def add_object(self, customer_id: str, object_id: str, blend_file: Path) -> str:
         """Copy `blend_file` into the blend-files bucket and register it; return its key."""
-        for name, value in (("customer_id", customer_id), ("object_id", object_id)):
-            if not _ID.fullmatch(value) or value in (".", ".."):
-                raise ValueError(f"{name} must be 1-128 characters of A-Z a-z 0-9 . _ -")
         blend_file = Path(blend_file)
-        key = f"{customer_id}/{object_id}/{blend_file.name}"
-        stored = self._blobs.copy_in(BLEND_BUCKET, key, blend_file)
+        key = _object_key(customer_id, object_id, blend_file.name)
+        return self._register(
+            customer_id, object_id, self._blobs.copy_in(BLEND_BUCKET, key, blend_file)
+        )
+
+    def add_blend(self, customer_id: str, object_id: str, blend: bytes, name: str) -> str:
+        """Store `blend` as the object's .blend file `name` and register it; return its key."""
+        key = _object_key(customer_id, object_id, name)
+        return self._register(customer_id, object_id, self._blobs.write(BLEND_BUCKET, key, blend))
+
+    def _register(self, customer_id: str, object_id: str, stored: Path) -> str:
+        key = f"{customer_id}/{object_id}/{stored.name}"
         entry = BlendObject(customer_id, object_id, key, _file_hash(stored))
         with self._lock:
             self._objects[(customer_id, object_id)] = entry
@@ -75,13 +102,33 @@ class Catalog:
         )
         return key
 
-    def lookup(self, customer_id: str, object_id: str) -> BlendObject | None:
+    def every_object(self, blend_file: Path | None) -> None:
+        """Make every object of every customer exist with `blend_file` (None: only those
+        added, as the real catalog)."""
+        if blend_file is not None and not Path(blend_file).is_file():
+            raise ValueError(f"no such .blend file: {blend_file}")
+        with self._lock:
+            self._every_object = None if blend_file is None else Path(blend_file)
+
+    def _known(self, customer_id: str, object_id: str) -> BlendObject | None:
+        """The object, added now when every object exists and it was not yet (ids the
+        catalog could never hold stay unknown)."""
+        with self._lock:
+            found = self._objects.get((customer_id, object_id))
+            every = self._every_object
+        if found is not None or every is None or not _valid_ids(customer_id, object_id):
+            return found
+        self.add_object(customer_id, object_id, every)
         with self._lock:
             return self._objects.get((customer_id, object_id))
+
+    def lookup(self, customer_id: str, object_id: str) -> BlendObject | None:
+        return self._known(customer_id, object_id)
 
     def change_state(self, customer_id: str, object_id: str, state: str) -> str | None:
         """Set an object's state (one of OBJECT_STATES, checked by the caller); None when it
         changed, else what is unknown ("customer" or "object"), as the real service tells."""
+        self._known(customer_id, object_id)
         with self._lock:
             if not any(customer == customer_id for customer, _ in self._objects):
                 return "customer"

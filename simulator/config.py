@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "blen
 DEFAULT_DEMO_BLEND = "range_10_20.blend"
 RENDER_MODES = ("placeholder", "real")
 PEER_MODES = ("real", "ideal")
+DEFAULT_USER_PREFIX = "sim-user"
+_USER_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,17 @@ class SimulatorConfig:
     `join_batch` read as idle users connecting over time. `"ideal"` plays the contract's
     tables as written (demand kept until filled, every event forwarded, waves of users).
     `quirks` adds the contract's tolerated variants at random, in either mode.
+
+    `amqp=False` leaves the User Manager's AMQP side out: no consumer, no broker connection
+    (`broker_url` is not used); its HTTP registration is served as ever. Simulated users
+    report over AMQP, so it needs `users=0`: the HTTP peers alone, as integration tests use
+    them. `journal=True` keeps every request to the peers, body included, in memory
+    (`Simulator.requests`): for tests only.
+
+    Users are `<user_prefix>-001`, `-002`, ... Every simulator on one broker sees every
+    supervisor's demand (the exchange's one routing key), and a real User Manager takes
+    released users back from anyone after a restart: simulators running side by side on
+    one broker keep apart by giving their users different prefixes.
     """
 
     host: str = "127.0.0.1"
@@ -57,6 +71,9 @@ class SimulatorConfig:
     private_queue: bool = False
     workers: int = 4
     broker_ready_timeout: float = 15.0
+    amqp: bool = True
+    journal: bool = False
+    user_prefix: str = DEFAULT_USER_PREFIX
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +95,10 @@ class SimulatorConfig:
             problems.append(f"render must be one of {', '.join(RENDER_MODES)}")
         if not self.user_manager_queue:
             problems.append("user_manager_queue must not be empty")
+        if not _USER_PREFIX.fullmatch(self.user_prefix):
+            problems.append("user_prefix must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        if not self.amqp and self.users:
+            problems.append("users must be 0 without amqp: simulated users report over AMQP")
         if problems:
             raise ValueError("; ".join(problems))
         if self.data_dir is not None and not isinstance(self.data_dir, Path):

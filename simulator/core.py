@@ -1,5 +1,9 @@
 """`Simulator`: wires the blob store, catalog, users, User Manager and HTTP server together and
-gives tests a start/stop lifecycle and inspection helpers."""
+gives tests a start/stop lifecycle, inspection helpers and test controls.
+
+The test controls (a journal of requests, counted failures, an acknowledgement override,
+every object existing, `reset`) are off until a test turns them on; left alone, the peers
+behave as CONTRACT.md section 7 says the real ones do."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from simulator.blobs import FRAMES_BUCKET, TEMP_BUCKET, BlobStore
 from simulator.catalog import Catalog
 from simulator.config import SimulatorConfig
 from simulator.faults import Faults
+from simulator.journal import Call, Journal
 from simulator.render import RenderFrame, real_renderer, render_frame
 from simulator.scheduler import Scheduler
 from simulator.user_manager import UserManager, UserManagerConsumer
@@ -61,6 +66,9 @@ class Simulator:
         self._publisher: EventPublisher | None = None
         self._started = False
         self.faults = Faults()
+        self.journal = Journal() if self.config.journal else None
+        self.acknowledgement_override: bool | None = None
+        self._render_with: RenderFrame = render_frame
         self._store_lock = threading.Lock()
         self._store_calls: Counter[str] = Counter()
 
@@ -91,9 +99,7 @@ class Simulator:
             self.data_dir = config.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(self.data_dir)
-        self.catalog = Catalog(self.blobs, self.data_dir / "catalog-records.jsonl")
-        self._seed_demo()
-        renderer = self._renderer or self._pick_renderer()
+        self._render_with = self._renderer or self._pick_renderer()
         self._scheduler = Scheduler(config.workers)
         self._scheduler.start()
         self._publisher = EventPublisher(
@@ -104,41 +110,52 @@ class Simulator:
             reorder=config.reorder,
             scheduler=self._scheduler,
         )
-        self.users = UserPool(
-            config,
-            blobs=self.blobs,
-            route=lambda session_id, topic, data: self.user_manager.forward(
-                session_id, topic, data
-            ),
-            scheduler=self._scheduler,
-            renderer=renderer,
-            blend_lookup=self.catalog.blend_for_hash,
-        )
-        self.user_manager = UserManager(
-            self.users,
-            self._publisher,
-            self._scheduler,
-            join_delay=config.join_delay,
-            join_batch=config.join_batch,
-            real=config.real_peers,
-        )
-        self._consumer = UserManagerConsumer(
-            config.broker_url,
-            config.user_manager_queue,
-            self.user_manager,
-            private=config.private_queue,
-        )
-        if not self._consumer.start(config.broker_ready_timeout):
-            raise SimulatorError(
-                f"broker not ready within {config.broker_ready_timeout}s "
-                f"({self.config.public()['broker_url']})"
+        if not config.amqp:
+            # Nothing may reach a broker: a publish is dropped (and logged), never connects.
+            self._publisher.close()
+        self._build_peers(self._scheduler, self._publisher)
+        if config.amqp:
+            self._consumer = UserManagerConsumer(
+                config.broker_url,
+                config.user_manager_queue,
+                self.user_manager,
+                private=config.private_queue,
             )
+            if not self._consumer.start(config.broker_ready_timeout):
+                raise SimulatorError(
+                    f"broker not ready within {config.broker_ready_timeout}s "
+                    f"({self.config.public()['broker_url']})"
+                )
         try:
             self._http = HttpServer(self, config.host, config.port)
         except OSError as exc:
             raise SimulatorError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
         self._http.start()
         self.user_manager.start()
+
+    def _build_peers(self, scheduler: Scheduler, publisher: EventPublisher) -> None:
+        """The catalog, users and User Manager as at start (the demo object seeded)."""
+        config = self.config
+        self.catalog = Catalog(self.blobs, self.data_dir / "catalog-records.jsonl")
+        self._seed_demo()
+        self.users = UserPool(
+            config,
+            blobs=self.blobs,
+            route=lambda session_id, topic, data: self.user_manager.forward(
+                session_id, topic, data
+            ),
+            scheduler=scheduler,
+            renderer=self._render_with,
+            blend_lookup=self.catalog.blend_for_hash,
+        )
+        self.user_manager = UserManager(
+            self.users,
+            publisher,
+            scheduler,
+            join_delay=config.join_delay,
+            join_batch=config.join_batch,
+            real=config.real_peers,
+        )
 
     def _pick_renderer(self) -> RenderFrame:
         if self.config.render == "placeholder":
@@ -203,6 +220,92 @@ class Simulator:
     def add_object(self, customer_id: str, object_id: str, blend_path: Path | str) -> str:
         """Register a customer object backed by a local .blend; return its blendFilePath."""
         return self.catalog.add_object(customer_id, object_id, Path(blend_path))
+
+    def add_object_bytes(
+        self, customer_id: str, object_id: str, blend: bytes, name: str = "s.blend"
+    ) -> str:
+        """Register a customer object whose .blend file `name` holds `blend`; return its
+        blendFilePath."""
+        return self._running().catalog.add_blend(customer_id, object_id, blend, name)
+
+    def catalog_object(self, customer_id: str, object_id: str) -> dict[str, str] | None:
+        """What get-blend-file-name answers for an object (blendFilePath, blendFileHash), or
+        None when it answers 404."""
+        found = self._running().catalog.lookup(customer_id, object_id)
+        return None if found is None else found.as_json()
+
+    def every_object_exists(self, blend_path: Path | str | None) -> None:
+        """Test control: every object of every customer exists, backed by `blend_path` (its
+        file name kept), added to the catalog the first time the catalog is asked about it;
+        objects added otherwise keep their own file. None turns it off (the default, as the
+        real catalog: unknown objects are 404)."""
+        self._running().catalog.every_object(None if blend_path is None else Path(blend_path))
+
+    def blob_keys(self, bucket: str) -> list[str]:
+        """Every key in a bucket (`blend-files`, `temp`, `rendered-frames`), sorted."""
+        return self._running().blobs.keys(bucket)
+
+    def read_blob(self, bucket: str, key: str) -> bytes:
+        """A blob's bytes; FileNotFoundError when there is none."""
+        return self._running().blobs.read(bucket, key)
+
+    def write_blob(self, bucket: str, key: str, data: bytes) -> None:
+        """Put a blob in place (e.g. a user's upload to the temp bucket)."""
+        self._running().blobs.write(bucket, key, data)
+
+    def delete_blob(self, bucket: str, key: str) -> bool:
+        """Remove a blob; False when there was none."""
+        return self._running().blobs.delete(bucket, key)
+
+    def requests(self, path_suffix: str = "") -> list[Call]:
+        """Test control: the requests the peers received whose path ends with `path_suffix`,
+        in arrival order (simulator/journal.py says which are kept). SimulatorError unless
+        started with `journal=True`."""
+        if self.journal is None:
+            raise SimulatorError("no journal: start the simulator with journal=True")
+        return self.journal.calls(path_suffix)
+
+    def fail_next(self, path_suffix: str, status: int = 503, times: int = 1) -> None:
+        """Test control: the next `times` requests to a peer path ending in `path_suffix` are
+        answered `status` (`{"message": "injected fault"}`), nothing done; replaces that
+        suffix's previous count. ValueError on a bad suffix, status or count."""
+        self.faults.fail_next(path_suffix, status, times)
+
+    def failures(self) -> dict[str, int]:
+        """Counted failures still to come, by path suffix."""
+        return self.faults.failures()
+
+    def clear_failures(self) -> int:
+        """End every counted failure now; return how many had requests left."""
+        return self.faults.clear_failures()
+
+    def override_acknowledgement(self, answer: bool | None) -> None:
+        """Test control: the User Service answers every acknowledged send (a valid one, to
+        any user, connected or not) with `answer`, as if the node had; None (the default)
+        passes the node's own answer, or the real service's error for a user not connected."""
+        if answer is not None and not isinstance(answer, bool):
+            raise ValueError("answer must be True, False or None")
+        self.acknowledgement_override = answer
+
+    def reset(self) -> None:
+        """Back to the state at start, for the next test on the same running simulator:
+        empty buckets, a catalog with only the demo object, no registration, no fault,
+        an empty journal, every test control off. Only for a simulator without AMQP
+        (`amqp=False`, hence no simulated users), whose state is all here; SimulatorError
+        otherwise."""
+        if self._scheduler is None or self._publisher is None:
+            raise SimulatorError("the simulator is not running")
+        if self.config.amqp:
+            raise SimulatorError("reset() needs a simulator started with amqp=False")
+        self.faults.reset()
+        if self.journal is not None:
+            self.journal.clear()
+        self.acknowledgement_override = None
+        with self._store_lock:
+            self._store_calls.clear()
+        self.blobs.clear()
+        (self.data_dir / "catalog-records.jsonl").unlink(missing_ok=True)
+        self._build_peers(self._scheduler, self._publisher)
 
     def stored_frames(self, customer_id: str, object_id: str) -> dict[int, bytes]:
         """Final frames stored by store-image for one object, by frame number."""

@@ -1,9 +1,13 @@
 """Peer faults on demand: for a while, one HTTP peer answers 500 (`error`) or behaves as if
-it were unreachable (`down`: the connection is dropped without any response).
+it were unreachable (`down`: the connection is dropped without any response); or, counted
+rather than timed, the next N requests to one path answer a status of the test's choosing
+(`fail_next`), nothing done.
 
-A fault ends by itself after its seconds on the monotonic clock; expiry is noticed lazily,
-on the next request or inspection, so no timer is needed. Only the HTTP side of a peer is
-affected: the User Manager keeps consuming and publishing over AMQP whatever its fault.
+A timed fault ends by itself after its seconds on the monotonic clock; expiry is noticed
+lazily, on the next request or inspection, so no timer is needed. A counted failure ends
+when its requests are used up. Only the HTTP side of a peer is affected: the User Manager
+keeps consuming and publishing over AMQP whatever its fault. None of this is on unless a
+test or a human asks for it.
 
 One fault is a moment rather than a while: `restart` of the `user-manager` (POST
 /simulator/faults `{"service": "user-manager", "mode": "restart"}`, or
@@ -32,6 +36,7 @@ SERVICE_PREFIXES = {
 }
 FAULT_MODES = ("error", "down")
 RESTART_MODE = "restart"
+COUNTED_MODE = "status"  # how a counted failure is reported among refusals
 INJECTED_MESSAGE = "injected fault"
 RECENT = 50
 
@@ -57,6 +62,41 @@ def check_fault(service: object, mode: object, seconds: object) -> float:
     return float(seconds)
 
 
+def check_failure(path_suffix: object, status: object, times: object) -> None:
+    """Validate a counted failure (see `Faults.fail_next`); ValueError says what is wrong."""
+    if not isinstance(path_suffix, str) or not path_suffix.startswith("/"):
+        raise ValueError("path must be a string starting with '/'")
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+        raise ValueError("status must be an HTTP error status, 400..599")
+    if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+        raise ValueError("times must be a positive integer")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How one request is refused: `down` (no response at all), or a `status` answered with
+    `{"message": INJECTED_MESSAGE}` and nothing done (500 for an `error` fault)."""
+
+    mode: str
+    status: int | None = None
+
+
+@dataclass
+class _Failure:
+    path_suffix: str
+    status: int
+    left: int
+    refused: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": self.path_suffix,
+            "status": self.status,
+            "left": self.left,
+            "refused": self.refused,
+        }
+
+
 @dataclass
 class _Fault:
     service: str
@@ -76,12 +116,14 @@ class _Fault:
 
 
 class Faults:
-    """At most one active fault per service; a new one for the same service replaces it."""
+    """At most one active timed fault per service, and one counted failure per path suffix;
+    a new one for the same service or suffix replaces it."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._active: dict[str, _Fault] = {}
+        self._failing: dict[str, _Failure] = {}
         self._ended: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._refused: Counter[tuple[str, str]] = Counter()
 
@@ -100,8 +142,39 @@ class Faults:
             extra={"event": "fault-injected", "service": service, "mode": mode, "seconds": seconds},
         )
 
+    def fail_next(self, path_suffix: str, status: int = 503, times: int = 1) -> None:
+        """Answer the next `times` requests to a peer path ending in `path_suffix` with
+        `status` (and `{"message": "injected fault"}`), nothing done; ValueError on a suffix
+        not starting with '/', a status outside 400..599 or a non-positive count. A timed
+        fault of the path's service goes first: requests it refuses are not counted here."""
+        check_failure(path_suffix, status, times)
+        with self._lock:
+            self._failing[path_suffix] = _Failure(path_suffix, status, times)
+        logger.warning(
+            "failure injected",
+            extra={
+                "event": "failure-injected",
+                "path": path_suffix,
+                "status": status,
+                "times": times,
+            },
+        )
+
+    def failures(self) -> dict[str, int]:
+        """Counted failures still to come, by path suffix."""
+        with self._lock:
+            return {suffix: f.left for suffix, f in self._failing.items() if f.left > 0}
+
+    def clear_failures(self) -> int:
+        """End every counted failure now; return how many had requests left."""
+        with self._lock:
+            cleared = sum(1 for failure in self._failing.values() if failure.left > 0)
+            self._failing.clear()
+        return cleared
+
     def clear(self, service: str | None = None) -> int:
-        """End every fault (or only `service`'s) now; return how many were active."""
+        """End every fault, counted failures included (or only `service`'s timed fault) now;
+        return how many were active."""
         if service is not None and service not in SERVICE_PREFIXES:
             raise ValueError(f"service must be one of {', '.join(SERVICE_PREFIXES)}")
         with self._lock:
@@ -111,30 +184,50 @@ class Faults:
             cleared = [fault for name in names if (fault := self._active.pop(name, None))]
             for fault in cleared:
                 self._end(fault, now, "cleared")
+        counted = self.clear_failures() if service is None else 0
         if cleared:
             logger.info(
                 "faults cleared",
                 extra={"event": "faults-cleared", "services": [f.service for f in cleared]},
             )
-        return len(cleared)
+        return len(cleared) + counted
 
-    def refuse(self, path: str) -> str | None:
-        """The mode of the active fault covering `path`, counted as one refused request;
-        None when the request should be served normally."""
+    def reset(self) -> None:
+        """Forget every fault, counted failure and refusal, as at start."""
+        with self._lock:
+            self._active.clear()
+            self._failing.clear()
+            self._ended.clear()
+            self._refused.clear()
+
+    def refuse(self, path: str) -> Refusal | None:
+        """How a request to `path` is refused, counted as one refused request: by the active
+        timed fault of its service, else by a counted failure of a suffix it ends with (the
+        longest such suffix); None when it should be served normally."""
         service = service_of(path)
         if service is None:
             return None
         with self._lock:
             self._expire(self._clock())
             fault = self._active.get(service)
-            if fault is None:
+            if fault is not None:
+                fault.refused += 1
+                self._refused[(service, fault.mode)] += 1
+                return Refusal(fault.mode, 500 if fault.mode == "error" else None)
+            matching = [
+                f for f in self._failing.values() if f.left > 0 and path.endswith(f.path_suffix)
+            ]
+            if not matching:
                 return None
-            fault.refused += 1
-            self._refused[(service, fault.mode)] += 1
-            return fault.mode
+            failure = max(matching, key=lambda f: len(f.path_suffix))
+            failure.left -= 1
+            failure.refused += 1
+            self._refused[(service, COUNTED_MODE)] += 1
+            return Refusal(COUNTED_MODE, failure.status)
 
     def snapshot(self) -> dict[str, Any]:
-        """Active faults with seconds left, recently ended ones, and refusals since start."""
+        """Active faults with seconds left, recently ended ones, counted failures with the
+        requests they have left, and refusals since start (counted ones as mode `status`)."""
         with self._lock:
             now = self._clock()
             self._expire(now)
@@ -144,6 +237,7 @@ class Faults:
             return {
                 "active": [fault.describe(now) for fault in self._active.values()],
                 "ended": list(self._ended),
+                "failing": [failure.describe() for failure in self._failing.values()],
                 "refused": refused,
             }
 

@@ -169,7 +169,7 @@ class UserPool:
 
     def _create(self, config: SimulatorConfig) -> None:
         master = random.Random(config.seed)
-        ids = [f"sim-user-{index:03d}" for index in range(1, config.users + 1)]
+        ids = [f"{config.user_prefix}-{index:03d}" for index in range(1, config.users + 1)]
         disconnecting = set(master.sample(ids, _share(len(ids), config.disconnect_share)))
         early = set(master.sample(ids, _share(len(ids), config.early_complete_share)))
         staggered = config.real_peers and config.join_batch > 0 and config.join_delay > 0

@@ -7,8 +7,10 @@ with sendfile(2), multipart uploads parsed by werkzeug 1 MiB at a time straight 
 spool file that is then renamed into its bucket.
 
 Injected faults are decided once per request, by the request handler, before any of the
-request's body is read: `down` closes the connection there without any response, `error`
-reaches the application as `environ["simulator.fault"]` and is answered 500 untouched.
+request's body is read: `down` closes the connection there without any response; `error` and
+counted failures reach the application as `environ["simulator.fault"]` (a `Refusal`) and are
+answered with their status, nothing done. With the journal on (tests), the application keeps
+each peer request, body included, before answering it (simulator/journal.py).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from simulator.faults import (
     RESTART_MODE,
     SERVICE_PREFIXES,
     Faults,
+    Refusal,
     check_fault,
+    service_of,
 )
 from simulator.users import BadMessage
 
@@ -194,14 +198,21 @@ class SimulatorApp:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.faults: Faults = sim.faults
+        self.journal = sim.journal
         self.real = sim.config.real_peers
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get(FAULT_KEY) == "error":
-            return _error(500, INJECTED_MESSAGE)(environ, start_response)
         request = UploadRequest(environ, self.sim.blobs.spool)
         try:
-            response = self._dispatch(request)
+            if self.journal is not None and service_of(request.path) is not None:
+                # Cached, so the handlers parse the same bytes again.
+                body = request.get_data(cache=True, parse_form_data=False)
+                self.journal.record(request, body)
+            refusal: Refusal | None = environ.get(FAULT_KEY)
+            if refusal is not None and refusal.status is not None:
+                response = _error(refusal.status, INJECTED_MESSAGE)
+            else:
+                response = self._dispatch(request)
         finally:
             request.close()
         return response(environ, start_response)
@@ -342,10 +353,14 @@ class SimulatorApp:
 
     def on_send_with_ack(self, request: Request) -> Response:
         """The real User Service answers with the node's own answer to the call, a bare JSON
-        `true` or `false`; the ideal one wraps it."""
+        `true` or `false`; the ideal one wraps it. A test's override
+        (`Simulator.override_acknowledgement`) stands for every node's answer."""
         outcome = self._deliver(request)
         if isinstance(outcome, Response):
             return outcome
+        override = self.sim.acknowledgement_override
+        if override is not None:
+            outcome = override
         if outcome is None:
             # The real call to a socket nobody holds times out inside the User Service.
             return _json(500, {"detail": "Internal Server Error"})
@@ -388,6 +403,8 @@ class SimulatorApp:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object with service, mode and seconds")
+        if "path" in body:
+            return self._fail_next(body)
         service, mode, seconds = body.get("service"), body.get("mode"), body.get("seconds")
         if mode == RESTART_MODE:
             return self._restart(service)
@@ -398,6 +415,17 @@ class SimulatorApp:
         self.sim.inject_fault(service, mode, seconds)
         fault = {"service": service, "mode": mode, "seconds": seconds}
         return _json(200, {"message": "Fault injected", "fault": fault})
+
+    def _fail_next(self, body: dict[str, Any]) -> Response:
+        """A counted failure: `{"path": suffix, "status": 503, "times": 1}` (see
+        Faults.fail_next; status and times take those defaults)."""
+        path, status, times = body["path"], body.get("status", 503), body.get("times", 1)
+        try:
+            self.faults.fail_next(path, status, times)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        failure = {"path": path, "status": status, "times": times}
+        return _json(200, {"message": "Failure injected", "failure": failure})
 
     def _restart(self, service: object) -> Response:
         """A restart is a moment, not a while: it takes no seconds."""
@@ -449,7 +477,7 @@ class _KeepAliveHandler(WSGIRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = KEEP_ALIVE_SECONDS
     disable_nagle_algorithm = True  # a body written after its headers must not wait for an ACK
-    _fault: str | None = None
+    _fault: Refusal | None = None
     _headers_sent = False
 
     def log(self, type: str, message: str, *args: Any) -> None:
@@ -458,7 +486,7 @@ class _KeepAliveHandler(WSGIRequestHandler):
     def run_wsgi(self) -> None:
         faults: Faults | None = getattr(self.server.app, "faults", None)
         self._fault = faults.refuse(urlsplit(self.path).path) if faults else None
-        if self._fault == "down":
+        if self._fault is not None and self._fault.mode == "down":
             self._drop()
             return
         environ = self.make_environ()

@@ -5,8 +5,8 @@ Every test gets the marker of its gear from the directory it is in, unless it na
 
 - unit: tests/unit, tests/cli. No outside service; what they serve runs in this process.
 - integration: tests/integration and tests/hostile (the real Postgres and Redis, RabbitMQ
-  where marked), tests/simulator (it runs the fake platform: HTTP servers, scheduler
-  threads and, for most tests, RabbitMQ).
+  where marked, and the simulator's HTTP peers: tests/peers.py), tests/simulator (it runs
+  the simulated platform: HTTP servers, scheduler threads and, for most tests, RabbitMQ).
 - e2e, faults: whole Procfile stacks with the simulator as the platform.
 - bench: the benchmarks' smoke run, and tests marked `bench` for their volume (a thousand
   connections, thousands of messages, a million rows) wherever they are.
@@ -32,13 +32,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 
 from app import create_app
+from simulator import Simulator
 from supervisor.config import Settings
 from supervisor.db import Database
 from supervisor.inline import inline_supervisor
 from supervisor.services import Services
 from tests import services
-from tests.fakes import FakePeers, FakePeerServer
 from tests.helpers import RecordingPublisher, alembic_config, clear_peer_health, make_settings
+from tests.peers import TEST_PEERS, Peers
 from tests.savepoints import SavepointDatabase, rolled_back
 
 TESTS = Path(__file__).resolve().parent
@@ -97,21 +98,22 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def peer_server() -> Iterator[FakePeerServer]:
-    server = FakePeerServer()
-    with server:
-        yield server
+def peer_simulator() -> Iterator[Simulator]:
+    """The simulator's HTTP peers, one for the whole run (tests/peers.py)."""
+    with Simulator(TEST_PEERS) as sim:
+        yield sim
 
 
 @pytest.fixture
-def fake_peers(peer_server: FakePeerServer) -> FakePeers:
-    """The fake platform with nothing on it yet; one server serves the whole run."""
-    return peer_server.reset()
+def peers(peer_simulator: Simulator) -> Peers:
+    """The peers with nothing on them yet: the run's simulator, reset."""
+    peer_simulator.reset()
+    return Peers(peer_simulator)
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, fake_peers: FakePeers) -> Settings:
-    return make_settings(database_url, redis_url, fake_peers.base_url)
+def settings(database_url: str, redis_url: str, peers: Peers) -> Settings:
+    return make_settings(database_url, redis_url, peers.base_url)
 
 
 @pytest.fixture(scope="session")

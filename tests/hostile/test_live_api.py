@@ -1,13 +1,14 @@
 """The schemathesis CLI, every check, against the API served over HTTP.
 
-`create_app` runs in a local threaded server (on the suite's throwaway Postgres, with the fake
-peers); the CLI reads the served document and sends its examples, coverage cases and random
-requests, valid and invalid, over TCP. Any failure of any check (a 5xx, an undocumented status,
-content type or body, invalid input accepted, valid input refused, a wrong token accepted), or
-a warning that the document and the server disagree, fails the test with the CLI's report.
+`create_app` runs in a local threaded server (on the suite's throwaway Postgres, with the
+simulator's peers); the CLI reads the served document and sends its examples, coverage cases
+and random requests, valid and invalid, over TCP. Any failure of any check (a 5xx, an
+undocumented status, content type or body, invalid input accepted, valid input refused, a
+wrong token accepted), or a warning that the document and the server disagree, fails the test
+with the CLI's report.
 
 The CLI connects from 127.0.0.1, so here that is not a privileged address: the admin routes
-ask it for the token, as they ask any other caller. The fake catalog knows every object the
+ask it for the token, as they ask any other caller. The catalog knows every object the
 document allows, and a started workload is stopped at once (tests/hostile/schemathesis_hooks.py),
 so every valid start-workload starts one.
 """
@@ -27,9 +28,9 @@ from werkzeug.serving import make_server
 
 from app.openapi import PREFIX
 from supervisor.config import Settings
-from tests.fakes import FakePeers
 from tests.helpers import ROOT, make_settings
 from tests.hostile.catalog import know_every_object
+from tests.peers import Peers
 
 # The server's threads need a database of their own: the API commits for real here.
 pytestmark = [pytest.mark.integration, pytest.mark.commits]
@@ -42,11 +43,11 @@ MAX_EXAMPLES = 25
 
 
 @pytest.fixture(name="settings")
-def stranger_settings(database_url: str, redis_url: str, fake_peers: FakePeers) -> Settings:
+def stranger_settings(database_url: str, redis_url: str, peers: Peers) -> Settings:
     return make_settings(
         database_url,
         redis_url,
-        fake_peers.base_url,
+        peers.base_url,
         admin_token=ADMIN_TOKEN,
         privileged_ips="192.0.2.1/32",
     )
@@ -85,10 +86,8 @@ def schemathesis_run(document_url: str, *extra: str) -> list[str]:
     ]
 
 
-def test_schemathesis_finds_nothing_against_the_served_api(
-    served: str, fake_peers: FakePeers
-) -> None:
-    know_every_object(fake_peers)
+def test_schemathesis_finds_nothing_against_the_served_api(served: str, peers: Peers) -> None:
+    know_every_object(peers)
     command = schemathesis_run(f"{served}{PREFIX}/openapi.json")
     result = subprocess.run(
         command,

@@ -4,7 +4,7 @@ Schemathesis generates requests for every documented operation (explicit example
 coverage cases, then up to MAX_EXAMPLES random ones, valid and invalid) and sends them to the
 Flask app in-process, with every check it has: no 5xx, a documented status code, content type
 and body, invalid input refused, valid input accepted, an admin route refusing a wrong token.
-The fake catalog knows every object, and a workload the fuzzing starts is stopped at once, so
+The catalog knows every object, and a workload the fuzzing starts is stopped at once, so
 every valid start-workload is accepted. The other tests pin the document itself
 (valid OpenAPI 3, every route documented, bodies of real workload states) and the Swagger UI
 page (served from local files only). tests/hostile/test_live_api.py runs the schemathesis CLI
@@ -56,9 +56,9 @@ from supervisor.models import (
     WorkloadUser,
 )
 from supervisor.services import Services
-from tests.fakes import FakePeers
 from tests.helpers import FIXTURES, make_settings
 from tests.hostile.catalog import know_every_object
+from tests.peers import Peers
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +93,10 @@ schema = schemathesis.openapi.from_wsgi(f"{PREFIX}/openapi.json", APP_UNDER_TEST
 
 
 @pytest.fixture(name="settings")
-def admin_token_settings(database_url: str, redis_url: str, fake_peers: FakePeers) -> Settings:
+def admin_token_settings(database_url: str, redis_url: str, peers: Peers) -> Settings:
     """The suite's settings plus an admin token. Schemathesis' in-process client sends no
     REMOTE_ADDR, so it is never a privileged address: admin routes need the token."""
-    return make_settings(database_url, redis_url, fake_peers.base_url, admin_token=ADMIN_TOKEN)
+    return make_settings(database_url, redis_url, peers.base_url, admin_token=ADMIN_TOKEN)
 
 
 @dataclass
@@ -143,9 +143,9 @@ def app_under_test(app: Flask) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def world(app: Flask, supervisor: Services, fake_peers: FakePeers) -> World:
-    fake_peers.add_object(CUSTOMER, OBJECT, BLEND)
-    know_every_object(fake_peers)
+def world(app: Flask, supervisor: Services, peers: Peers) -> World:
+    peers.add_object(CUSTOMER, OBJECT, BLEND)
+    know_every_object(peers)
     return World(app.test_client(), supervisor)
 
 
@@ -266,7 +266,7 @@ def _validate(client: FlaskClient, method: str, path: str, url: str, **kwargs: A
 
 
 def test_real_workload_states_match_the_documented_bodies(
-    client: FlaskClient, world: World, supervisor: Services, fake_peers: FakePeers
+    client: FlaskClient, world: World, supervisor: Services, peers: Peers
 ) -> None:
     status = f"{PREFIX}/get-workload-status"
     progress = f"{PREFIX}/get-workload-progress"
@@ -293,7 +293,7 @@ def test_real_workload_states_match_the_documented_bodies(
     assert done["status"]["workload_status"] == "completed"
     assert done["status"]["completion_percentage"] == 100.0
 
-    fake_peers.add_object("customer-7", OBJECT, b"not a blend file")
+    peers.add_object("customer-7", OBJECT, b"not a blend file")
     started = client.post(
         f"{PREFIX}/start-workload", data={"customer_id": "customer-7", "object_id": OBJECT}
     )
@@ -346,13 +346,13 @@ def test_a_method_a_path_does_not_have_is_405_with_allow(client: FlaskClient) ->
 
 @pytest.mark.parametrize(("customer", "obj"), [(CUSTOMER, ".."), (CUSTOMER, "."), ("..", OBJECT)])
 def test_a_refused_start_leaves_no_active_workload(
-    client: FlaskClient, fake_peers: FakePeers, customer: str, obj: str
+    client: FlaskClient, peers: Peers, customer: str, obj: str
 ) -> None:
-    fake_peers.add_object(customer, OBJECT, BLEND)
     refused = client.post(
         f"{PREFIX}/start-workload", data={"customer_id": customer, "object_id": obj}
     )
     assert refused.status_code == 400
+    assert peers.calls("") == [], "refused before any peer is asked"
     status = client.get(f"{PREFIX}/get-workload-status", query_string={"customer_id": customer})
     if status.status_code == 200:
         assert status.get_json()["status"]["workload_status"] == "failed"

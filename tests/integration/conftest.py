@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from supervisor.services import Services
-from tests.fakes import FakePeers
 from tests.integration.helpers import PeerLog, after
 from tests.integration.rendering import start_running_workload
+from tests.peers import Peers
 
 
 @pytest.fixture
@@ -44,6 +44,6 @@ def peer_log(supervisor: Services) -> PeerLog:
 
 
 @pytest.fixture
-def session_id(supervisor: Services, fake_peers: FakePeers) -> str:
+def session_id(supervisor: Services, peers: Peers) -> str:
     """A running workload of frames 10..20 (11 frames), no users yet."""
-    return start_running_workload(supervisor, fake_peers)
+    return start_running_workload(supervisor, peers)

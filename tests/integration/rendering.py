@@ -15,16 +15,16 @@ from supervisor.messages import ErrorSendingFrame, FrameRendered, NewUsers
 from supervisor.models import Frame, FrameState, Workload, WorkloadUser
 from supervisor.services import Services
 from supervisor.workloads import start_workload
-from tests.fakes import FakePeers
 from tests.helpers import FIXTURES
 from tests.integration.helpers import PeerLog
+from tests.peers import Peers
 
 BLEND = FIXTURES / "blend/blender-5.0/range_10_20.blend"
 
 
-def start_running_workload(sv: Services, fake_peers: FakePeers) -> str:
+def start_running_workload(sv: Services, peers: Peers) -> str:
     """A running workload of frames 10..20 (11 frames) for cust-1/obj-1, no users yet."""
-    fake_peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
+    peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
     return start_workload(sv, "cust-1", "obj-1")
 
 
@@ -32,11 +32,9 @@ def new_users(session_id: str, *users: str) -> NewUsers:
     return NewUsers(session_id, user_ids=users)
 
 
-def rendered(
-    sv_id: str, user: str, frame: int, fake_peers: FakePeers, key: str = ""
-) -> FrameRendered:
+def rendered(sv_id: str, user: str, frame: int, peers: Peers, key: str = "") -> FrameRendered:
     key = key or f"tmp/{user}/{frame}.png"
-    fake_peers.temp_blobs[key] = f"image {frame} by {user}".encode()
+    peers.temp_blobs[key] = f"image {frame} by {user}".encode()
     return FrameRendered(sv_id, user_id=user, frame_number=frame, extension="png", temp_key=key)
 
 
@@ -88,10 +86,8 @@ def workload(sv: Services, session_id: str) -> Workload:
         return session.get(Workload, session_id)
 
 
-def lists_sent(fake_peers: FakePeers, topic: str = "start-rendering") -> list[dict]:
-    return [
-        r.json() for r in fake_peers.calls("/user/send-msg-to-user") if r.json()["topic"] == topic
-    ]
+def lists_sent(peers: Peers, topic: str = "start-rendering") -> list[dict]:
+    return [r.json() for r in peers.calls("/user/send-msg-to-user") if r.json()["topic"] == topic]
 
 
 def by_user(messages: list[dict]) -> list[dict]:
@@ -113,14 +109,14 @@ def fail_copies_of_frame(sv: Services, frame: int) -> Callable[..., int]:
     return copy
 
 
-def render_all(sv: Services, session_id: str, fake_peers: FakePeers) -> None:
+def render_all(sv: Services, session_id: str, peers: Peers) -> None:
     """Every user delivers its list, and the next ones it gets, until nothing is out."""
     for _ in range(100):
         out = sorted(assignments(sv, session_id).items())
         if not out:
             return
         for number, holder in out:
-            record_rendered_frame(sv, rendered(session_id, str(holder), number, fake_peers))
+            record_rendered_frame(sv, rendered(session_id, str(holder), number, peers))
     raise AssertionError("frames are still out after 100 rounds")
 
 

@@ -17,9 +17,9 @@ from supervisor.models import (
 )
 from supervisor.outbox import drain, pending_count
 from supervisor.services import Services
-from tests.fakes import FakePeers
 from tests.helpers import FIXTURES
 from tests.integration.helpers import PeerLog, drain_everything
+from tests.peers import Peers
 
 PREFIX = "/api/session-supervisor-service"
 BLEND = FIXTURES / "blend"
@@ -30,8 +30,8 @@ def blend(name: str) -> bytes:
 
 
 @pytest.fixture
-def range_10_20(fake_peers: FakePeers) -> str:
-    fake_peers.add_object("cust-1", "obj-1", blend("blender-5.0/range_10_20.blend"))
+def range_10_20(peers: Peers) -> str:
+    peers.add_object("cust-1", "obj-1", blend("blender-5.0/range_10_20.blend"))
     return "obj-1"
 
 
@@ -59,7 +59,7 @@ def test_service_is_active(client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_start_workload_reads_the_blend_and_demands_users(
-    client, supervisor: Services, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, peer_log: PeerLog, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     response = start(client)
 
@@ -72,7 +72,7 @@ def test_start_workload_reads_the_blend_and_demands_users(
             select(Frame.number).where(Frame.workload_id == workload.id).order_by(Frame.number)
         ).all()
     assert numbers == list(range(10, 21))
-    [registration] = fake_peers.calls("/api/user-manager/session-supervisor/new-session")
+    [registration] = peers.calls("/api/user-manager/session-supervisor/new-session")
     assert registration.form() == {"user_count": "2", "session_supervisor_id": workload.id}
     assert supervisor.publisher.bodies == [
         {"topic": "update-user-count", "supervisor-id": workload.id, "data": {"user_count": 2}}
@@ -86,9 +86,9 @@ def test_start_workload_reads_the_blend_and_demands_users(
 
 
 def test_start_workload_with_a_step_creates_exactly_the_rendered_frames(
-    client, supervisor: Services, fake_peers: FakePeers
+    client, supervisor: Services, peers: Peers
 ) -> None:  # type: ignore[no-untyped-def]
-    fake_peers.add_object("cust-1", "obj-1", blend("blender-5.0/step_3_1_100.blend"))
+    peers.add_object("cust-1", "obj-1", blend("blender-5.0/step_3_1_100.blend"))
     assert start(client).status_code == 200
     workload = workload_of(supervisor)
     with supervisor.db.session() as session:
@@ -139,9 +139,9 @@ def test_unknown_object_is_refused_and_does_not_block_the_customer(
 
 
 def test_catalog_failure_is_a_500_that_names_the_peer(
-    client, fake_peers: FakePeers, range_10_20: str
+    client, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
-    fake_peers.fail_next("/get-blend-file-name/obj-1", status=500, times=10)
+    peers.fail_next("/get-blend-file-name/obj-1", status=500, times=10)
     response = start(client)
     assert response.status_code == 500
     body = response.get_json()
@@ -152,10 +152,8 @@ def test_catalog_failure_is_a_500_that_names_the_peer(
 @pytest.mark.parametrize(
     "name", ["bad/empty.blend", "bad/crafted_dna1_64GiB.blend", "bad/text.blend"]
 )
-def test_a_bad_blend_fails_the_workload_with_its_reason(
-    client, fake_peers: FakePeers, name: str
-) -> None:  # type: ignore[no-untyped-def]
-    fake_peers.add_object("cust-1", "obj-1", blend(name))
+def test_a_bad_blend_fails_the_workload_with_its_reason(client, peers: Peers, name: str) -> None:  # type: ignore[no-untyped-def]
+    peers.add_object("cust-1", "obj-1", blend(name))
     assert start(client).status_code == 200
     status = client.get(f"{PREFIX}/get-workload-status?customer_id=cust-1").get_json()["status"]
     assert status["workload_status"] == "failed"
@@ -342,7 +340,7 @@ def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Services)
 
 
 def test_stop_and_delete_tells_users_and_the_user_manager(
-    client, supervisor: Services, peer_log: PeerLog, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, peer_log: PeerLog, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -354,7 +352,7 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
 
     assert response.status_code == 200
     assert response.get_json() == {"message": "Workload stopped and deleted"}
-    sent = [r.json() for r in fake_peers.calls("/api/user-service/user/send-msg-to-user")]
+    sent = [r.json() for r in peers.calls("/api/user-service/user/send-msg-to-user")]
     assert sorted(sent, key=lambda m: m["user_id"]) == [
         {"user_id": "user-a", "topic": "stop-work", "data": {}},
         {"user_id": "user-b", "topic": "stop-work", "data": {}},
@@ -379,9 +377,9 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
     sequence = peer_log.sequence()
     for stop in ("user:user-a:stop-work", "user:user-b:stop-work"):
         assert sequence.index(stop) < sequence.index("user-manager:users-released")
-    [cleanup] = fake_peers.calls("/api/user-manager/session-supervisor/cleanup-session")
+    [cleanup] = peers.calls("/api/user-manager/session-supervisor/cleanup-session")
     assert (cleanup.method, cleanup.form()) == ("DELETE", {"session_supervisor_id": workload.id})
-    assert fake_peers.calls("/blender-objects/change-state") == [], "not video-ready"
+    assert peers.calls("/blender-objects/change-state") == [], "not video-ready"
     with supervisor.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Frame)) == 0
         kept = session.scalars(select(Workload)).one()
@@ -464,7 +462,7 @@ def test_stop_without_active_workload_is_404(client) -> None:  # type: ignore[no
 
 
 def test_stop_keeps_messages_when_the_broker_is_down_and_sends_them_later(
-    client, supervisor: Services, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     supervisor.publisher.fail = True
@@ -473,13 +471,13 @@ def test_stop_keeps_messages_when_the_broker_is_down_and_sends_them_later(
     with supervisor.db.session() as session:
         waiting = session.scalars(select(OutboxMessage.topic).order_by(OutboxMessage.id)).all()
     assert waiting == ["remove-users-demand-completely", "cleanup-session"]
-    assert fake_peers.calls("/cleanup-session") == [], "the clean-up waits for the demand's drop"
+    assert peers.calls("/cleanup-session") == [], "the clean-up waits for the demand's drop"
     supervisor.publisher.fail = False
     with supervisor.db.transaction() as session:
         session.execute(update(OutboxMessage).values(available_at=func.now()))
     drain(supervisor.db, supervisor.publisher, supervisor.peers)
     assert supervisor.publisher.topics() == ["update-user-count", "remove-users-demand-completely"]
-    assert len(fake_peers.calls("/cleanup-session")) == 1
+    assert len(peers.calls("/cleanup-session")) == 1
     with supervisor.db.session() as session:
         assert pending_count(session) == 0
 
@@ -583,7 +581,7 @@ def test_set_user_count_asks_only_for_the_users_still_missing(
 
 
 def test_set_user_count_releases_the_surplus(
-    client, supervisor: Services, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
     workload = workload_of(supervisor)
@@ -620,7 +618,7 @@ def test_set_user_count_releases_the_surplus(
     }
     assert (frame_13.state, frame_13.user_id) == (FrameState.PENDING, None)
     # messages to different users go out concurrently, in no set order
-    stopped = sorted(r.json()["user_id"] for r in fake_peers.calls("/send-msg-to-user"))
+    stopped = sorted(r.json()["user_id"] for r in peers.calls("/send-msg-to-user"))
     assert stopped == ["user-b", "user-c"]
 
 
@@ -693,11 +691,11 @@ def test_session_overview_of_an_unknown_customer_is_a_200_with_an_error(client) 
 
 
 def test_all_supervisor_information_lists_the_active_workloads(
-    client, supervisor: Services, fake_peers: FakePeers, range_10_20: str
+    client, supervisor: Services, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     assert client.get(f"{PREFIX}/get-all-supervisor-information").get_json() == []
-    fake_peers.add_object("cust-2", "obj-2", blend("blender-5.0/range_10_20.blend"))
-    fake_peers.add_object("cust-3", "obj-3", blend("blender-5.0/range_10_20.blend"))
+    peers.add_object("cust-2", "obj-2", blend("blender-5.0/range_10_20.blend"))
+    peers.add_object("cust-3", "obj-3", blend("blender-5.0/range_10_20.blend"))
     start(client)
     start(client, "cust-2", "obj-2")
     start(client, "cust-3", "obj-3")

@@ -21,8 +21,8 @@ from supervisor.models import Base, Workload
 from supervisor.services import Services
 from supervisor.workloads import start_workload
 from tests import factories, services
-from tests.fakes import FakePeers
 from tests.helpers import FIXTURES, alembic_config
+from tests.peers import Peers
 
 
 def test_alembic_has_one_head(database_url: str) -> None:
@@ -62,12 +62,10 @@ def test_a_finished_workload_does_not_count_as_active(supervisor: Services) -> N
 
 
 @pytest.mark.commits
-def test_racing_starts_give_exactly_one_workload(
-    supervisor: Services, fake_peers: FakePeers
-) -> None:
+def test_racing_starts_give_exactly_one_workload(supervisor: Services, peers: Peers) -> None:
     """Eight threads, each with its own connection, start the same customer at once."""
     blend = (FIXTURES / "blend/blender-5.0/range_10_20.blend").read_bytes()
-    fake_peers.add_object("racer", "obj", blend)
+    peers.add_object("racer", "obj", blend)
     racers = 8
     barrier = threading.Barrier(racers)
     outcomes: list[str] = []
@@ -95,11 +93,9 @@ def test_racing_starts_give_exactly_one_workload(
 
 
 @pytest.mark.bench  # volume: a slower gear than integration
-def test_a_million_frames_are_created_set_based(
-    supervisor: Services, fake_peers: FakePeers
-) -> None:
+def test_a_million_frames_are_created_set_based(supervisor: Services, peers: Peers) -> None:
     blend = (FIXTURES / "blend/blender-5.0/range_1_1000000.blend").read_bytes()
-    fake_peers.add_object("big", "obj", blend)
+    peers.add_object("big", "obj", blend)
     start_workload(supervisor, "big", "obj")
     with supervisor.db.session() as session:
         workload = session.scalars(select(Workload).where(Workload.customer_id == "big")).one()

@@ -14,26 +14,26 @@ from supervisor.services import Services
 from supervisor.users import add_users
 from supervisor.workloads import start_workload
 from tasks import event_tasks
-from tests.fakes import FakePeers
 from tests.integration.rendering import BLEND, fail_copies_of_frame, new_users, rendered
+from tests.peers import Peers
 
 
 @pytest.fixture
-def session_id(supervisor: Services, fake_peers: FakePeers) -> str:
-    fake_peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
+def session_id(supervisor: Services, peers: Peers) -> str:
+    peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
     workload_id = start_workload(supervisor, "cust-1", "obj-1")
     add_users(supervisor, new_users(workload_id, "u1"))
     return workload_id
 
 
 def test_a_batch_stores_refuses_and_retries_alone_what_it_cannot_settle(
-    supervisor: Services, session_id: str, fake_peers: FakePeers, monkeypatch: Any
+    supervisor: Services, session_id: str, peers: Peers, monkeypatch: Any
 ) -> None:
     supervisor.redis.delete(REFUSED_COUNTER)
     batch = [
-        rendered(session_id, "u1", 10, fake_peers),
-        rendered(session_id, "u1", 11, fake_peers),
-        rendered(session_id, "stranger", 12, fake_peers),
+        rendered(session_id, "u1", 10, peers),
+        rendered(session_id, "u1", 11, peers),
+        rendered(session_id, "stranger", 12, peers),
     ]
     ids = inbox.record_many(supervisor.db, batch)
     fail_copies_of_frame(supervisor, 11)

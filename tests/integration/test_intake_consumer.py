@@ -20,8 +20,8 @@ from supervisor.services import Services
 from supervisor.workloads import start_workload
 from tasks.intake import IntakeConsumer
 from tests import services
-from tests.fakes import FakePeers
 from tests.helpers import FIXTURES, RecordingPublisher, make_settings
+from tests.peers import Peers
 
 
 class RecordingCelery:
@@ -39,13 +39,13 @@ class RecordingCelery:
 
 
 @pytest.fixture
-def amqp_supervisor(database_url: str, redis_url: str, fake_peers: FakePeers) -> Iterator[Services]:
+def amqp_supervisor(database_url: str, redis_url: str, peers: Peers) -> Iterator[Services]:
     url = services.rabbitmq_url()
     suffix = uuid.uuid4().hex[:8]
     settings = make_settings(
         database_url,
         redis_url,
-        fake_peers.base_url,
+        peers.base_url,
         user_manager_broker_url=url,
         intake_queue=f"test-intake-{suffix}",
         dead_letter_queue=f"test-dead-letter-{suffix}",
@@ -79,9 +79,9 @@ def consumer(amqp_supervisor: Services) -> Iterator[tuple[IntakeConsumer, Record
 
 
 @pytest.fixture
-def session_id(amqp_supervisor: Services, fake_peers: FakePeers) -> str:
+def session_id(amqp_supervisor: Services, peers: Peers) -> str:
     blend = (FIXTURES / "blend/blender-5.0/range_10_20.blend").read_bytes()
-    fake_peers.add_object("cust-1", "obj-1", blend)
+    peers.add_object("cust-1", "obj-1", blend)
     return start_workload(amqp_supervisor, "cust-1", "obj-1")
 
 

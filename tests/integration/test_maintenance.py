@@ -13,7 +13,6 @@ from supervisor.frames.pipeline import record_rendered_frame
 from supervisor.models import UserState, Workload, WorkloadUser
 from supervisor.services import Services
 from supervisor.users import add_users
-from tests.fakes import FakePeers
 from tests.integration.helpers import PeerLog, drain_everything
 from tests.integration.rendering import (
     assignments,
@@ -23,6 +22,7 @@ from tests.integration.rendering import (
     rendered,
     user_row,
 )
+from tests.peers import Peers
 
 
 def test_demand_users_repeats_an_unanswered_demand(
@@ -98,11 +98,12 @@ def test_demand_users_asks_for_missing_users(supervisor: Services, session_id: s
 
 
 def test_stale_frames_are_reclaimed_from_silent_users(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "quiet", "busy"))
+    peers.acknowledge = True  # quiet's node answers the User Service, though it sends nothing
     busy_frame = min(n for n, u in assignments(supervisor, session_id).items() if u == "busy")
-    record_rendered_frame(supervisor, rendered(session_id, "busy", busy_frame, fake_peers))
+    record_rendered_frame(supervisor, rendered(session_id, "busy", busy_frame, peers))
     assert maintenance.reclaim_stale_frames(supervisor) == {}
 
     later = datetime.now(UTC) + timedelta(seconds=supervisor.settings.stale_frame_seconds + 1)
@@ -132,21 +133,21 @@ def test_stale_frames_are_reclaimed_from_silent_users(
 
 
 def test_a_silent_user_the_user_service_cannot_reach_is_not_released(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     """A node gone, or back under a new id: releasing its old id would put a dead user in
     the User Manager's idle pool, to be handed to the next session."""
     add_users(supervisor, new_users(session_id, "gone"))
     gone_frames = sorted(assignments(supervisor, session_id))
     later = datetime.now(UTC) + timedelta(seconds=supervisor.settings.stale_frame_seconds + 1)
-    fake_peers.fail_next("/send-msg-to-user-with-acknowledgement", status=500)
+    # No node "gone" is connected: the User Service answers the call 500, as the real one.
     peer_log.entries.clear()
 
     reclaimed = maintenance.reclaim_stale_frames(supervisor, now=later)
     drain_everything(supervisor)
 
     assert reclaimed == {session_id: len(gone_frames)}
-    [probe] = fake_peers.calls("/send-msg-to-user-with-acknowledgement")
+    [probe] = peers.calls("/send-msg-to-user-with-acknowledgement")
     assert json.loads(probe.body)["topic"] == "retrieve-frame"
     assert json.loads(probe.body)["data"]["frame-number"] == gone_frames[0]
     assert user_row(supervisor, session_id, "gone").state == UserState.DISCONNECTED

@@ -13,7 +13,6 @@ from supervisor.refusals import Refused
 from supervisor.services import Services
 from supervisor.users import add_users, user_could_not_send, user_disconnected, user_finished_list
 from supervisor.workloads import fail_workload, stop_and_delete
-from tests.fakes import FakePeers
 from tests.integration.helpers import PeerLog, drain_everything
 from tests.integration.rendering import (
     add_idle_user,
@@ -30,12 +29,13 @@ from tests.integration.rendering import (
     user_row,
     workload,
 )
+from tests.peers import Peers
 
 # --- new-users ------------------------------------------------------------------------
 
 
 def test_new_users_delivered_twice_change_nothing(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     before = assignments(supervisor, session_id)
@@ -43,7 +43,7 @@ def test_new_users_delivered_twice_change_nothing(
 
     assert second["added"] == 0
     assert assignments(supervisor, session_id) == before
-    assert len(lists_sent(fake_peers)) == 2
+    assert len(lists_sent(peers)) == 2
 
 
 def test_a_new_users_that_leaves_users_missing_asks_for_the_rest_at_once(
@@ -64,13 +64,13 @@ def test_a_new_users_that_leaves_users_missing_asks_for_the_rest_at_once(
 
 
 def test_users_beyond_the_count_are_released_at_once(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     result = add_users(supervisor, new_users(session_id, "u1", "u2", "u3", "u4"))
 
     assert (result["added"], result["refused"]) == (2, ["u3", "u4"])
     assert ("users-released", {"user_list": ["u3", "u4"]}) in peer_log.user_manager()
-    assert sorted(m["user_id"] for m in lists_sent(fake_peers)) == ["u1", "u2"]
+    assert sorted(m["user_id"] for m in lists_sent(peers)) == ["u1", "u2"]
     assert set(assignments(supervisor, session_id).values()) == {"u1", "u2"}
     assert user_row(supervisor, session_id, "u3") is None
     assert user_row(supervisor, session_id, "u4") is None
@@ -81,11 +81,11 @@ def test_users_beyond_the_count_are_released_at_once(
 
 @pytest.mark.parametrize("ending", ["completed", "failed", "stopped"])
 def test_users_handed_to_an_ended_workload_are_returned(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers, ending: str
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers, ending: str
 ) -> None:
     if ending == "completed":
         add_users(supervisor, new_users(session_id, "u1", "u2"))
-        render_all(supervisor, session_id, fake_peers)
+        render_all(supervisor, session_id, peers)
     elif ending == "failed":
         fail_workload(supervisor, session_id, "broken")
     else:
@@ -93,7 +93,7 @@ def test_users_handed_to_an_ended_workload_are_returned(
     drain_everything(supervisor)
     assert workload(supervisor, session_id).status == ending
     peer_log.entries.clear()
-    sent_before = len(lists_sent(fake_peers))
+    sent_before = len(lists_sent(peers))
 
     result = add_users(supervisor, new_users(session_id, "late1", "late2"))
     drain_everything(supervisor)
@@ -109,7 +109,7 @@ def test_users_handed_to_an_ended_workload_are_returned(
     for late in ("late1", "late2"):
         stop = sequence.index(f"user:{late}:stop-work")
         assert stop < sequence.index("user-manager:users-released")
-    assert len(lists_sent(fake_peers)) == sent_before, "no work for late users"
+    assert len(lists_sent(peers)) == sent_before, "no work for late users"
     assert user_row(supervisor, session_id, "late1") is None
 
 
@@ -132,7 +132,7 @@ def test_a_filled_count_drops_the_demand_instead_of_asking_for_zero(
 
 @pytest.mark.commits  # racing threads
 def test_racing_new_users_never_share_a_frame(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     run_together(
         lambda: add_users(supervisor, new_users(session_id, "a1", "a2")),
@@ -141,7 +141,7 @@ def test_racing_new_users_never_share_a_frame(
     )
 
     last_list: dict[str, list[int]] = {}
-    for message in lists_sent(fake_peers):  # in the order each user received them
+    for message in lists_sent(peers):  # in the order each user received them
         last_list[message["user_id"]] = message["data"]["frame_list"]
     final = assignments(supervisor, session_id)
     held: dict[str, list[int]] = {}
@@ -175,24 +175,27 @@ def test_racing_new_users_never_share_a_frame(
 
 
 def test_completed_while_owing_frames_asks_for_them(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
-    record_rendered_frame(supervisor, rendered(session_id, "u1", 10, fake_peers))
+    record_rendered_frame(supervisor, rendered(session_id, "u1", 10, peers))
 
     result = user_finished_list(supervisor, RenderingCompleted(session_id, user_id="u1"))
 
     assert result["owed"] == [11, 12, 13, 14, 15]
-    [ask] = lists_sent(fake_peers, "retrieve-frames-from-frame-list")
+    [ask] = lists_sent(peers, "retrieve-frames-from-frame-list")
     assert ask == {
         "user_id": "u1",
         "topic": "retrieve-frames-from-frame-list",
-        "data": {"blend_file_hash": "hash-obj-1", "frame_list": [11, 12, 13, 14, 15]},
+        "data": {
+            "blend_file_hash": peers.blend_hash("cust-1", "obj-1"),
+            "frame_list": [11, 12, 13, 14, 15],
+        },
     }
 
 
 def test_completed_user_holding_nothing_gets_more_work(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1"))
     add_idle_user(supervisor, session_id, "idle")
@@ -200,10 +203,13 @@ def test_completed_user_holding_nothing_gets_more_work(
     result = user_finished_list(supervisor, RenderingCompleted(session_id, user_id="idle"))
 
     assert result == {"owed": [], "assigned": {"idle": 3}}
-    assert lists_sent(fake_peers)[-1] == {
+    assert lists_sent(peers)[-1] == {
         "user_id": "idle",
         "topic": "start-rendering",
-        "data": {"blend_file_hash": "hash-obj-1", "frame_list": [16, 17, 18]},
+        "data": {
+            "blend_file_hash": peers.blend_hash("cust-1", "obj-1"),
+            "frame_list": [16, 17, 18],
+        },
     }
 
 
@@ -211,7 +217,7 @@ def test_completed_user_holding_nothing_gets_more_work(
 
 
 def test_disconnected_user_frames_go_back_and_a_replacement_is_asked_for(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     peer_log.entries.clear()
@@ -224,7 +230,7 @@ def test_disconnected_user_frames_go_back_and_a_replacement_is_asked_for(
     assert second == {"ignored": True}
     assert assignments(supervisor, session_id) == {n: "u2" for n in range(16, 21)}
     assert pending(supervisor, session_id) == list(range(10, 16))
-    assert len(lists_sent(fake_peers)) == 2, "u2 holds frames: it is not topped up"
+    assert len(lists_sent(peers)) == 2, "u2 holds frames: it is not topped up"
     assert demand(peer_log) == [("update-user-count", {"user_count": 1})], (
         "the User Manager knows us (it just sent an event): no new registration"
     )
@@ -232,12 +238,12 @@ def test_disconnected_user_frames_go_back_and_a_replacement_is_asked_for(
 
     add_users(supervisor, new_users(session_id, "u3"))
 
-    assert lists_sent(fake_peers)[-1]["user_id"] == "u3"
-    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == [10, 11, 12]
+    assert lists_sent(peers)[-1]["user_id"] == "u3"
+    assert lists_sent(peers)[-1]["data"]["frame_list"] == [10, 11, 12]
 
 
 def test_last_user_leaving_demands_users(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     user_disconnected(supervisor, UserDisconnected(session_id, user_id="u1"))
@@ -270,41 +276,42 @@ def test_disconnect_of_a_user_that_is_not_ours_is_refused(
 
 
 def test_error_sending_frame_asks_the_user_with_acknowledgement(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1"))
+    peers.acknowledge = True  # u1's node still has the frame
 
     assert user_could_not_send(supervisor, error_event(session_id, "u1", 10)) == "retrying"
 
-    [ask] = [r.json() for r in fake_peers.calls("/send-msg-to-user-with-acknowledgement")]
+    [ask] = [r.json() for r in peers.calls("/send-msg-to-user-with-acknowledgement")]
     assert ask == {
         "user_id": "u1",
         "topic": "retrieve-frame",
-        "data": {"frame-number": 10, "blend-file-hash": "hash-obj-1"},
+        "data": {"frame-number": 10, "blend-file-hash": peers.blend_hash("cust-1", "obj-1")},
     }
-    assert fake_peers.calls("/send-msg-to-user-with-acknowledgment") == []
+    assert peers.calls("/send-msg-to-user-with-acknowledgment") == []
     assert assignments(supervisor, session_id)[10] == "u1"
 
 
 def test_error_sending_frame_tries_the_other_spelling_once_on_404(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1"))
-    fake_peers.fail_next("/send-msg-to-user-with-acknowledgement", status=404, times=1)
+    peers.fail_next("/send-msg-to-user-with-acknowledgement", status=404, times=1)
 
     outcome = user_could_not_send(supervisor, error_event(session_id, "u1", 10))
 
-    assert len(fake_peers.calls("/send-msg-to-user-with-acknowledgement")) == 1
-    [other] = fake_peers.calls("/send-msg-to-user-with-acknowledgment")
+    assert len(peers.calls("/send-msg-to-user-with-acknowledgement")) == 1
+    [other] = peers.calls("/send-msg-to-user-with-acknowledgment")
     assert other.json()["topic"] == "retrieve-frame"
-    assert outcome == "requeued", "the fake has no such route: not acknowledged"
+    assert outcome == "requeued", "the real User Service has no such route: not acknowledged"
 
 
 def test_lost_frames_are_rendered_again_and_a_failing_user_is_banned(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     supervisor.settings.max_user_failures = 2
-    fake_peers.acknowledge = False
+    peers.acknowledge = False
     add_users(supervisor, new_users(session_id, "bad", "good"))
     bad_frames = sorted(n for n, u in assignments(supervisor, session_id).items() if u == "bad")
 

@@ -232,6 +232,8 @@ def test_a_release_re_serves_the_queue_at_once_even_to_the_releasing_session(
         "data": {"user_list": [user], "session_supervisor_id": session_id},
     }
     assert sim.user_manager_sessions()[session_id]["users"] == [user]
+    # Each entry is logged once its publish returns, which the tap may see first.
+    sim.wait_until(lambda: len(sim.new_users_log(session_id)) == 2, timeout=5)
     assert [entry["users"] for entry in sim.new_users_log(session_id)] == [[user], [user]]
 
 
@@ -258,8 +260,12 @@ def test_users_arrive_over_time_and_a_partly_served_demand_is_popped(
     sv.demand("update-user-count", {"user_count": 2})
     [topped] = tap.collect(1)
     assert topped.body["data"]["user_list"] == ["sim-user-002", "sim-user-003"]
-    [demand] = [e for e in sim.demand_log(session_id) if e["topic"] == "update-user-count"]
-    first, second = sim.new_users_log(session_id)
+    # Both logs are written after the publish they lead to, which the tap may see first.
+    log = handled(sim, session_id, 2)
+    [demand] = [e for e in log if e["topic"] == "update-user-count"]
+    first, second = sim.wait_until(
+        lambda: (sent := sim.new_users_log(session_id)) and len(sent) == 2 and sent, timeout=5
+    )
     assert demand["time"] >= asked
     assert first["time"] < demand["time"] <= second["time"]
     assert second["users"] == ["sim-user-002", "sim-user-003"]
@@ -407,7 +413,9 @@ def test_after_cleanup_events_and_demand_of_the_session_are_dropped(
 def test_a_restarted_user_manager_forgets_everything_until_asked_again(
     rabbit_sim: MakeSim, supervisor_for: SupervisorFor, tap: Tap, session_id: str
 ) -> None:
-    sim = rabbit_sim(users=2, frame_time=0.05)
+    # Users of their own: after the restart, anyone's release of the same ids would bring
+    # them back, and other tests on this broker release `sim-user-...` all the time.
+    sim = rabbit_sim(users=2, frame_time=0.05, user_prefix=session_id)
     sv = supervisor_for(sim)
     users = sv.get_users(tap, 2)
     start(sv, users[0], list(range(1, 60)))
@@ -422,7 +430,7 @@ def test_a_restarted_user_manager_forgets_everything_until_asked_again(
     assert state["users"][users[0]]["status"] == "rendering", "the node itself goes on"
     tap.quiet(0.06)  # a frame already in flight
     assert tap.quiet(0.3) == [], "the forgotten node's uploads are dropped"
-    assert sim.dropped_events().get(DROP_UNMAPPED, 0) >= 1
+    sim.wait_until(lambda: sim.dropped_events().get(DROP_UNMAPPED, 0) >= 1, timeout=5)
 
     sv.demand("more-users", {"user_count": 1})
     assert tap.quiet(0.3) == []
@@ -432,7 +440,7 @@ def test_a_restarted_user_manager_forgets_everything_until_asked_again(
     assert tap.quiet(0.3) == [], "a forgotten node is never offered again by itself"
     sv.demand("users-released", {"user_list": users})
     [message] = tap.collect(1)
-    assert message.body["data"]["user_list"] == ["sim-user-001"]
+    assert message.body["data"]["user_list"] == [f"{session_id}-001"]
 
 
 def test_a_user_manager_restart_can_be_injected_over_http(http_sim: Simulator) -> None:

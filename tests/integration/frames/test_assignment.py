@@ -10,7 +10,6 @@ from supervisor.frames.pipeline import record_rendered_frame
 from supervisor.models import Frame, FrameState, Workload
 from supervisor.services import Services
 from supervisor.users import add_users
-from tests.fakes import FakePeers
 from tests.integration.rendering import (
     add_idle_user,
     assignments,
@@ -22,31 +21,36 @@ from tests.integration.rendering import (
     rendered,
     workload,
 )
+from tests.peers import Peers
 
 
-def test_new_users_get_contiguous_runs(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
-) -> None:
+def test_new_users_get_contiguous_runs(supervisor: Services, session_id: str, peers: Peers) -> None:
     result = add_users(supervisor, new_users(session_id, "u1", "u2"))
 
     assert result["added"] == 2
-    assert by_user(lists_sent(fake_peers)) == [
+    assert by_user(lists_sent(peers)) == [
         {
             "user_id": "u1",
             "topic": "start-rendering",
-            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [10, 11, 12, 13, 14, 15]},
+            "data": {
+                "blend_file_hash": peers.blend_hash("cust-1", "obj-1"),
+                "frame_list": [10, 11, 12, 13, 14, 15],
+            },
         },
         {
             "user_id": "u2",
             "topic": "start-rendering",
-            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [16, 17, 18, 19, 20]},
+            "data": {
+                "blend_file_hash": peers.blend_hash("cust-1", "obj-1"),
+                "frame_list": [16, 17, 18, 19, 20],
+            },
         },
     ]
     assert workload(supervisor, session_id).users_demanded == 0
 
 
 def test_late_user_takes_part_of_the_remaining_work(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     supervisor.settings.max_frames_per_assignment = 3
     add_users(supervisor, new_users(session_id, "u1"))
@@ -63,7 +67,7 @@ def test_late_user_takes_part_of_the_remaining_work(
 
 
 def test_the_first_user_leaves_the_expected_users_their_share(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     """11 frames, 2 users expected: the first to arrive takes its half, not everything."""
     add_users(supervisor, new_users(session_id, "u1"))
@@ -73,7 +77,7 @@ def test_the_first_user_leaves_the_expected_users_their_share(
 
 
 def test_runs_cut_around_frames_that_are_not_pending_assign_only_pending_frames(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     supervisor.settings.max_frames_per_assignment = 3
     with supervisor.db.transaction() as session:
@@ -94,27 +98,27 @@ def test_runs_cut_around_frames_that_are_not_pending_assign_only_pending_frames(
         16: "u2",
         17: "u2",
     }
-    sent = {m["user_id"]: m["data"]["frame_list"] for m in lists_sent(fake_peers)}
+    sent = {m["user_id"]: m["data"]["frame_list"] for m in lists_sent(peers)}
     assert sent == {"u1": [10, 12, 14], "u2": [15, 16, 17]}
 
 
 def test_a_user_whose_list_is_all_in_gets_its_next_list_at_once(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     supervisor.settings.max_frames_per_assignment = 2
     add_users(supervisor, new_users(session_id, "u1"))
 
-    record_rendered_frame(supervisor, rendered(session_id, "u1", 10, fake_peers))
-    assert [m["data"]["frame_list"] for m in lists_sent(fake_peers)] == [[10, 11]]
+    record_rendered_frame(supervisor, rendered(session_id, "u1", 10, peers))
+    assert [m["data"]["frame_list"] for m in lists_sent(peers)] == [[10, 11]]
 
-    record_rendered_frame(supervisor, rendered(session_id, "u1", 11, fake_peers))
+    record_rendered_frame(supervisor, rendered(session_id, "u1", 11, peers))
 
-    assert [m["data"]["frame_list"] for m in lists_sent(fake_peers)] == [[10, 11], [12, 13]]
+    assert [m["data"]["frame_list"] for m in lists_sent(peers)] == [[10, 11], [12, 13]]
     assert assignments(supervisor, session_id) == {12: "u1", 13: "u1"}
 
 
 def test_list_sizes_follow_measured_rates_and_leave_room_for_expected_users(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     with supervisor.db.transaction() as session:
         session.execute(update(Workload).values(target_user_count=3))
@@ -133,7 +137,7 @@ def test_list_sizes_follow_measured_rates_and_leave_room_for_expected_users(
 
 
 def test_a_user_without_a_rate_counts_at_the_mean(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_idle_user(supervisor, session_id, "known", frames_done=3, busy_seconds=1.0)
     add_idle_user(supervisor, session_id, "new")
@@ -144,7 +148,7 @@ def test_a_user_without_a_rate_counts_at_the_mean(
 
 
 def test_rebalance_gives_an_idle_user_its_share_of_the_unassigned_frames(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1"))
     add_idle_user(supervisor, session_id, "idle")
@@ -157,17 +161,20 @@ def test_rebalance_gives_an_idle_user_its_share_of_the_unassigned_frames(
         **{n: "idle" for n in range(16, 19)},
     }
     assert pending(supervisor, session_id) == [19, 20]
-    assert lists_sent(fake_peers)[1:] == [
+    assert lists_sent(peers)[1:] == [
         {
             "user_id": "idle",
             "topic": "start-rendering",
-            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [16, 17, 18]},
+            "data": {
+                "blend_file_hash": peers.blend_hash("cust-1", "obj-1"),
+                "frame_list": [16, 17, 18],
+            },
         }
     ], "u1 holds frames: it gets no new list"
 
 
 def test_rebalance_moves_the_tail_of_the_longest_list_when_nothing_is_unassigned(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     add_idle_user(supervisor, session_id, "idle")
@@ -180,34 +187,33 @@ def test_rebalance_moves_the_tail_of_the_longest_list_when_nothing_is_unassigned
         **{n: "idle" for n in range(13, 16)},
         **{n: "u2" for n in range(16, 21)},
     }
-    assert lists_sent(fake_peers)[2:] == [
+    assert lists_sent(peers)[2:] == [
         {
             "user_id": "idle",
             "topic": "start-rendering",
-            "data": {"blend_file_hash": "hash-obj-1", "frame_list": [13, 14, 15]},
+            "data": {
+                "blend_file_hash": peers.blend_hash("cust-1", "obj-1"),
+                "frame_list": [13, 14, 15],
+            },
         }
     ], "the donor is not sent a new list"
     assert frame(supervisor, session_id, 13).attempts == 2
 
     # the donor may still be rendering the moved frames: its upload wins
-    assert record_rendered_frame(supervisor, rendered(session_id, "u1", 13, fake_peers)) == (
-        "stored"
-    )
-    late = rendered(session_id, "idle", 13, fake_peers)
+    assert record_rendered_frame(supervisor, rendered(session_id, "u1", 13, peers)) == ("stored")
+    late = rendered(session_id, "idle", 13, peers)
     assert record_rendered_frame(supervisor, late) == "duplicate"
-    assert fake_peers.stored == {"cust-1/obj-1/013.png": b"image 13 by u1"}
+    assert peers.stored == {"cust-1/obj-1/013.png": b"image 13 by u1"}
 
 
 def test_a_steal_leaves_frames_whose_upload_waits_in_the_inbox(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     """u1 has uploaded 13-15 but the events wait behind a slow intake: moving them would
     render them twice, so the tail comes from u2 instead."""
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     add_idle_user(supervisor, session_id, "idle")
-    inbox.record_many(
-        supervisor.db, [rendered(session_id, "u1", n, fake_peers) for n in (13, 14, 15)]
-    )
+    inbox.record_many(supervisor.db, [rendered(session_id, "u1", n, peers) for n in (13, 14, 15)])
 
     moved = maintenance.rebalance(supervisor)
 

@@ -17,7 +17,6 @@ from supervisor.refusals import Refused
 from supervisor.services import Services
 from supervisor.users import add_users, user_disconnected
 from supervisor.workloads import complete_workloads, stop_and_delete, workload_status
-from tests.fakes import FakePeers
 from tests.integration.helpers import PeerLog, drain_everything, pending_outbox
 from tests.integration.rendering import (
     assignments,
@@ -31,21 +30,22 @@ from tests.integration.rendering import (
     user_row,
     workload,
 )
+from tests.peers import Peers
 
 # --- claim and store ------------------------------------------------------------------
 
 
 def test_rendered_frame_is_stored_recorded_and_cleaned_once(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
-    event = rendered(session_id, "u1", 10, fake_peers)
+    event = rendered(session_id, "u1", 10, peers)
 
     assert record_rendered_frame(supervisor, event) == "stored"
     assert record_rendered_frame(supervisor, event) == "duplicate"
 
-    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
-    records = [r.json() for r in fake_peers.calls("/add-rendered-image")]
+    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    records = [r.json() for r in peers.calls("/add-rendered-image")]
     assert records == [
         {
             "objectId": "obj-1",
@@ -54,7 +54,7 @@ def test_rendered_frame_is_stored_recorded_and_cleaned_once(
             "imageFilePath": "cust-1/obj-1/010.png",
         }
     ]
-    assert "tmp/u1/10.png" not in fake_peers.temp_blobs
+    assert "tmp/u1/10.png" not in peers.temp_blobs
     assert workload(supervisor, session_id).rendered_frames == 1
     stored = frame(supervisor, session_id, 10)
     assert (stored.state, stored.final_key, stored.claim_key) == (
@@ -68,7 +68,7 @@ def test_rendered_frame_is_stored_recorded_and_cleaned_once(
     "sender", ["another active user", "a released user", "a disconnected user"]
 )
 def test_any_user_the_session_has_had_may_deliver_a_frame(
-    supervisor: Services, session_id: str, fake_peers: FakePeers, sender: str
+    supervisor: Services, session_id: str, peers: Peers, sender: str
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     if sender == "a released user":
@@ -82,63 +82,61 @@ def test_any_user_the_session_has_had_may_deliver_a_frame(
         user_disconnected(supervisor, UserDisconnected(session_id, user_id="u2"))
     holder_before = assignments(supervisor, session_id).get(10)
 
-    outcome = record_rendered_frame(supervisor, rendered(session_id, "u2", 10, fake_peers))
+    outcome = record_rendered_frame(supervisor, rendered(session_id, "u2", 10, peers))
 
     assert outcome == "stored"
-    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
+    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
     assert holder_before == "u1"
-    late = rendered(session_id, "u1", 10, fake_peers)
+    late = rendered(session_id, "u1", 10, peers)
     assert record_rendered_frame(supervisor, late) == "duplicate"
-    assert late.temp_key not in fake_peers.temp_blobs, "the second upload is deleted"
-    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}, "written once"
-    assert len(fake_peers.calls("/add-rendered-image")) == 1
+    assert late.temp_key not in peers.temp_blobs, "the second upload is deleted"
+    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}, "written once"
+    assert len(peers.calls("/add-rendered-image")) == 1
     assert workload(supervisor, session_id).rendered_frames == 1
 
 
 def test_a_disconnected_user_may_still_deliver_a_frame_moved_to_its_replacement(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     user_disconnected(supervisor, UserDisconnected(session_id, user_id="u1"))
     add_users(supervisor, new_users(session_id, "u3"))
     assert assignments(supervisor, session_id)[10] == "u3"
 
-    assert record_rendered_frame(supervisor, rendered(session_id, "u1", 10, fake_peers)) == (
-        "stored"
-    )
-    again = rendered(session_id, "u3", 10, fake_peers)
+    assert record_rendered_frame(supervisor, rendered(session_id, "u1", 10, peers)) == ("stored")
+    again = rendered(session_id, "u3", 10, peers)
     assert record_rendered_frame(supervisor, again) == "duplicate"
-    assert again.temp_key not in fake_peers.temp_blobs
-    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    assert again.temp_key not in peers.temp_blobs
+    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
 
 
 def test_a_re_upload_of_a_rendered_frame_is_removed_and_changes_nothing(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1"))
-    record_rendered_frame(supervisor, rendered(session_id, "u1", 10, fake_peers))
-    again = rendered(session_id, "u1", 10, fake_peers, key="tmp/u1/10-again.png")
+    record_rendered_frame(supervisor, rendered(session_id, "u1", 10, peers))
+    again = rendered(session_id, "u1", 10, peers, key="tmp/u1/10-again.png")
 
     assert record_rendered_frame(supervisor, again) == "duplicate"
 
-    assert "tmp/u1/10-again.png" not in fake_peers.temp_blobs
-    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
-    assert len(fake_peers.calls("/add-rendered-image")) == 1
+    assert "tmp/u1/10-again.png" not in peers.temp_blobs
+    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    assert len(peers.calls("/add-rendered-image")) == 1
     assert workload(supervisor, session_id).rendered_frames == 1
 
 
 @pytest.mark.commits  # racing threads
 def test_the_same_frame_event_raced_in_two_workers_counts_once(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1"))
-    event = rendered(session_id, "u1", 10, fake_peers)
+    event = rendered(session_id, "u1", 10, peers)
 
     outcomes = run_together(*[lambda: record_rendered_frame(supervisor, event)] * 4)
 
     assert Counter(map(str, outcomes))["stored"] == 1
     assert workload(supervisor, session_id).rendered_frames == 1
-    assert len(fake_peers.calls("/add-rendered-image")) == 1
+    assert len(peers.calls("/add-rendered-image")) == 1
 
 
 # --- refusals and lost claims ---------------------------------------------------------
@@ -147,10 +145,10 @@ def test_the_same_frame_event_raced_in_two_workers_counts_once(
 @pytest.mark.commits  # the copy, which writes to the database here, runs in a pool thread
 @pytest.mark.parametrize("change", ["claim given up and retaken", "workload stopped"])
 def test_an_upload_whose_claim_is_lost_during_its_copy_is_not_recorded_and_removed_from_temp(
-    supervisor: Services, session_id: str, fake_peers: FakePeers, change: str
+    supervisor: Services, session_id: str, peers: Peers, change: str
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
-    event = rendered(session_id, "u1", 10, fake_peers)
+    event = rendered(session_id, "u1", 10, peers)
     copy = supervisor.peers.blob.transfer_temp_to_final
 
     def copy_while_state_changes(**kwargs: Any) -> int:
@@ -165,7 +163,7 @@ def test_an_upload_whose_claim_is_lost_during_its_copy_is_not_recorded_and_remov
                     .where(Frame.workload_id == session_id, Frame.number == 10)
                     .values(state=FrameState.ASSIGNED, claim_key=None, claimed_by=None)
                 )
-            other = rendered(session_id, "u2", 10, fake_peers)
+            other = rendered(session_id, "u2", 10, peers)
             assert record_rendered_frame(supervisor, other) == "stored"
         return size
 
@@ -175,25 +173,25 @@ def test_an_upload_whose_claim_is_lost_during_its_copy_is_not_recorded_and_remov
     drain_everything(supervisor)
 
     assert outcome == "claim-lost"
-    records = [r.json()["imageFilePath"] for r in fake_peers.calls("/add-rendered-image")]
+    records = [r.json()["imageFilePath"] for r in peers.calls("/add-rendered-image")]
     if change == "workload stopped":
         assert records == []
         assert workload(supervisor, session_id).rendered_frames == 0
     else:
         assert records == ["cust-1/obj-1/010.png"], "recorded once, by the winning upload"
         assert workload(supervisor, session_id).rendered_frames == 1
-        assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
-    assert "tmp/u1/10.png" not in fake_peers.temp_blobs, "the overtaken upload was left behind"
+        assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
+    assert "tmp/u1/10.png" not in peers.temp_blobs, "the overtaken upload was left behind"
 
 
 @pytest.mark.commits  # the copy, which writes to the database here, runs in a pool thread
 def test_an_upload_whose_workload_fails_during_its_copy_keeps_its_claim_and_is_stored(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     """The claim is still the upload's, so it is marked rendered (the image is in the final
     store); the failed workload is not revived by it."""
     add_users(supervisor, new_users(session_id, "u1", "u2"))
-    event = rendered(session_id, "u1", 10, fake_peers)
+    event = rendered(session_id, "u1", 10, peers)
     copy = supervisor.peers.blob.transfer_temp_to_final
 
     def copy_while_failing(**kwargs: Any) -> int:
@@ -209,8 +207,8 @@ def test_an_upload_whose_workload_fails_during_its_copy_keeps_its_claim_and_is_s
     assert record_rendered_frame(supervisor, event) == "stored"
     drain_everything(supervisor)
 
-    assert "tmp/u1/10.png" not in fake_peers.temp_blobs
-    assert len(fake_peers.calls("/add-rendered-image")) == 1
+    assert "tmp/u1/10.png" not in peers.temp_blobs
+    assert len(peers.calls("/add-rendered-image")) == 1
     assert (workload(supervisor, session_id).status, frame(supervisor, session_id, 10).state) == (
         "failed",
         FrameState.RENDERED,
@@ -227,7 +225,7 @@ def test_an_upload_whose_workload_fails_during_its_copy_keeps_its_claim_and_is_s
 def test_frames_that_do_not_fit_are_refused_without_effect(
     supervisor: Services,
     session_id: str,
-    fake_peers: FakePeers,
+    peers: Peers,
     user: str,
     frame_number: int,
     reason: str,
@@ -235,34 +233,34 @@ def test_frames_that_do_not_fit_are_refused_without_effect(
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     before = assignments(supervisor, session_id)
-    event = rendered(session_id, user, frame_number, fake_peers)
+    event = rendered(session_id, user, frame_number, peers)
 
     with pytest.raises(Refused) as refused:
         record_rendered_frame(supervisor, event)
 
     assert refused.value.reason == reason
-    assert fake_peers.stored == {}
+    assert peers.stored == {}
     assert workload(supervisor, session_id).rendered_frames == 0
     assert assignments(supervisor, session_id) == before
-    assert (event.temp_key not in fake_peers.temp_blobs) is temp_removed
+    assert (event.temp_key not in peers.temp_blobs) is temp_removed
 
 
 @pytest.mark.parametrize("ending", ["failed", "completed"])
 def test_an_upload_to_a_workload_that_is_not_running_is_refused_and_discarded(
-    supervisor: Services, session_id: str, fake_peers: FakePeers, ending: str
+    supervisor: Services, session_id: str, peers: Peers, ending: str
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     with supervisor.db.transaction() as session:
         session.execute(update(Workload).where(Workload.id == session_id).values(status=ending))
-    event = rendered(session_id, "u1", 10, fake_peers)
+    event = rendered(session_id, "u1", 10, peers)
 
     with pytest.raises(Refused) as refused:
         record_rendered_frame(supervisor, event)
 
     assert refused.value.reason == "workload-not-running"
-    assert event.temp_key not in fake_peers.temp_blobs
-    assert fake_peers.stored == {}
-    assert fake_peers.calls("/add-rendered-image") == []
+    assert event.temp_key not in peers.temp_blobs
+    assert peers.stored == {}
+    assert peers.calls("/add-rendered-image") == []
     assert frame(supervisor, session_id, 10).state == FrameState.ASSIGNED
 
 
@@ -270,11 +268,11 @@ def test_an_upload_to_a_workload_that_is_not_running_is_refused_and_discarded(
 
 
 def test_transient_transfer_failure_keeps_the_claim_for_the_retry(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
-    event = rendered(session_id, "u1", 10, fake_peers)
-    fake_peers.fail_next("/retrieve-temp", status=503, times=10)
+    event = rendered(session_id, "u1", 10, peers)
+    peers.fail_next("/retrieve-temp", status=503, times=10)
 
     with pytest.raises(PeerError) as failure:
         record_rendered_frame(supervisor, event)
@@ -286,22 +284,22 @@ def test_transient_transfer_failure_keeps_the_claim_for_the_retry(
         event.temp_key,
         "u1",
     )
-    assert event.temp_key in fake_peers.temp_blobs
-    fake_peers.failures.clear()
-    other = rendered(session_id, "u2", 10, fake_peers)
+    assert event.temp_key in peers.temp_blobs
+    peers.failures.clear()
+    other = rendered(session_id, "u2", 10, peers)
     assert record_rendered_frame(supervisor, other) == "duplicate", "the claim holds"
-    assert other.temp_key not in fake_peers.temp_blobs
+    assert other.temp_key not in peers.temp_blobs
     assert record_rendered_frame(supervisor, event) == "stored", "the retry re-enters it"
-    assert fake_peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
 
 
 def test_missing_temp_image_sends_the_frame_back_to_render(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     supervisor.settings.max_frames_per_assignment = 2
     add_users(supervisor, new_users(session_id, "u1"))
-    event = rendered(session_id, "u1", 10, fake_peers)
-    del fake_peers.temp_blobs[event.temp_key]
+    event = rendered(session_id, "u1", 10, peers)
+    del peers.temp_blobs[event.temp_key]
 
     assert record_rendered_frame(supervisor, event) == "requeued"
 
@@ -314,22 +312,22 @@ def test_missing_temp_image_sends_the_frame_back_to_render(
     )
     assert "retrieve-temp" in lost.last_error
     assert user_row(supervisor, session_id, "u1").failed_frames == 1
-    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == [10, 11], "u1 is not topped up"
+    assert lists_sent(peers)[-1]["data"]["frame_list"] == [10, 11], "u1 is not topped up"
 
-    record_rendered_frame(supervisor, rendered(session_id, "u1", 11, fake_peers))
+    record_rendered_frame(supervisor, rendered(session_id, "u1", 11, peers))
 
-    assert lists_sent(fake_peers)[-1]["data"]["frame_list"] == [10, 12], "rendered again"
+    assert lists_sent(peers)[-1]["data"]["frame_list"] == [10, 12], "rendered again"
     assert frame(supervisor, session_id, 10).attempts == 2
 
 
 def test_status_names_a_failing_peer_while_it_fails(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     assert "degraded_peers" not in workload_status(supervisor, "cust-1")
     add_users(supervisor, new_users(session_id, "u1"))
-    fake_peers.fail_next("/retrieve-temp", status=503, times=10)
+    peers.fail_next("/retrieve-temp", status=503, times=10)
     with pytest.raises(PeerError):
-        record_rendered_frame(supervisor, rendered(session_id, "u1", 10, fake_peers))
+        record_rendered_frame(supervisor, rendered(session_id, "u1", 10, peers))
 
     degraded = workload_status(supervisor, "cust-1")["degraded_peers"]
 
@@ -341,11 +339,11 @@ def test_status_names_a_failing_peer_while_it_fails(
 
 
 def test_last_frame_completes_the_workload_once_the_catalog_has_every_record(
-    supervisor: Services, peer_log: PeerLog, session_id: str, fake_peers: FakePeers
+    supervisor: Services, peer_log: PeerLog, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     peer_log.entries.clear()
-    render_all(supervisor, session_id, fake_peers)
+    render_all(supervisor, session_id, peers)
     drain_everything(supervisor)
 
     done = workload(supervisor, session_id)
@@ -355,10 +353,10 @@ def test_last_frame_completes_the_workload_once_the_catalog_has_every_record(
         11,
         11,
     )
-    assert sorted(fake_peers.stored) == [f"cust-1/obj-1/{n:03d}.png" for n in range(10, 21)]
-    assert len(fake_peers.calls("/add-rendered-image")) == 11
-    assert fake_peers.temp_blobs == {}
-    stops = [m["user_id"] for m in lists_sent(fake_peers, "stop-work")]
+    assert sorted(peers.stored) == [f"cust-1/obj-1/{n:03d}.png" for n in range(10, 21)]
+    assert len(peers.calls("/add-rendered-image")) == 11
+    assert peers.temp_blobs == {}
+    stops = [m["user_id"] for m in lists_sent(peers, "stop-work")]
     assert sorted(stops) == ["u1", "u2"], "one stop-work per user; users are independent"
     um = peer_log.user_manager()
     assert um[-3:] == [
@@ -370,7 +368,7 @@ def test_last_frame_completes_the_workload_once_the_catalog_has_every_record(
     for stop in ("user:u1:stop-work", "user:u2:stop-work"):
         assert sequence.index("user-manager:remove-users-demand-completely") < sequence.index(stop)
         assert sequence.index(stop) < sequence.index("user-manager:users-released")
-    [video_ready] = [r.json() for r in fake_peers.calls("/blender-objects/change-state")]
+    [video_ready] = [r.json() for r in peers.calls("/blender-objects/change-state")]
     assert video_ready == {
         "objectId": "obj-1",
         "customerId": "cust-1",
@@ -379,7 +377,7 @@ def test_last_frame_completes_the_workload_once_the_catalog_has_every_record(
 
 
 def test_a_completed_workload_queues_its_ending_in_order(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     with supervisor.db.transaction() as session:
@@ -406,12 +404,12 @@ def test_a_completed_workload_queues_its_ending_in_order(
 
 
 def test_the_workload_runs_until_the_catalog_confirms_every_record(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
-    fake_peers.fail_next("/add-rendered-image", status=503, times=1000)
+    peers.fail_next("/add-rendered-image", status=503, times=1000)
 
-    render_all(supervisor, session_id, fake_peers)
+    render_all(supervisor, session_id, peers)
 
     status = workload_status(supervisor, "cust-1")
     assert (status["workload_status"], status["stored_frames"], status["recorded_frames"]) == (
@@ -420,10 +418,10 @@ def test_the_workload_runs_until_the_catalog_confirms_every_record(
         0,
     )
     assert status["completed_frames"] == 11
-    assert fake_peers.calls("/blender-objects/change-state") == []
-    assert lists_sent(fake_peers, "stop-work") == []
+    assert peers.calls("/blender-objects/change-state") == []
+    assert lists_sent(peers, "stop-work") == []
 
-    fake_peers.failures.clear()
+    peers.failures.clear()
     for _ in range(20):  # the drain backs off; make every waiting record due now
         with supervisor.db.transaction() as session:
             session.execute(text("UPDATE outbox SET available_at = now()"))
@@ -433,28 +431,28 @@ def test_the_workload_runs_until_the_catalog_confirms_every_record(
 
     status = workload_status(supervisor, "cust-1")
     assert (status["workload_status"], status["recorded_frames"]) == ("completed", 11)
-    assert len(fake_peers.calls("/blender-objects/change-state")) == 1
+    assert len(peers.calls("/blender-objects/change-state")) == 1
 
 
 # --- batches --------------------------------------------------------------------------
 
 
 def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1", "u2"))
     owner = assignments(supervisor, session_id)
     u1_frame = min(n for n, u in owner.items() if u == "u1")
     u2_frame = min(n for n, u in owner.items() if u == "u2")
-    first = rendered(session_id, "u1", u1_frame, fake_peers)
+    first = rendered(session_id, "u1", u1_frame, peers)
     batch = [
         first,
         first,  # the same event twice in one batch
-        rendered(session_id, "u1", u1_frame, fake_peers, key="tmp/u1/second-upload.png"),
-        rendered(session_id, "u2", u2_frame, fake_peers),
-        rendered(session_id, "u2", u1_frame, fake_peers, key="tmp/u2/not-mine.png"),
-        rendered(session_id, "stranger", u1_frame, fake_peers),
-        rendered(session_id, "u1", 99, fake_peers),
+        rendered(session_id, "u1", u1_frame, peers, key="tmp/u1/second-upload.png"),
+        rendered(session_id, "u2", u2_frame, peers),
+        rendered(session_id, "u2", u1_frame, peers, key="tmp/u2/not-mine.png"),
+        rendered(session_id, "stranger", u1_frame, peers),
+        rendered(session_id, "u1", 99, peers),
     ]
 
     outcomes = record_rendered_frames(supervisor, batch)
@@ -464,13 +462,11 @@ def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
         "not-our-user",
         "frame-outside-workload",
     ]
-    assert sorted(fake_peers.stored) == sorted(
-        f"cust-1/obj-1/{n:03d}.png" for n in (u1_frame, u2_frame)
-    )
-    records = sorted(r.json()["frameNumber"] for r in fake_peers.calls("/add-rendered-image"))
+    assert sorted(peers.stored) == sorted(f"cust-1/obj-1/{n:03d}.png" for n in (u1_frame, u2_frame))
+    records = sorted(r.json()["frameNumber"] for r in peers.calls("/add-rendered-image"))
     assert records == sorted([u1_frame, u2_frame])
     assert workload(supervisor, session_id).rendered_frames == 2
-    left = set(fake_peers.temp_blobs)
+    left = set(peers.temp_blobs)
     uploads = {first.temp_key, "tmp/u1/second-upload.png", "tmp/u2/not-mine.png"}
     assert (uploads | {f"tmp/u2/{u2_frame}.png", "tmp/u1/99.png"}) & left == set()
     assert f"tmp/stranger/{u1_frame}.png" in left, "not ours: refused, not touched"
@@ -478,10 +474,10 @@ def test_a_batch_of_rendered_frames_has_the_single_path_outcomes(
 
 
 def test_a_batch_retries_only_the_upload_whose_copy_failed(
-    supervisor: Services, session_id: str, fake_peers: FakePeers
+    supervisor: Services, session_id: str, peers: Peers
 ) -> None:
     add_users(supervisor, new_users(session_id, "u1"))
-    batch = [rendered(session_id, "u1", n, fake_peers) for n in (10, 11, 12)]
+    batch = [rendered(session_id, "u1", n, peers) for n in (10, 11, 12)]
     copy = fail_copies_of_frame(supervisor, 11)
 
     outcomes = record_rendered_frames(supervisor, batch)
@@ -492,6 +488,6 @@ def test_a_batch_retries_only_the_upload_whose_copy_failed(
     assert outcomes[1].transient
     kept = frame(supervisor, session_id, 11)
     assert (kept.state, kept.claim_key) == (FrameState.STORING, "tmp/u1/11.png")
-    assert "tmp/u1/11.png" in fake_peers.temp_blobs
+    assert "tmp/u1/11.png" in peers.temp_blobs
     supervisor.peers.blob.transfer_temp_to_final = copy
     assert record_rendered_frame(supervisor, batch[1]) == "stored"
