@@ -216,7 +216,7 @@ def run(opts: Options) -> list[Row]:
 
 def _profile_web(stack, endpoints: dict[str, str], seconds: int) -> None:  # type: ignore[no-untyped-def]
     """One more, unmeasured, wrk run per endpoint under py-spy (CPU samples only: the
-    gthread pool's idle threads would drown the rest)."""
+    web worker's idle app threads would drown the rest)."""
     pid = stack.processes["web"].process.pid
     for name, path in endpoints.items():
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

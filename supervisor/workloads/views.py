@@ -149,7 +149,9 @@ def session_overview(sv: Services, customer_id: str) -> dict[str, Any] | None:
         row = session.execute(
             text(
                 _OVERVIEW_COLUMNS + "WHERE w.customer_id = :customer_id "
-                "ORDER BY w.created_at DESC LIMIT 1"
+                # Ties (one transaction's now()): an active workload is the latest.
+                "ORDER BY w.created_at DESC, w.status IN ('initialized', 'running') DESC "
+                "LIMIT 1"
             ),
             {"customer_id": customer_id},
         ).one_or_none()
@@ -162,7 +164,7 @@ def all_overviews(sv: Services) -> list[dict[str, Any]]:
         rows = session.execute(
             text(
                 _OVERVIEW_COLUMNS + "WHERE w.status IN ('initialized', 'running') "
-                "ORDER BY w.created_at"
+                "ORDER BY w.created_at, w.customer_id"
             )
         ).all()
     return [_overview(row) for row in rows]
