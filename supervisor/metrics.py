@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from sqlalchemy import text
 from supervisor.db import Database
 from supervisor.models import WorkloadStatus
 from supervisor.outbox.queueing import DESTINATIONS
+from supervisor.recent import Recent
 
 logger = logging.getLogger(__name__)
 
@@ -149,17 +149,10 @@ class StateCollector(Collector):
     `max_age` seconds, so a burst of scrapes costs the database one read."""
 
     def __init__(self, read: Callable[[], StateSnapshot], max_age: float = 1.0) -> None:
-        self._read = read
-        self._max_age = max_age
-        self._lock = threading.Lock()
-        self._cached: tuple[float, StateSnapshot] | None = None
+        self._state = Recent(read, max_age)
 
     def snapshot(self) -> StateSnapshot:
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is None or now - self._cached[0] > self._max_age:
-                self._cached = (now, self._read())
-            return self._cached[1]
+        return self._state.get()
 
     def collect(self) -> Iterator[Metric]:
         try:

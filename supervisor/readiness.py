@@ -7,7 +7,6 @@ password)."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from sqlalchemy import text
 
 from supervisor.config import Settings
 from supervisor.db import Database
+from supervisor.recent import Recent
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,6 @@ class ReadinessProbe:
         self, settings: Settings, db: Database, *, timeout: float = 2.0, max_age: float = 1.0
     ) -> None:
         self._timeout = timeout
-        self._max_age = max_age
         self._checks: dict[str, Callable[[], None]] = {
             "postgres": lambda: _postgres(db, timeout),
             "redis": lambda: _redis(settings.redis_url, timeout),
@@ -73,15 +72,10 @@ class ReadinessProbe:
             self._checks["user_manager_broker"] = lambda: _broker(
                 settings.user_manager_broker_url, timeout
             )
-        self._lock = threading.Lock()
-        self._cached: tuple[float, Readiness] | None = None
+        self._answer = Recent(self._run, max_age)
 
     def check(self) -> Readiness:
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is None or now - self._cached[0] > self._max_age:
-                self._cached = (now, self._run())
-            return self._cached[1]
+        return self._answer.get()
 
     def _run(self) -> Readiness:
         pool = ThreadPoolExecutor(max_workers=len(self._checks), thread_name_prefix="readyz")
