@@ -42,11 +42,11 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 def create_app(
     settings: Settings | None = None,
     *,
-    supervisor: Services | None = None,
+    services: Services | None = None,
 ) -> Flask:
-    """Build the app from `settings` (default: the environment), or around a ready
-    `supervisor` (tests). Nothing is read at import."""
-    settings = settings or (supervisor.settings if supervisor else load_settings())
+    """Build the app from `settings` (default: the environment), or around ready
+    `services` (tests). Nothing is read at import."""
+    settings = settings or (services.settings if services else load_settings())
     configure_logging()
     app = Flask(__name__)
     install_limits(app)
@@ -58,11 +58,11 @@ def create_app(
     if settings.trusted_proxy_count:
         count = settings.trusted_proxy_count
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
-    if supervisor is None:
+    if services is None:
         celery = celery_init_app(app, settings)
         jobs = CeleryJobs(celery, redis_url=settings.redis_url)
-        supervisor = Services.from_settings(settings, jobs=jobs)
-    app.extensions[EXTENSION] = supervisor
+        services = Services.from_settings(settings, jobs=jobs)
+    app.extensions[EXTENSION] = services
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(openapi)

@@ -66,7 +66,7 @@ NO_SESSION = (
 )
 
 
-def _supervisor() -> Services:
+def _services() -> Services:
     return current_app.extensions["session_supervisor"]
 
 
@@ -114,7 +114,7 @@ def start_workload() -> ResponseReturnValue:
     the status. A customer has at most one active (initialized or running) workload.
     """
     fields = _fields()
-    workloads.start_workload(_supervisor(), fields.customer_id, fields.object_id)
+    workloads.start_workload(_services(), fields.customer_id, fields.object_id)
     return jsonify(message="Workload started")
 
 
@@ -139,7 +139,7 @@ def stop_and_delete_workload() -> ResponseReturnValue:
     """
     customer_id = _fields().customer_id
     try:
-        workloads.stop_and_delete(_supervisor(), customer_id)
+        workloads.stop_and_delete(_services(), customer_id)
     except SupervisorError:
         raise
     except Exception:
@@ -169,7 +169,7 @@ def get_workload_status() -> ResponseReturnValue:
     """
     query = _fields()
     status = workloads.workload_status(
-        _supervisor(), query.customer_id, last_completed=query.last == "completed"
+        _services(), query.customer_id, last_completed=query.last == "completed"
     )
     return jsonify(message="Workload status", status=status)
 
@@ -188,7 +188,7 @@ def get_workload_status() -> ResponseReturnValue:
 )
 def get_workload_progress() -> ResponseReturnValue:
     """Counters and the frames still out with users"""
-    return jsonify(workloads.workload_progress(_supervisor(), _fields().customer_id))
+    return jsonify(workloads.workload_progress(_services(), _fields().customer_id))
 
 
 @api.get("/get-user-count/<customer_id>")
@@ -207,7 +207,7 @@ def get_workload_progress() -> ResponseReturnValue:
 )
 def get_user_count(customer_id: str) -> ResponseReturnValue:
     """How many users the customer's active workload wants and has"""
-    return jsonify(workloads.get_user_count(_supervisor(), customer_id))
+    return jsonify(workloads.get_user_count(_services(), customer_id))
 
 
 @api.post("/set-user-count/<customer_id>/<user_count>")
@@ -230,7 +230,7 @@ def set_user_count(customer_id: str, user_count: str) -> ResponseReturnValue:
     Demands the missing users from the User Manager, or releases the surplus.
     """
     count = int(user_count)  # digits checked by schemas.PathParameters; the range by the domain
-    return jsonify(workloads.set_user_count(_supervisor(), customer_id, count))
+    return jsonify(workloads.set_user_count(_services(), customer_id, count))
 
 
 @api.get("/get-session-supervisor-overview/<customer_id>")
@@ -254,7 +254,7 @@ def get_session_supervisor_overview(customer_id: str) -> ResponseReturnValue:
     unknown customer answers 200 `{"error": "No active session for customer_id:
     <customer_id>"}`, as the original did (CONTRACT.md §1).
     """
-    overview = workloads.session_overview(_supervisor(), customer_id)
+    overview = workloads.session_overview(_services(), customer_id)
     if overview is None:
         return jsonify(error=f"No active session for customer_id: {customer_id}")
     return jsonify(overview)
@@ -274,4 +274,4 @@ def get_session_supervisor_overview(customer_id: str) -> ResponseReturnValue:
 )
 def get_all_supervisor_information() -> ResponseReturnValue:
     """One overview per active workload (the Admin Panel's list)"""
-    return jsonify(workloads.all_overviews(_supervisor()))
+    return jsonify(workloads.all_overviews(_services()))

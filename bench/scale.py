@@ -227,7 +227,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     jobs = _DeferredJobs()
     sv = Services.from_settings(settings, jobs=jobs)
     sv.publisher = _NullPublisher()  # type: ignore[assignment]
-    client = create_app(supervisor=sv).test_client()
+    client = create_app(services=sv).test_client()
     out: dict[str, Any] = {}
     sampler = RssSampler(every=0.01)
     sampler.start()

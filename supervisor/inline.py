@@ -10,16 +10,16 @@ from supervisor.workloads import complete_workloads, prepare_workload
 
 
 class InlineJobs:
-    """`Jobs` that run in the calling process against the supervisor they were built with
-    (`inline_supervisor`)."""
+    """`Jobs` that run in the calling process against the services they were built with
+    (`inline_services`)."""
 
     def __init__(self) -> None:
-        self.supervisor: Services | None = None
+        self.services: Services | None = None
 
     def _sv(self) -> Services:
-        if self.supervisor is None:
-            raise RuntimeError("InlineJobs used before inline_supervisor attached it")
-        return self.supervisor
+        if self.services is None:
+            raise RuntimeError("InlineJobs used before inline_services attached it")
+        return self.services
 
     def prepare_workload(self, workload_id: str) -> None:
         prepare_workload(self._sv(), workload_id)
@@ -39,9 +39,9 @@ class InlineJobs:
         )
 
 
-def inline_supervisor(settings: Settings) -> Services:
+def inline_services(settings: Settings) -> Services:
     """A `Services` whose handed-off work runs at once, in this process."""
     jobs = InlineJobs()
     sv = Services.from_settings(settings, jobs=jobs)
-    jobs.supervisor = sv
+    jobs.services = sv
     return sv

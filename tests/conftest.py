@@ -35,7 +35,7 @@ from app import create_app
 from simulator import Simulator
 from supervisor.config import Settings
 from supervisor.db import Database
-from supervisor.inline import inline_supervisor
+from supervisor.inline import inline_services
 from supervisor.services import Services
 from tests import services
 from tests.helpers import RecordingPublisher, alembic_config, clear_peer_health, make_settings
@@ -125,12 +125,12 @@ def savepoint_engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def supervisor(
+def sv(
     request: pytest.FixtureRequest, settings: Settings, savepoint_engine: Engine
 ) -> Iterator[Services]:
     """A `Services` on the test services whose handed-off work runs at once. Its database
     work is rolled back at the end; marked `commits`, it commits and the tables are emptied."""
-    sv = inline_supervisor(settings)
+    sv = inline_services(settings)
     sv.publisher = RecordingPublisher()  # type: ignore[assignment]
     clear_peer_health(sv)
     try:
@@ -150,8 +150,8 @@ def supervisor(
 
 
 @pytest.fixture
-def app(supervisor: Services) -> Flask:
-    return create_app(supervisor=supervisor)
+def app(sv: Services) -> Flask:
+    return create_app(services=sv)
 
 
 @pytest.fixture

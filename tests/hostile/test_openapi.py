@@ -104,7 +104,7 @@ class World:
     """A customer with a running workload, two users and frames out with them."""
 
     client: FlaskClient
-    supervisor: Services
+    sv: Services
 
     def ensure_running(self) -> None:
         response = self.client.post(
@@ -113,7 +113,7 @@ class World:
         if response.status_code == 400 and response.get_json() == {"message": ALREADY_RUNNING}:
             return
         assert response.status_code == 200, response.get_data(as_text=True)
-        with self.supervisor.db.transaction() as session:
+        with self.sv.db.transaction() as session:
             workload_id = session.scalars(
                 select(Workload.id).where(
                     Workload.customer_id == CUSTOMER, Workload.status.in_(ACTIVE_STATUSES)
@@ -143,10 +143,10 @@ def app_under_test(app: Flask) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def world(app: Flask, supervisor: Services, peers: Peers) -> World:
+def world(app: Flask, sv: Services, peers: Peers) -> World:
     peers.add_object(CUSTOMER, OBJECT, BLEND)
     know_every_object(peers)
-    return World(app.test_client(), supervisor)
+    return World(app.test_client(), sv)
 
 
 # --- schemathesis -------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def _validate(client: FlaskClient, method: str, path: str, url: str, **kwargs: A
 
 
 def test_real_workload_states_match_the_documented_bodies(
-    client: FlaskClient, world: World, supervisor: Services, peers: Peers
+    client: FlaskClient, world: World, sv: Services, peers: Peers
 ) -> None:
     status = f"{PREFIX}/get-workload-status"
     progress = f"{PREFIX}/get-workload-progress"
@@ -274,7 +274,7 @@ def test_real_workload_states_match_the_documented_bodies(
     query = {"customer_id": CUSTOMER}
 
     world.ensure_running()
-    supervisor.settings.progress_mapping_limit = 2
+    sv.settings.progress_mapping_limit = 2
     running = _validate(client, "GET", progress, progress, query_string=query).get_json()
     assert running["frame_mapping"] == {"10": "user-a", "11": "user-a"}
     assert running["frame_mapping_truncated"] is True
@@ -282,7 +282,7 @@ def test_real_workload_states_match_the_documented_bodies(
     counts = _validate(client, "GET", user_count, f"{PREFIX}/get-user-count/{CUSTOMER}")
     assert counts.get_json()["active_users"] == 2
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         session.execute(update(Frame).values(state=FrameState.RENDERED, user_id=None))
         session.execute(
             update(Workload).values(

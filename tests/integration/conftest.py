@@ -11,16 +11,16 @@ from tests.peers import Peers
 
 
 @pytest.fixture
-def peer_log(supervisor: Services) -> PeerLog:
+def peer_log(sv: Services) -> PeerLog:
     """Request it before any fixture that starts a workload, to see its first messages."""
     log = PeerLog()
     entries = log.entries
-    publisher = supervisor.publisher
+    publisher = sv.publisher
     publisher.publish = after(  # type: ignore[method-assign]
         publisher.publish,
         lambda body: entries.append(("user-manager", body["topic"], body["data"])),
     )
-    um = supervisor.peers.user_manager
+    um = sv.peers.user_manager
     um.register_session = after(  # type: ignore[method-assign]
         um.register_session,
         lambda _id, count: entries.append(("user-manager", "new-session", {"user_count": count})),
@@ -28,14 +28,14 @@ def peer_log(supervisor: Services) -> PeerLog:
     um.cleanup_session = after(  # type: ignore[method-assign]
         um.cleanup_session, lambda _id: entries.append(("user-manager", "cleanup-session", {}))
     )
-    users = supervisor.peers.users
+    users = sv.peers.users
     users.send = after(  # type: ignore[method-assign]
         users.send,
         lambda user_id, topic, data: entries.append(
             ("user", topic, {"user_id": user_id, "data": data})
         ),
     )
-    catalog = supervisor.peers.catalog
+    catalog = sv.peers.catalog
     catalog.change_state = after(  # type: ignore[method-assign]
         catalog.change_state,
         lambda **body: entries.append(("catalog", "change-state", body)),
@@ -44,6 +44,6 @@ def peer_log(supervisor: Services) -> PeerLog:
 
 
 @pytest.fixture
-def session_id(supervisor: Services, peers: Peers) -> str:
+def session_id(sv: Services, peers: Peers) -> str:
     """A running workload of frames 10..20 (11 frames), no users yet."""
-    return start_running_workload(supervisor, peers)
+    return start_running_workload(sv, peers)

@@ -14,10 +14,10 @@ PREFIX = "/api/session-supervisor-service"
 ADMIN = f"{PREFIX}/get-user-count/nobody"
 
 
-def app_with(supervisor: Services, **settings: object):  # type: ignore[no-untyped-def]
+def app_with(sv: Services, **settings: object):  # type: ignore[no-untyped-def]
     for name, value in settings.items():
-        setattr(supervisor.settings, name, value)
-    return create_app(supervisor=supervisor).test_client()
+        setattr(sv.settings, name, value)
+    return create_app(services=sv).test_client()
 
 
 @pytest.mark.parametrize(
@@ -40,12 +40,12 @@ def app_with(supervisor: Services, **settings: object):  # type: ignore[no-untyp
     ],
 )
 def test_client_address_is_believed_only_as_far_as_trusted_proxies(
-    supervisor: Services, remote: str, forwarded: str | None, proxies: int, allowed: bool
+    sv: Services, remote: str, forwarded: str | None, proxies: int, allowed: bool
 ) -> None:
     from ipaddress import ip_network
 
     client = app_with(
-        supervisor,
+        sv,
         trusted_proxy_count=proxies,
         privileged_ips=(ip_network("127.0.0.1/32"), ip_network("10.1.0.0/16")),
     )
@@ -54,9 +54,9 @@ def test_client_address_is_believed_only_as_far_as_trusted_proxies(
     assert response.status_code == (404 if allowed else 403)
 
 
-def test_no_secret_reaches_the_logs(supervisor: Services, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_reaches_the_logs(sv: Services, caplog: pytest.LogCaptureFixture) -> None:
     token = "tok-5ecret-value-9"
-    client = app_with(supervisor, admin_token=token)
+    client = app_with(sv, admin_token=token)
     caplog.set_level(logging.DEBUG)
     stranger = {"REMOTE_ADDR": "203.0.113.9"}
     client.get(ADMIN, environ_base=stranger, headers={"Authorization": f"Bearer {token}x"})
@@ -66,4 +66,4 @@ def test_no_secret_reaches_the_logs(supervisor: Services, caplog: pytest.LogCapt
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "admin access refused" in logged
     assert token not in logged
-    assert token not in repr(supervisor.settings)
+    assert token not in repr(sv.settings)

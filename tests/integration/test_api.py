@@ -59,22 +59,22 @@ def test_service_is_active(client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_start_workload_reads_the_blend_and_demands_users(
-    client, supervisor: Services, peer_log: PeerLog, peers: Peers, range_10_20: str
+    client, sv: Services, peer_log: PeerLog, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     response = start(client)
 
     assert response.status_code == 200
     assert response.get_json() == {"message": "Workload started"}
-    workload = workload_of(supervisor)
+    workload = workload_of(sv)
     assert (workload.status, workload.total_frames, workload.scene_name) == ("running", 11, "Scene")
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         numbers = session.scalars(
             select(Frame.number).where(Frame.workload_id == workload.id).order_by(Frame.number)
         ).all()
     assert numbers == list(range(10, 21))
     [registration] = peers.calls("/api/user-manager/session-supervisor/new-session")
     assert registration.form() == {"user_count": "2", "session_supervisor_id": workload.id}
-    assert supervisor.publisher.bodies == [
+    assert sv.publisher.bodies == [
         {"topic": "update-user-count", "supervisor-id": workload.id, "data": {"user_count": 2}}
     ]
     assert peer_log.user_manager() == [
@@ -86,12 +86,12 @@ def test_start_workload_reads_the_blend_and_demands_users(
 
 
 def test_start_workload_with_a_step_creates_exactly_the_rendered_frames(
-    client, supervisor: Services, peers: Peers
+    client, sv: Services, peers: Peers
 ) -> None:  # type: ignore[no-untyped-def]
     peers.add_object("cust-1", "obj-1", blend("blender-5.0/step_3_1_100.blend"))
     assert start(client).status_code == 200
-    workload = workload_of(supervisor)
-    with supervisor.db.session() as session:
+    workload = workload_of(sv)
+    with sv.db.session() as session:
         numbers = session.scalars(
             select(Frame.number).where(Frame.workload_id == workload.id).order_by(Frame.number)
         ).all()
@@ -129,13 +129,11 @@ def test_start_workload_rejects_bad_fields(client, form: dict[str, str]) -> None
     assert "_id" in body["details"]
 
 
-def test_unknown_object_is_refused_and_does_not_block_the_customer(
-    client, supervisor: Services
-) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_object_is_refused_and_does_not_block_the_customer(client, sv: Services) -> None:  # type: ignore[no-untyped-def]
     response = start(client, obj="missing")
     assert response.status_code == 400
     assert response.get_json()["message"] == "Object cannot be rendered"
-    assert workload_of(supervisor).status == "failed"
+    assert workload_of(sv).status == "failed"
 
 
 def test_catalog_failure_is_a_500_that_names_the_peer(
@@ -161,10 +159,10 @@ def test_a_bad_blend_fails_the_workload_with_its_reason(client, peers: Peers, na
     assert start(client).status_code == 200, "a failed workload must not block a new one"
 
 
-def test_status_reports_counters(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+def test_status_reports_counters(client, sv: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
-    with supervisor.db.transaction() as session:
+    workload = workload_of(sv)
+    with sv.db.transaction() as session:
         session.execute(
             update(Frame)
             .where(Frame.workload_id == workload.id, Frame.number < 15)
@@ -203,12 +201,12 @@ def test_status_and_progress_without_customer_are_400(client, route: str) -> Non
 
 
 def test_progress_maps_assigned_frames_to_their_users(
-    client, supervisor: Services, range_10_20: str
+    client, sv: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
-    add_users(supervisor, workload.id, "user-a", "user-b")
-    with supervisor.db.transaction() as session:
+    workload = workload_of(sv)
+    add_users(sv, workload.id, "user-a", "user-b")
+    with sv.db.transaction() as session:
         for numbers, user in (((10, 11), "user-a"), ((12,), "user-b")):
             session.execute(
                 update(Frame)
@@ -236,11 +234,11 @@ def test_progress_maps_assigned_frames_to_their_users(
     }
 
 
-def test_progress_caps_the_frame_mapping(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
-    supervisor.settings.progress_mapping_limit = 3
+def test_progress_caps_the_frame_mapping(client, sv: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+    sv.settings.progress_mapping_limit = 3
     start(client)
-    workload = workload_of(supervisor)
-    with supervisor.db.transaction() as session:
+    workload = workload_of(sv)
+    with sv.db.transaction() as session:
         session.execute(
             update(Frame)
             .where(Frame.workload_id == workload.id)
@@ -290,10 +288,10 @@ def _big_workload(sv: Services, frames: int, rendered: int, assigned: int) -> st
 
 
 def test_progress_of_a_huge_workload_counts_everything_and_maps_the_lowest_frames(
-    client, supervisor: Services
+    client, sv: Services
 ) -> None:  # type: ignore[no-untyped-def]
-    limit = supervisor.settings.progress_mapping_limit
-    _big_workload(supervisor, frames=50_000, rendered=30_000, assigned=limit * 3)
+    limit = sv.settings.progress_mapping_limit
+    _big_workload(sv, frames=50_000, rendered=30_000, assigned=limit * 3)
 
     response = client.get(f"{PREFIX}/get-workload-progress?customer_id=big")
     body = response.get_json()
@@ -313,11 +311,9 @@ def test_progress_of_a_huge_workload_counts_everything_and_maps_the_lowest_frame
     assert list(body["frame_mapping"]) == [str(n) for n in first], "lowest frames first"
 
 
-def test_progress_is_not_truncated_when_exactly_the_limit_is_out(
-    client, supervisor: Services
-) -> None:  # type: ignore[no-untyped-def]
-    supervisor.settings.progress_mapping_limit = 5
-    _big_workload(supervisor, frames=20, rendered=10, assigned=5)
+def test_progress_is_not_truncated_when_exactly_the_limit_is_out(client, sv: Services) -> None:  # type: ignore[no-untyped-def]
+    sv.settings.progress_mapping_limit = 5
+    _big_workload(sv, frames=20, rendered=10, assigned=5)
 
     body = client.get(f"{PREFIX}/get-workload-progress?customer_id=big").get_json()
 
@@ -325,11 +321,11 @@ def test_progress_is_not_truncated_when_exactly_the_limit_is_out(
     assert body["frame_mapping_truncated"] is False
 
 
-def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Services) -> None:
+def test_the_frame_mapping_reads_the_assigned_frames_index(sv: Services) -> None:
     """The mapping must walk ix_frames_assigned_number: through the primary key it would
     step over every rendered frame below the first assigned one (100 ms at 1M frames)."""
-    _big_workload(supervisor, frames=50_000, rendered=40_000, assigned=300)
-    with supervisor.db.engine.connect() as connection:
+    _big_workload(sv, frames=50_000, rendered=40_000, assigned=300)
+    with sv.db.engine.connect() as connection:
         connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
         plan = connection.exec_driver_sql(
             "EXPLAIN " + workloads.views._PROGRESS,
@@ -340,15 +336,15 @@ def test_the_frame_mapping_reads_the_assigned_frames_index(supervisor: Services)
 
 
 def test_stop_and_delete_tells_users_and_the_user_manager(
-    client, supervisor: Services, peer_log: PeerLog, peers: Peers, range_10_20: str
+    client, sv: Services, peer_log: PeerLog, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
-    add_users(supervisor, workload.id, "user-a", "user-b")
+    workload = workload_of(sv)
+    add_users(sv, workload.id, "user-a", "user-b")
     peer_log.entries.clear()
 
     response = client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
-    drain_everything(supervisor)
+    drain_everything(sv)
 
     assert response.status_code == 200
     assert response.get_json() == {"message": "Workload stopped and deleted"}
@@ -357,7 +353,7 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
         {"user_id": "user-a", "topic": "stop-work", "data": {}},
         {"user_id": "user-b", "topic": "stop-work", "data": {}},
     ]
-    assert supervisor.publisher.bodies[1:] == [
+    assert sv.publisher.bodies[1:] == [
         {
             "topic": "remove-users-demand-completely",
             "supervisor-id": workload.id,
@@ -380,7 +376,7 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
     [cleanup] = peers.calls("/api/user-manager/session-supervisor/cleanup-session")
     assert (cleanup.method, cleanup.form()) == ("DELETE", {"session_supervisor_id": workload.id})
     assert peers.calls("/blender-objects/change-state") == [], "not video-ready"
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Frame)) == 0
         kept = session.scalars(select(Workload)).one()
     assert (kept.id, kept.status) == (workload.id, "stopped"), "kept for the grace period"
@@ -390,10 +386,10 @@ def test_stop_and_delete_tells_users_and_the_user_manager(
 
 
 def test_status_after_a_stop_shows_the_previous_workload(
-    client, supervisor: Services, range_10_20: str
+    client, sv: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         session.execute(update(Workload).values(status="completed", rendered_frames=11))
     start(client)
     client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
@@ -406,26 +402,26 @@ def test_status_after_a_stop_shows_the_previous_workload(
 
 
 def test_a_stopped_workload_is_forgotten_once_its_grace_period_is_over(
-    client, supervisor: Services, range_10_20: str
+    client, sv: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload_id = workload_of(supervisor).id
+    workload_id = workload_of(sv).id
     client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
     unbound: list[str] = []
-    supervisor.bindings.unbind = unbound.append  # type: ignore[method-assign]
+    sv.bindings.unbind = unbound.append  # type: ignore[method-assign]
 
-    assert workloads.end_grace(supervisor, workload_id) is False, "the grace period runs"
+    assert workloads.end_grace(sv, workload_id) is False, "the grace period runs"
     assert unbound == []
-    assert workloads.overdue_unbindings(supervisor) == []
-    with supervisor.db.transaction() as session:
+    assert workloads.overdue_unbindings(sv) == []
+    with sv.db.transaction() as session:
         session.execute(update(Workload).values(finished_at=func.now() - text("interval '1 day'")))
-    assert workloads.overdue_unbindings(supervisor) == [workload_id]
+    assert workloads.overdue_unbindings(sv) == [workload_id]
 
-    assert workloads.end_grace(supervisor, workload_id) is True
-    assert workloads.end_grace(supervisor, workload_id) is False, "once"
+    assert workloads.end_grace(sv, workload_id) is True
+    assert workloads.end_grace(sv, workload_id) is False, "once"
 
     assert unbound == [workload_id]
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Workload)) == 0
     body = client.get(f"{PREFIX}/get-session-supervisor-overview/cust-1").get_json()
     assert body == {"error": "No active session for customer_id: cust-1"}
@@ -433,26 +429,26 @@ def test_a_stopped_workload_is_forgotten_once_its_grace_period_is_over(
 
 @pytest.mark.parametrize("ending", ["completed", "failed"])
 def test_an_ended_workload_is_only_unbound_after_its_grace_period(
-    client, supervisor: Services, range_10_20: str, ending: str
+    client, sv: Services, range_10_20: str, ending: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload_id = workload_of(supervisor).id
-    with supervisor.db.transaction() as session:
+    workload_id = workload_of(sv).id
+    with sv.db.transaction() as session:
         session.execute(
             update(Workload).values(
                 status=ending, finished_at=func.now() - text("interval '1 day'")
             )
         )
     unbound: list[str] = []
-    supervisor.bindings.unbind = unbound.append  # type: ignore[method-assign]
+    sv.bindings.unbind = unbound.append  # type: ignore[method-assign]
 
-    assert workloads.end_grace(supervisor, workload_id) is True
-    assert workloads.end_grace(supervisor, workload_id) is False
+    assert workloads.end_grace(sv, workload_id) is True
+    assert workloads.end_grace(sv, workload_id) is False
 
     assert unbound == [workload_id]
-    kept = workload_of(supervisor)
+    kept = workload_of(sv)
     assert (kept.status, kept.unbound_at is not None) == (ending, True)
-    assert workloads.overdue_unbindings(supervisor) == []
+    assert workloads.overdue_unbindings(sv) == []
 
 
 def test_stop_without_active_workload_is_404(client) -> None:  # type: ignore[no-untyped-def]
@@ -462,32 +458,32 @@ def test_stop_without_active_workload_is_404(client) -> None:  # type: ignore[no
 
 
 def test_stop_keeps_messages_when_the_broker_is_down_and_sends_them_later(
-    client, supervisor: Services, peers: Peers, range_10_20: str
+    client, sv: Services, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    supervisor.publisher.fail = True
+    sv.publisher.fail = True
     response = client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
     assert response.status_code == 200
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         waiting = session.scalars(select(OutboxMessage.topic).order_by(OutboxMessage.id)).all()
     assert waiting == ["remove-users-demand-completely", "cleanup-session"]
     assert peers.calls("/cleanup-session") == [], "the clean-up waits for the demand's drop"
-    supervisor.publisher.fail = False
-    with supervisor.db.transaction() as session:
+    sv.publisher.fail = False
+    with sv.db.transaction() as session:
         session.execute(update(OutboxMessage).values(available_at=func.now()))
-    drain(supervisor.db, supervisor.publisher, supervisor.peers)
-    assert supervisor.publisher.topics() == ["update-user-count", "remove-users-demand-completely"]
+    drain(sv.db, sv.publisher, sv.peers)
+    assert sv.publisher.topics() == ["update-user-count", "remove-users-demand-completely"]
     assert len(peers.calls("/cleanup-session")) == 1
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         assert pending_count(session) == 0
 
 
 # --- admin ---------------------------------------------------------------------------
 
 
-def test_get_user_count(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+def test_get_user_count(client, sv: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
+    workload = workload_of(sv)
     body = client.get(f"{PREFIX}/get-user-count/cust-1").get_json()
     assert body == {"user_count": 2, "session_id": workload.id, "active_users": 0}
 
@@ -516,8 +512,8 @@ def test_admin_routes_refuse_strangers(client, method: str, path: str) -> None: 
     assert response.get_json()["message"] == "Forbidden"
 
 
-def test_admin_token_opens_admin_routes(client, supervisor: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
-    supervisor.settings.admin_token = "s3cret-token"
+def test_admin_token_opens_admin_routes(client, sv: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
+    sv.settings.admin_token = "s3cret-token"
     start(client)
     stranger = {"REMOTE_ADDR": "203.0.113.9"}
     wrong = client.get(
@@ -542,10 +538,10 @@ def test_set_user_count_rejects_absurd_counts(client, range_10_20: str, count: s
 
 
 def test_set_user_count_demands_the_missing_users(
-    client, supervisor: Services, peer_log: PeerLog, range_10_20: str
+    client, sv: Services, peer_log: PeerLog, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
+    workload = workload_of(sv)
 
     response = client.post(f"{PREFIX}/set-user-count/cust-1/5")
 
@@ -554,7 +550,7 @@ def test_set_user_count_demands_the_missing_users(
         "message": "User count updated successfully",
         "new_user_count": 5,
     }
-    assert supervisor.publisher.bodies[-1] == {
+    assert sv.publisher.bodies[-1] == {
         "topic": "update-user-count",
         "supervisor-id": workload.id,
         "data": {"user_count": 5},
@@ -568,25 +564,25 @@ def test_set_user_count_demands_the_missing_users(
 
 
 def test_set_user_count_asks_only_for_the_users_still_missing(
-    client, supervisor: Services, peer_log: PeerLog, range_10_20: str
+    client, sv: Services, peer_log: PeerLog, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    add_users(supervisor, workload_of(supervisor).id, "user-a", "user-b")
+    add_users(sv, workload_of(sv).id, "user-a", "user-b")
 
     assert client.post(f"{PREFIX}/set-user-count/cust-1/5").status_code == 200
 
     assert peer_log.user_manager()[-1] == ("update-user-count", {"user_count": 3})
-    assert "more-users" not in supervisor.publisher.topics()
-    assert workload_of(supervisor).users_demanded == 3
+    assert "more-users" not in sv.publisher.topics()
+    assert workload_of(sv).users_demanded == 3
 
 
 def test_set_user_count_releases_the_surplus(
-    client, supervisor: Services, peers: Peers, range_10_20: str
+    client, sv: Services, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
-    add_users(supervisor, workload.id, "user-a", "user-b", "user-c")
-    with supervisor.db.transaction() as session:
+    workload = workload_of(sv)
+    add_users(sv, workload.id, "user-a", "user-b", "user-c")
+    with sv.db.transaction() as session:
         session.execute(update(Workload).values(users_demanded=0))
         session.execute(
             update(Frame)
@@ -600,15 +596,15 @@ def test_set_user_count_releases_the_surplus(
         )
 
     response = client.post(f"{PREFIX}/set-user-count/cust-1/1")
-    drain_everything(supervisor)
+    drain_everything(sv)
 
     assert response.status_code == 200
-    assert supervisor.publisher.bodies[-1] == {
+    assert sv.publisher.bodies[-1] == {
         "topic": "users-released",
         "supervisor-id": workload.id,
         "data": {"user_list": ["user-b", "user-c"]},
     }
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         states = dict(session.execute(select(WorkloadUser.user_id, WorkloadUser.state)).all())
         frame_13 = session.get(Frame, (workload.id, 13))
     assert states == {
@@ -636,13 +632,11 @@ def overview_of(workload: Workload, status: str, users: int) -> dict[str, object
     }
 
 
-def test_session_overview_of_a_running_workload(
-    client, supervisor: Services, range_10_20: str
-) -> None:  # type: ignore[no-untyped-def]
+def test_session_overview_of_a_running_workload(client, sv: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
-    add_users(supervisor, workload.id, "user-a", "user-b")
-    with supervisor.db.transaction() as session:
+    workload = workload_of(sv)
+    add_users(sv, workload.id, "user-a", "user-b")
+    with sv.db.transaction() as session:
         session.execute(
             insert(WorkloadUser),
             [{"workload_id": workload.id, "user_id": "gone", "state": "released"}],
@@ -656,11 +650,11 @@ def test_session_overview_of_a_running_workload(
 
 
 def test_session_overview_of_a_just_stopped_workload_still_answers(
-    client, supervisor: Services, range_10_20: str
+    client, sv: Services, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    workload = workload_of(supervisor)
-    add_users(supervisor, workload.id, "user-a")
+    workload = workload_of(sv)
+    add_users(sv, workload.id, "user-a")
     client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-1"})
 
     body = client.get(f"{PREFIX}/get-session-supervisor-overview/cust-1").get_json()
@@ -669,14 +663,12 @@ def test_session_overview_of_a_just_stopped_workload_still_answers(
     assert client.get(f"{PREFIX}/get-all-supervisor-information").get_json() == []
 
 
-def test_session_overview_shows_the_latest_workload(
-    client, supervisor: Services, range_10_20: str
-) -> None:  # type: ignore[no-untyped-def]
+def test_session_overview_shows_the_latest_workload(client, sv: Services, range_10_20: str) -> None:  # type: ignore[no-untyped-def]
     start(client)
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         session.execute(update(Workload).values(status="failed"))
     start(client)
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         latest = session.scalars(select(Workload).where(Workload.status == "running")).one()
 
     body = client.get(f"{PREFIX}/get-session-supervisor-overview/cust-1").get_json()
@@ -691,7 +683,7 @@ def test_session_overview_of_an_unknown_customer_is_a_200_with_an_error(client) 
 
 
 def test_all_supervisor_information_lists_the_active_workloads(
-    client, supervisor: Services, peers: Peers, range_10_20: str
+    client, sv: Services, peers: Peers, range_10_20: str
 ) -> None:  # type: ignore[no-untyped-def]
     assert client.get(f"{PREFIX}/get-all-supervisor-information").get_json() == []
     peers.add_object("cust-2", "obj-2", blend("blender-5.0/range_10_20.blend"))
@@ -699,8 +691,8 @@ def test_all_supervisor_information_lists_the_active_workloads(
     start(client)
     start(client, "cust-2", "obj-2")
     start(client, "cust-3", "obj-3")
-    first, second = workload_of(supervisor, "cust-1"), workload_of(supervisor, "cust-2")
-    add_users(supervisor, second.id, "user-a")
+    first, second = workload_of(sv, "cust-1"), workload_of(sv, "cust-2")
+    add_users(sv, second.id, "user-a")
     client.post(f"{PREFIX}/stop-and-delete-workload", data={"customer_id": "cust-3"})
 
     response = client.get(f"{PREFIX}/get-all-supervisor-information")
@@ -716,9 +708,9 @@ def test_all_supervisor_information_lists_the_active_workloads(
     "path", ["get-session-supervisor-overview/cust-1", "get-all-supervisor-information"]
 )
 def test_overview_routes_refuse_strangers(
-    client, supervisor: Services, range_10_20: str, path: str
+    client, sv: Services, range_10_20: str, path: str
 ) -> None:  # type: ignore[no-untyped-def]
-    supervisor.settings.admin_token = "s3cret-token"
+    sv.settings.admin_token = "s3cret-token"
     start(client)
     stranger = {"REMOTE_ADDR": "203.0.113.9"}
 
@@ -736,7 +728,7 @@ def test_overview_routes_refuse_strangers(
 
     assert (forged.status_code, wrong.status_code, right.status_code) == (403, 403, 200)
     assert forged.get_json()["message"] == "Forbidden"
-    assert workload_of(supervisor).id in right.get_data(as_text=True)
+    assert workload_of(sv).id in right.get_data(as_text=True)
 
 
 # --- HTTP hygiene -------------------------------------------------------------------

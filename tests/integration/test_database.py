@@ -46,23 +46,23 @@ def test_migrations_downgrade_and_upgrade_cleanly() -> None:
         command.upgrade(config, "head")
 
 
-def test_database_refuses_a_second_active_workload(supervisor: Services) -> None:
-    with supervisor.db.transaction() as session:
+def test_database_refuses_a_second_active_workload(sv: Services) -> None:
+    with sv.db.transaction() as session:
         factories.workload(session, customer_id="c")
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         session.add(Workload(customer_id="c", object_id="o", target_user_count=1))
         with pytest.raises(IntegrityError, match="uq_workloads_one_active_per_customer"):
             session.commit()
 
 
-def test_a_finished_workload_does_not_count_as_active(supervisor: Services) -> None:
-    with supervisor.db.transaction() as session:
+def test_a_finished_workload_does_not_count_as_active(sv: Services) -> None:
+    with sv.db.transaction() as session:
         factories.workload(session, customer_id="c", status="failed")
         factories.workload(session, customer_id="c")
 
 
 @pytest.mark.commits
-def test_racing_starts_give_exactly_one_workload(supervisor: Services, peers: Peers) -> None:
+def test_racing_starts_give_exactly_one_workload(sv: Services, peers: Peers) -> None:
     """Eight threads, each with its own connection, start the same customer at once."""
     blend = (FIXTURES / "blend/blender-5.0/range_10_20.blend").read_bytes()
     peers.add_object("racer", "obj", blend)
@@ -73,7 +73,7 @@ def test_racing_starts_give_exactly_one_workload(supervisor: Services, peers: Pe
     def race() -> None:
         barrier.wait()
         try:
-            start_workload(supervisor, "racer", "obj")
+            start_workload(sv, "racer", "obj")
             outcomes.append("started")
         except WorkloadAlreadyActive:
             outcomes.append("refused")
@@ -85,7 +85,7 @@ def test_racing_starts_give_exactly_one_workload(supervisor: Services, peers: Pe
         thread.join(timeout=60)
 
     assert sorted(outcomes) == ["refused"] * (racers - 1) + ["started"]
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         count = session.scalar(
             select(func.count()).select_from(Workload).where(Workload.customer_id == "racer")
         )
@@ -93,11 +93,11 @@ def test_racing_starts_give_exactly_one_workload(supervisor: Services, peers: Pe
 
 
 @pytest.mark.bench  # volume: a slower gear than integration
-def test_a_million_frames_are_created_set_based(supervisor: Services, peers: Peers) -> None:
+def test_a_million_frames_are_created_set_based(sv: Services, peers: Peers) -> None:
     blend = (FIXTURES / "blend/blender-5.0/range_1_1000000.blend").read_bytes()
     peers.add_object("big", "obj", blend)
-    start_workload(supervisor, "big", "obj")
-    with supervisor.db.session() as session:
+    start_workload(sv, "big", "obj")
+    with sv.db.session() as session:
         workload = session.scalars(select(Workload).where(Workload.customer_id == "big")).one()
         rows = session.execute(
             text("SELECT count(*), min(number), max(number) FROM frames WHERE workload_id = :w"),
@@ -107,8 +107,8 @@ def test_a_million_frames_are_created_set_based(supervisor: Services, peers: Pee
     assert tuple(rows) == (1_000_000, 1, 1_000_000)
 
 
-def _terminate(supervisor: Services, pids: list[int]) -> None:
-    with supervisor.db.engine.connect() as connection:
+def _terminate(sv: Services, pids: list[int]) -> None:
+    with sv.db.engine.connect() as connection:
         connection.execute(
             text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"),
             {"pids": pids},
@@ -117,9 +117,9 @@ def _terminate(supervisor: Services, pids: list[int]) -> None:
 
 @pytest.mark.commits
 def test_read_row_answers_in_autocommit_with_the_statement_timeout(
-    supervisor: Services,
+    sv: Services,
 ) -> None:
-    db = supervisor.db
+    db = sv.db
     pid, timeout = db.read_row("SELECT pg_backend_pid(), current_setting('statement_timeout')", {})
     assert timeout == "30s"
     assert db.read_row("SELECT 1 WHERE false", {}) is None
@@ -131,23 +131,23 @@ def test_read_row_answers_in_autocommit_with_the_statement_timeout(
 
 
 @pytest.mark.commits
-def test_read_row_does_not_ping(supervisor: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_row_does_not_ping(sv: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """The pre-ping's `SELECT 1` per checkout doubled the round trips of a status poll."""
 
     def no_ping(_connection: object) -> bool:
         raise AssertionError("read_row pinged its connection")
 
-    monkeypatch.setattr(supervisor.db.reader.dialect, "do_ping", no_ping)
-    assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
-    assert supervisor.db.read_row("SELECT 41 + 1", {}) == (42,)
+    monkeypatch.setattr(sv.db.reader.dialect, "do_ping", no_ping)
+    assert sv.db.read_row("SELECT 41 + 1", {}) == (42,)
+    assert sv.db.read_row("SELECT 41 + 1", {}) == (42,)
 
 
-def _backend(supervisor: Services) -> int:
-    return supervisor.db.read_row("SELECT pg_backend_pid()", {})[0]
+def _backend(sv: Services) -> int:
+    return sv.db.read_row("SELECT pg_backend_pid()", {})[0]
 
 
-def _alive(supervisor: Services, pids: list[int]) -> list[int]:
-    with supervisor.db.engine.connect() as connection:
+def _alive(sv: Services, pids: list[int]) -> list[int]:
+    with sv.db.engine.connect() as connection:
         return list(
             connection.execute(
                 text("SELECT pid FROM pg_stat_activity WHERE pid = ANY(CAST(:p AS integer[]))"),
@@ -157,47 +157,47 @@ def _alive(supervisor: Services, pids: list[int]) -> list[int]:
 
 
 @pytest.mark.commits
-def test_read_row_keeps_one_connection_per_thread(supervisor: Services) -> None:
-    mine = _backend(supervisor)
+def test_read_row_keeps_one_connection_per_thread(sv: Services) -> None:
+    mine = _backend(sv)
     theirs: list[int] = []
-    thread = threading.Thread(target=lambda: theirs.append(_backend(supervisor)))
+    thread = threading.Thread(target=lambda: theirs.append(_backend(sv)))
     thread.start()
     thread.join(timeout=30)
 
-    assert _backend(supervisor) == mine, "kept between calls"
+    assert _backend(sv) == mine, "kept between calls"
     [other] = theirs
     assert other != mine
-    supervisor.db.dispose()
-    assert _alive(supervisor, [mine, other]) == [], "dispose closes every thread's"
+    sv.db.dispose()
+    assert _alive(sv, [mine, other]) == [], "dispose closes every thread's"
 
 
 @pytest.mark.commits
-def test_read_row_survives_its_connection_being_killed(supervisor: Services) -> None:
+def test_read_row_survives_its_connection_being_killed(sv: Services) -> None:
     """Nothing pings the kept connection: a dead one shows on use, is closed and replaced."""
-    killed = _backend(supervisor)
-    _terminate(supervisor, [killed])
+    killed = _backend(sv)
+    _terminate(sv, [killed])
 
-    replacement = _backend(supervisor)
+    replacement = _backend(sv)
 
     assert replacement != killed
-    assert _backend(supervisor) == replacement
+    assert _backend(sv) == replacement
 
 
 @pytest.mark.commits
 def test_read_row_replaces_its_connection_after_the_recycle_age(
-    supervisor: Services, monkeypatch: pytest.MonkeyPatch
+    sv: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = _backend(supervisor)
+    first = _backend(sv)
     later = time.monotonic() + db_module.RECYCLE_SECONDS + 1
     monkeypatch.setattr(db_module.time, "monotonic", lambda: later)
 
-    assert _backend(supervisor) != first
-    assert _alive(supervisor, [first]) == [], "the old one is closed, not left open"
+    assert _backend(sv) != first
+    assert _alive(sv, [first]) == [], "the old one is closed, not left open"
 
 
 @pytest.mark.commits
-def test_read_row_raises_what_is_not_a_dead_connection(supervisor: Services) -> None:
-    before = _backend(supervisor)
+def test_read_row_raises_what_is_not_a_dead_connection(sv: Services) -> None:
+    before = _backend(sv)
     with pytest.raises(psycopg.errors.DivisionByZero):
-        supervisor.db.read_row("SELECT 1 / 0", {})
-    assert _backend(supervisor) == before, "an error of the statement keeps the connection"
+        sv.db.read_row("SELECT 1 / 0", {})
+    assert _backend(sv) == before, "an error of the statement keeps the connection"

@@ -19,26 +19,26 @@ from tests.peers import Peers
 
 
 @pytest.fixture
-def session_id(supervisor: Services, peers: Peers) -> str:
+def session_id(sv: Services, peers: Peers) -> str:
     peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
-    workload_id = start_workload(supervisor, "cust-1", "obj-1")
-    add_users(supervisor, new_users(workload_id, "u1"))
+    workload_id = start_workload(sv, "cust-1", "obj-1")
+    add_users(sv, new_users(workload_id, "u1"))
     return workload_id
 
 
 def test_a_batch_stores_refuses_and_retries_alone_what_it_cannot_settle(
-    supervisor: Services, session_id: str, peers: Peers, monkeypatch: Any
+    sv: Services, session_id: str, peers: Peers, monkeypatch: Any
 ) -> None:
-    supervisor.redis.delete(REFUSED_COUNTER)
+    sv.redis.delete(REFUSED_COUNTER)
     batch = [
         rendered(session_id, "u1", 10, peers),
         rendered(session_id, "u1", 11, peers),
         rendered(session_id, "stranger", 12, peers),
     ]
-    ids = inbox.record_many(supervisor.db, batch)
-    fail_copies_of_frame(supervisor, 11)
+    ids = inbox.record_many(sv.db, batch)
+    fail_copies_of_frame(sv, 11)
     retried: list[list[int]] = []
-    monkeypatch.setattr(event_tasks.frames_rendered.app, "services", supervisor, raising=False)
+    monkeypatch.setattr(event_tasks.frames_rendered.app, "services", sv, raising=False)
     monkeypatch.setattr(
         event_tasks.frame_rendered, "apply_async", lambda args, **_: retried.append(args)
     )
@@ -47,9 +47,9 @@ def test_a_batch_stores_refuses_and_retries_alone_what_it_cannot_settle(
 
     assert counts == {"stored": 1, "retried-alone": 1, "refused": 1}
     assert retried == [[ids[1]]]
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         left = session.execute(select(InboxEvent.id, InboxEvent.last_error)).all()
     assert [row.id for row in left] == [ids[1]], "only the retried event stays in the inbox"
     assert "down" in (left[0].last_error or "")
-    assert supervisor.redis.hget(REFUSED_COUNTER, "not-our-user") == b"1"
+    assert sv.redis.hget(REFUSED_COUNTER, "not-our-user") == b"1"
     assert event_tasks.frames_rendered(ids) == {"retried-alone": 1}, "a redelivery redoes nothing"

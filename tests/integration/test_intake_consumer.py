@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer
 
-from supervisor.inline import inline_supervisor
+from supervisor.inline import inline_services
 from supervisor.messaging import SESSION_SUPERVISOR_EXCHANGE, session_routing_key
 from supervisor.refusals import REFUSED_COUNTER
 from supervisor.services import Services
@@ -51,7 +51,7 @@ def amqp_supervisor(database_url: str, redis_url: str, peers: Peers) -> Iterator
         dead_letter_queue=f"test-dead-letter-{suffix}",
         completion_settle_seconds=1.5,
     )
-    sv = inline_supervisor(settings)
+    sv = inline_services(settings)
     sv.publisher = RecordingPublisher()  # type: ignore[assignment]
     sv.redis.delete(REFUSED_COUNTER)
     yield sv

@@ -79,16 +79,14 @@ def test_exchange_is_direct_and_durable(amqp_url: str, tap: Queue) -> None:
     assert (USER_MANAGER_EXCHANGE.type, USER_MANAGER_EXCHANGE.durable) == ("direct", True)
 
 
-def test_outbox_drains_in_order_to_rabbitmq(
-    supervisor: Services, amqp_url: str, tap: Queue
-) -> None:
-    supervisor.publisher = UserManagerPublisher(amqp_url)
+def test_outbox_drains_in_order_to_rabbitmq(sv: Services, amqp_url: str, tap: Queue) -> None:
+    sv.publisher = UserManagerPublisher(amqp_url)
     topics = ["more-users", "update-user-count", "users-released", "remove-users-demand-completely"]
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         for index, topic in enumerate(topics):
             to_user_manager(session, "session-9", topic, {"n": index})
 
-    result = drain(supervisor.db, supervisor.publisher, supervisor.peers)
+    result = drain(sv.db, sv.publisher, sv.peers)
 
     assert (result.sent, result.failed) == (4, 0)
     bodies = [decoded for decoded, _ in received(tap, 4)]

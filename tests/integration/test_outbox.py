@@ -34,8 +34,8 @@ def peer_clients(**clients: Any) -> SimpleNamespace:
     )
 
 
-def drain_locks_held(supervisor: Services) -> int:
-    with supervisor.db.session() as session:
+def drain_locks_held(sv: Services) -> int:
+    with sv.db.session() as session:
         return session.scalar(
             text(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -46,9 +46,9 @@ def drain_locks_held(supervisor: Services) -> int:
         )
 
 
-def terminate_the_drainer(supervisor: Services) -> None:
+def terminate_the_drainer(sv: Services) -> None:
     """What a database restart does to a drain: the backend holding its lock goes away."""
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         session.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
@@ -71,9 +71,9 @@ def queue_record(session: Session, frame: int) -> None:
     )
 
 
-def warm_pool(supervisor: Services, connections: int) -> None:
+def warm_pool(sv: Services, connections: int) -> None:
     """Leave several idle connections in the pool, as a busy worker process has."""
-    held = [supervisor.db.engine.connect() for _ in range(connections)]
+    held = [sv.db.engine.connect() for _ in range(connections)]
     for connection in held:
         connection.execute(text("SELECT 1"))
     for connection in held:
@@ -82,27 +82,27 @@ def warm_pool(supervisor: Services, connections: int) -> None:
 
 @pytest.mark.commits
 def test_drain_releases_its_lock_on_the_connection_that_took_it(
-    supervisor: Services,
+    sv: Services,
 ) -> None:
-    warm_pool(supervisor, 4)
+    warm_pool(sv, 4)
     for round_number in range(3):
-        with supervisor.db.transaction() as session:
+        with sv.db.transaction() as session:
             to_user_manager(session, "session-1", "more-users", {"user_count": round_number})
 
-        result = drain(supervisor.db, supervisor.publisher, supervisor.peers)
+        result = drain(sv.db, sv.publisher, sv.peers)
 
         assert (result.locked, result.sent) == (True, 1)
-        assert drain_locks_held(supervisor) == 0
+        assert drain_locks_held(sv) == 0
 
 
 @pytest.mark.commits
-def test_a_waiting_drain_gets_the_lock_once_the_holder_is_done(supervisor: Services) -> None:
-    warm_pool(supervisor, 4)
-    drain(supervisor.db, supervisor.publisher, supervisor.peers)
-    with supervisor.db.transaction() as session:
+def test_a_waiting_drain_gets_the_lock_once_the_holder_is_done(sv: Services) -> None:
+    warm_pool(sv, 4)
+    drain(sv.db, sv.publisher, sv.peers)
+    with sv.db.transaction() as session:
         to_user_manager(session, "session-1", "more-users", {"user_count": 1})
 
-    result = drain(supervisor.db, supervisor.publisher, supervisor.peers, wait_seconds=1)
+    result = drain(sv.db, sv.publisher, sv.peers, wait_seconds=1)
 
     assert (result.locked, result.sent) == (True, 1)
 
@@ -121,8 +121,8 @@ class FlakyUsers:
         self.delivered.append((user_id, data["label"]))
 
 
-def queue_lists(supervisor: Services, *messages: tuple[str, str]) -> None:
-    with supervisor.db.transaction() as session:
+def queue_lists(sv: Services, *messages: tuple[str, str]) -> None:
+    with sv.db.transaction() as session:
         for user, label in messages:
             to_users(
                 session, "session-1", [user], "start-rendering", lambda _u, lb=label: {"label": lb}
@@ -130,31 +130,31 @@ def queue_lists(supervisor: Services, *messages: tuple[str, str]) -> None:
 
 
 def test_a_newer_message_never_overtakes_an_older_one_waiting_for_a_retry(
-    supervisor: Services,
+    sv: Services,
 ) -> None:
     users = FlakyUsers(fail_once={"u1-first"})
     peers = peer_clients(users=users, catalog=None, blob=None)
-    queue_lists(supervisor, ("u1", "u1-first"), ("u1", "u1-second"), ("u2", "u2-only"))
+    queue_lists(sv, ("u1", "u1-first"), ("u1", "u1-second"), ("u2", "u2-only"))
 
-    first = drain(supervisor.db, supervisor.publisher, peers)
-    second = drain(supervisor.db, supervisor.publisher, peers)
+    first = drain(sv.db, sv.publisher, peers)
+    second = drain(sv.db, sv.publisher, peers)
 
     assert (first.sent, first.failed) == (0, 1)
     assert users.delivered == [("u2", "u2-only")], "u1's second list must wait for its first"
     assert second.sent == 1
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         session.execute(update(OutboxMessage).values(available_at=func.now()))
-    drain(supervisor.db, supervisor.publisher, peers)
+    drain(sv.db, sv.publisher, peers)
     assert users.delivered == [("u2", "u2-only"), ("u1", "u1-first"), ("u1", "u1-second")]
 
 
-def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Services) -> None:
+def test_each_catalog_record_is_deleted_before_the_next_is_sent(sv: Services) -> None:
     """A crash may resend only the record in flight: catalog records are not idempotent."""
     seen_waiting: list[int] = []
 
     class Catalog:
         def add_rendered_image(self, **_record: Any) -> None:
-            with supervisor.db.session() as session:
+            with sv.db.session() as session:
                 seen_waiting.append(
                     session.scalar(
                         select(func.count())
@@ -164,18 +164,18 @@ def test_each_catalog_record_is_deleted_before_the_next_is_sent(supervisor: Serv
                     or 0
                 )
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         for frame in range(5):
             queue_record(session, frame)
     peers = peer_clients(users=None, catalog=Catalog(), blob=None)
 
-    result = drain(supervisor.db, supervisor.publisher, peers)
+    result = drain(sv.db, sv.publisher, peers)
 
     assert result.sent == 5
     assert seen_waiting == [5, 4, 3, 2, 1]
 
 
-def test_a_record_another_drainer_leased_is_left_to_it(supervisor: Services) -> None:
+def test_a_record_another_drainer_leased_is_left_to_it(sv: Services) -> None:
     """What a drainer whose lock went with its killed connection may still be sending, the
     next lock holder must not send too: each record is leased before its send, and a lease
     taken first by another drainer makes this one skip the record."""
@@ -187,43 +187,43 @@ def test_a_record_another_drainer_leased_is_left_to_it(supervisor: Services) -> 
             sent.append(record["frame_number"])
             if record["frame_number"] == 0:
                 # Meanwhile another drainer leases frame 1's record (this drain has read it).
-                with supervisor.db.transaction() as other:
+                with sv.db.transaction() as other:
                     other.execute(
                         update(OutboxMessage)
                         .where(OutboxMessage.id == ids[1])
                         .values(available_at=func.now() + text("interval '1 minute'"))
                     )
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         for frame in range(3):
             queue_record(session, frame)
         session.flush()
         for row in session.scalars(select(OutboxMessage)):
             ids[row.body["frame_number"]] = row.id
 
-    result = drain(supervisor.db, supervisor.publisher, peer_clients(catalog=Catalog()))
+    result = drain(sv.db, sv.publisher, peer_clients(catalog=Catalog()))
 
     assert sent == [0, 2]
     assert result.sent == 2
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         assert [row.id for row in session.scalars(select(OutboxMessage))] == [ids[1]]
 
 
-def test_a_failed_record_leases_nothing_more(supervisor: Services) -> None:
+def test_a_failed_record_leases_nothing_more(sv: Services) -> None:
     """After a failure the records behind it stay due for the next drain, not leased."""
 
     class Catalog:
         def add_rendered_image(self, **record: Any) -> None:
             raise PeerError("catalog", "add-rendered-image", "down", status=503)
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         for frame in range(3):
             queue_record(session, frame)
 
-    result = drain(supervisor.db, supervisor.publisher, peer_clients(catalog=Catalog()))
+    result = drain(sv.db, sv.publisher, peer_clients(catalog=Catalog()))
 
     assert (result.sent, result.failed) == (0, 1)
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         due = session.scalar(
             select(func.count())
             .select_from(OutboxMessage)
@@ -234,38 +234,38 @@ def test_a_failed_record_leases_nothing_more(supervisor: Services) -> None:
 
 @pytest.mark.commits
 def test_a_record_sent_just_before_the_drain_loses_its_connection_is_not_sent_again(
-    supervisor: Services,
+    sv: Services,
 ) -> None:
     calls: list[int] = []
 
     class Catalog:
         def add_rendered_image(self, **record: Any) -> None:
             calls.append(record["frame_number"])
-            terminate_the_drainer(supervisor)
+            terminate_the_drainer(sv)
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         queue_record(session, 7)
     peers = peer_clients(users=None, catalog=Catalog(), blob=None)
 
     with pytest.raises(OperationalError):
-        drain(supervisor.db, supervisor.publisher, peers)
-    drain(supervisor.db, supervisor.publisher, peers)
+        drain(sv.db, sv.publisher, peers)
+    drain(sv.db, sv.publisher, peers)
 
     assert calls == [7]
 
 
 @pytest.mark.commits
 def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
-    supervisor: Services,
+    sv: Services,
 ) -> None:
     """The drain's rollback undoes the count with the delete: both are redone together on a
     fresh connection, or the workload would wait for that record for ever."""
 
     class Catalog:
         def add_rendered_image(self, **_record: Any) -> None:
-            terminate_the_drainer(supervisor)
+            terminate_the_drainer(sv)
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         session.add(
             Workload(
                 id="session-1",
@@ -282,14 +282,14 @@ def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
     peers = peer_clients(users=None, catalog=Catalog(), blob=None)
 
     with pytest.raises(OperationalError):
-        drain(supervisor.db, supervisor.publisher, peers)
+        drain(sv.db, sv.publisher, peers)
 
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         assert session.get(Workload, "session-1").recorded_frames == 1
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
 
 
-def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Services) -> None:
+def test_catalog_records_do_not_wait_for_slow_deletions(sv: Services) -> None:
     """The one-at-a-time catalog lane runs while the pool sends the idempotent messages:
     a slow Blob Service must not hold back the records until every deletion of the drain
     is done."""
@@ -306,23 +306,23 @@ def test_catalog_records_do_not_wait_for_slow_deletions(supervisor: Services) ->
             if record["frame_number"] == 2:
                 release.set()
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         for frame in range(3):
             delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
             queue_record(session, frame)
     peers = peer_clients(users=None, catalog=Catalog(), blob=Blob())
 
-    result = drain(supervisor.db, supervisor.publisher, peers)
+    result = drain(sv.db, sv.publisher, peers)
 
     assert recorded_while_deleting == [True, True, True]
     assert (result.sent, result.failed, result.remaining) == (6, 0, 0)
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
 
 
 @pytest.mark.commits
 def test_a_drain_that_loses_its_database_stops_sending_what_it_cannot_settle(
-    supervisor: Services,
+    sv: Services,
 ) -> None:
     deleted: list[str] = []
 
@@ -333,16 +333,16 @@ def test_a_drain_that_loses_its_database_stops_sending_what_it_cannot_settle(
 
     class Catalog:
         def add_rendered_image(self, **_record: Any) -> None:
-            terminate_the_drainer(supervisor)
+            terminate_the_drainer(sv)
 
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         queue_record(session, 1)
         for frame in range(100):
             delete_temp_blob(session, "session-1", f"temp/s/u/{frame}.png")
     peers = peer_clients(users=None, catalog=Catalog(), blob=Blob())
 
     with pytest.raises(OperationalError):
-        drain(supervisor.db, supervisor.publisher, peers)
+        drain(sv.db, sv.publisher, peers)
 
     assert len(deleted) < 50, f"{len(deleted)} deletions sent after the drain had failed"
 
@@ -359,7 +359,7 @@ class RecordingUserManager:
 
 
 def test_user_manager_messages_wait_for_an_older_stop_work_of_their_workload(
-    supervisor: Services,
+    sv: Services,
 ) -> None:
     """The User Manager hands released users on at once: a `stop-work` arriving after the
     release would stop the next session's work."""
@@ -376,22 +376,22 @@ def test_user_manager_messages_wait_for_an_older_stop_work_of_their_workload(
     users = Users()
     publisher = SimpleNamespace(publish=lambda body: log.append(f"{body['topic']}"))
     peers = peer_clients(users=users, user_manager=RecordingUserManager(log))
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         to_user_manager(session, "w1", "remove-users-demand-completely", {})
         to_users(session, "w1", ["u1"], "stop-work", lambda _u: {})
         to_user_manager(session, "w1", "users-released", {"user_list": ["u1"]})
         to_user_manager(session, "w1", "cleanup-session", {})
         to_user_manager(session, "w2", "update-user-count", {"user_count": 1})
 
-    first = drain(supervisor.db, publisher, peers)
+    first = drain(sv.db, publisher, peers)
 
     assert log == ["remove-users-demand-completely", "update-user-count"]
     assert (first.sent, first.failed) == (2, 1)
     users.fail = False
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         session.execute(update(OutboxMessage).values(available_at=func.now()))
     for _ in range(3):
-        drain(supervisor.db, publisher, peers)
+        drain(sv.db, publisher, peers)
 
     assert log == [
         "remove-users-demand-completely",
@@ -400,5 +400,5 @@ def test_user_manager_messages_wait_for_an_older_stop_work_of_their_workload(
         "users-released",
         "w1:cleanup-session",
     ]
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0

@@ -34,9 +34,9 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture
-def now(supervisor: Services) -> datetime:
+def now(sv: Services) -> datetime:
     """The time of the test, with the default retention whatever the environment says."""
-    supervisor.settings.workload_retention_seconds = 7 * DAY.total_seconds()
+    sv.settings.workload_retention_seconds = 7 * DAY.total_seconds()
     return datetime.now(UTC)
 
 
@@ -102,44 +102,42 @@ def status(client: FlaskClient, customer: str, **query: str) -> Any:
 
 
 def test_old_ended_workloads_go_in_batches_with_their_frames_and_users(
-    supervisor: Services, now: datetime, caplog: pytest.LogCaptureFixture
+    sv: Services, now: datetime, caplog: pytest.LogCaptureFixture
 ) -> None:
     old = now - 8 * DAY
     statuses = [WorkloadStatus.COMPLETED, WorkloadStatus.FAILED, WorkloadStatus.STOPPED]
     for n in range(5):
         ended(
-            supervisor,
+            sv,
             f"c{n}",
             statuses[n % 3],
             old + n * timedelta(minutes=1),
             frames=3,
             users=(f"u{n}",),
         )
-    assert counts(supervisor) == (5, 15, 5)
+    assert counts(sv) == (5, 15, 5)
 
     with caplog.at_level(logging.INFO, logger="supervisor.maintenance"):
-        removed = maintenance.remove_old_workloads(supervisor, now=now, batch_size=2)
+        removed = maintenance.remove_old_workloads(sv, now=now, batch_size=2)
 
     assert removed == 5
-    assert counts(supervisor) == (0, 0, 0), "frames and workload_users go with their workload"
+    assert counts(sv) == (0, 0, 0), "frames and workload_users go with their workload"
     assert batches(caplog) == [
         {"workloads": 2, "frames": 6},
         {"workloads": 2, "frames": 6},
         {"workloads": 1, "frames": 3},
     ]
-    assert maintenance.remove_old_workloads(supervisor, now=now) == 0
+    assert maintenance.remove_old_workloads(sv, now=now) == 0
 
 
 def test_a_batch_stops_at_the_workload_whose_frames_reach_the_budget(
-    supervisor: Services, now: datetime, caplog: pytest.LogCaptureFixture
+    sv: Services, now: datetime, caplog: pytest.LogCaptureFixture
 ) -> None:
     for n, frames in enumerate((4, 1, 1, 6)):
-        ended(
-            supervisor, f"c{n}", WorkloadStatus.COMPLETED, now - 20 * DAY + n * DAY, frames=frames
-        )
+        ended(sv, f"c{n}", WorkloadStatus.COMPLETED, now - 20 * DAY + n * DAY, frames=frames)
 
     with caplog.at_level(logging.INFO, logger="supervisor.maintenance"):
-        removed = maintenance.remove_old_workloads(supervisor, now=now, frame_budget=5)
+        removed = maintenance.remove_old_workloads(sv, now=now, frame_budget=5)
 
     assert removed == 4
     assert batches(caplog) == [
@@ -149,28 +147,26 @@ def test_a_batch_stops_at_the_workload_whose_frames_reach_the_budget(
 
 
 def test_a_run_stops_after_its_time_budget_having_removed_one_batch(
-    supervisor: Services, now: datetime
+    sv: Services, now: datetime
 ) -> None:
     for n in range(3):
-        ended(supervisor, f"c{n}", WorkloadStatus.FAILED, now - 8 * DAY)
+        ended(sv, f"c{n}", WorkloadStatus.FAILED, now - 8 * DAY)
 
     for left in (2, 1):
         removed = maintenance.remove_old_workloads(
-            supervisor, now=now, batch_size=1, time_budget_seconds=0.0
+            sv, now=now, batch_size=1, time_budget_seconds=0.0
         )
-        assert (removed, len(remaining(supervisor))) == (1, left)
+        assert (removed, len(remaining(sv))) == (1, left)
 
 
-def test_young_active_still_bound_and_busy_workloads_are_kept(
-    supervisor: Services, now: datetime
-) -> None:
+def test_young_active_still_bound_and_busy_workloads_are_kept(sv: Services, now: datetime) -> None:
     old = now - 30 * DAY
-    young = ended(supervisor, "young", WorkloadStatus.COMPLETED, now - 6 * DAY, frames=2)
-    bound = ended(supervisor, "bound", WorkloadStatus.FAILED, old, unbound=False)
-    sending = ended(supervisor, "sending", WorkloadStatus.COMPLETED, old)
-    receiving = ended(supervisor, "receiving", WorkloadStatus.FAILED, old)
-    gone = ended(supervisor, "gone", WorkloadStatus.COMPLETED, old, frames=2, users=("u1",))
-    with supervisor.db.transaction() as session:
+    young = ended(sv, "young", WorkloadStatus.COMPLETED, now - 6 * DAY, frames=2)
+    bound = ended(sv, "bound", WorkloadStatus.FAILED, old, unbound=False)
+    sending = ended(sv, "sending", WorkloadStatus.COMPLETED, old)
+    receiving = ended(sv, "receiving", WorkloadStatus.FAILED, old)
+    gone = ended(sv, "gone", WorkloadStatus.COMPLETED, old, frames=2, users=("u1",))
+    with sv.db.transaction() as session:
         active = [
             factories.workload(
                 session,
@@ -186,33 +182,33 @@ def test_young_active_still_bound_and_busy_workloads_are_kept(
         )
         session.add(InboxEvent(workload_id=receiving, topic="new-users", body={}))
 
-    assert maintenance.remove_old_workloads(supervisor, now=now) == 1
+    assert maintenance.remove_old_workloads(sv, now=now) == 1
 
-    assert remaining(supervisor) == {young, bound, sending, receiving, *active}
-    assert gone not in remaining(supervisor)
-    assert counts(supervisor)[1] == 2, "the young workload keeps its frames"
+    assert remaining(sv) == {young, bound, sending, receiving, *active}
+    assert gone not in remaining(sv)
+    assert counts(sv)[1] == 2, "the young workload keeps its frames"
 
 
-def test_the_retention_is_the_setting(supervisor: Services, now: datetime) -> None:
-    workload_id = ended(supervisor, "c", WorkloadStatus.COMPLETED, now - 2 * DAY)
-    assert maintenance.remove_old_workloads(supervisor, now=now) == 0
+def test_the_retention_is_the_setting(sv: Services, now: datetime) -> None:
+    workload_id = ended(sv, "c", WorkloadStatus.COMPLETED, now - 2 * DAY)
+    assert maintenance.remove_old_workloads(sv, now=now) == 0
 
-    supervisor.settings.workload_retention_seconds = DAY.total_seconds()
+    sv.settings.workload_retention_seconds = DAY.total_seconds()
 
-    assert maintenance.remove_old_workloads(supervisor, now=now) == 1
-    assert workload_id not in remaining(supervisor)
+    assert maintenance.remove_old_workloads(sv, now=now) == 1
+    assert workload_id not in remaining(sv)
 
 
 # --- status within the retention ------------------------------------------------------------
 
 
 def test_the_last_workloads_status_is_served_within_the_retention(
-    client: FlaskClient, supervisor: Services, now: datetime
+    client: FlaskClient, sv: Services, now: datetime
 ) -> None:
-    ended(supervisor, "cust-1", WorkloadStatus.COMPLETED, now - 10 * DAY, frames=5)
-    ended(supervisor, "cust-1", WorkloadStatus.COMPLETED, now - 6 * DAY, frames=250)
+    ended(sv, "cust-1", WorkloadStatus.COMPLETED, now - 10 * DAY, frames=5)
+    ended(sv, "cust-1", WorkloadStatus.COMPLETED, now - 6 * DAY, frames=250)
 
-    assert maintenance.remove_old_workloads(supervisor, now=now) == 1
+    assert maintenance.remove_old_workloads(sv, now=now) == 1
 
     served = status(client, "cust-1")
     assert served.status_code == 200
@@ -223,20 +219,20 @@ def test_the_last_workloads_status_is_served_within_the_retention(
         250,
     )
 
-    assert maintenance.remove_old_workloads(supervisor, now=now + 2 * DAY) == 1
+    assert maintenance.remove_old_workloads(sv, now=now + 2 * DAY) == 1
     assert status(client, "cust-1").status_code == 404, "forgotten after the retention"
 
 
 def test_a_failed_start_does_not_hide_the_last_completed_result(
-    client: FlaskClient, supervisor: Services, peers: Peers, session_id: str
+    client: FlaskClient, sv: Services, peers: Peers, session_id: str
 ) -> None:
-    add_users(supervisor, new_users(session_id, "u1", "u2"))
-    render_all(supervisor, session_id, peers)
-    drain_everything(supervisor)
+    add_users(sv, new_users(session_id, "u1", "u2"))
+    render_all(sv, session_id, peers)
+    drain_everything(sv)
     before = status(client, "cust-1").get_json()["status"]
     assert (before["workload_status"], before["completed_frames"]) == ("completed", 11)
     # now() is the test transaction's start: without this, both workloads would be as old.
-    with supervisor.db.transaction() as session:
+    with sv.db.transaction() as session:
         session.execute(
             update(Workload)
             .where(Workload.id == session_id)
@@ -268,9 +264,9 @@ def test_a_failed_start_does_not_hide_the_last_completed_result(
 
 
 def test_last_completed_is_a_404_without_one_and_other_values_are_refused(
-    client: FlaskClient, supervisor: Services, now: datetime
+    client: FlaskClient, sv: Services, now: datetime
 ) -> None:
-    ended(supervisor, "cust-1", WorkloadStatus.FAILED, now)
+    ended(sv, "cust-1", WorkloadStatus.FAILED, now)
 
     missing = status(client, "cust-1", last="completed")
     assert missing.status_code == 404
@@ -284,11 +280,11 @@ def test_last_completed_is_a_404_without_one_and_other_values_are_refused(
 
 
 def test_a_start_for_an_unknown_object_schedules_no_work(
-    client: FlaskClient, supervisor: Services, peer_log: PeerLog, now: datetime
+    client: FlaskClient, sv: Services, peer_log: PeerLog, now: datetime
 ) -> None:
     scheduled: list[str] = []
-    supervisor.jobs.unbind_later = lambda workload_id: scheduled.append(f"unbind {workload_id}")  # type: ignore[method-assign]
-    supervisor.jobs.drain_outbox = lambda: scheduled.append("drain")  # type: ignore[method-assign]
+    sv.jobs.unbind_later = lambda workload_id: scheduled.append(f"unbind {workload_id}")  # type: ignore[method-assign]
+    sv.jobs.drain_outbox = lambda: scheduled.append("drain")  # type: ignore[method-assign]
 
     response = client.post(
         f"{PREFIX}/start-workload", data={"customer_id": "cust-1", "object_id": "missing"}
@@ -297,8 +293,8 @@ def test_a_start_for_an_unknown_object_schedules_no_work(
     assert response.status_code == 400
     assert scheduled == [], "nothing was bound, registered or queued: nothing to undo"
     assert peer_log.entries == []
-    with supervisor.db.session() as session:
+    with sv.db.session() as session:
         row = session.scalars(select(Workload)).one()
     assert (row.status, row.unbound_at is not None) == ("failed", True)
-    assert workloads.overdue_unbindings(supervisor, now=now + DAY) == []
-    assert maintenance.remove_old_workloads(supervisor, now=now + 8 * DAY) == 1
+    assert workloads.overdue_unbindings(sv, now=now + DAY) == []
+    assert maintenance.remove_old_workloads(sv, now=now + 8 * DAY) == 1

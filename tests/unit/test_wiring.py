@@ -48,19 +48,19 @@ def test_create_app_sends_tasks_to_the_broker_of_its_settings(
 ) -> None:
     app = create_app(given)
     celery = app.extensions["celery"]
-    supervisor = app.extensions[EXTENSION]
+    sv = app.extensions[EXTENSION]
 
     with celery.connection_for_write() as connection:
         assert connection.hostname == "given-broker"
     with celery.connection_for_read() as connection:
         assert connection.hostname == "given-broker"
     assert celery.conf.supervisor_settings is given
-    assert supervisor.settings is given
-    assert supervisor.jobs.celery is celery, "one Celery app per web process"
+    assert sv.settings is given
+    assert sv.jobs.celery is celery, "one Celery app per web process"
 
     sent = _record_sends(celery, monkeypatch)
-    supervisor.jobs.prepare_workload("w1")
-    supervisor.jobs.unbind_later("w1")
+    sv.jobs.prepare_workload("w1")
+    sv.jobs.unbind_later("w1")
     assert sent == [
         (names.PREPARE_WORKLOAD, {"args": ["w1"]}),
         (names.UNBIND_SESSION, {"args": ["w1"], "countdown": GIVEN_GRACE}),
@@ -71,11 +71,11 @@ def test_the_worker_builds_its_supervisor_from_the_apps_settings(given: Settings
     celery = create_celery(given)
     try:
         worker_process_init.send(sender=None)
-        supervisor = celery.services  # type: ignore[attr-defined]
-        assert supervisor.settings is given
-        assert str(supervisor.db.engine.url).endswith("/given")
-        assert supervisor.jobs.celery is celery
-        assert process_services(celery) is supervisor, "built once per process"
+        sv = celery.services  # type: ignore[attr-defined]
+        assert sv.settings is given
+        assert str(sv.db.engine.url).endswith("/given")
+        assert sv.jobs.celery is celery
+        assert process_services(celery) is sv, "built once per process"
     finally:
         celery.services.close()  # type: ignore[attr-defined]
 
@@ -84,9 +84,9 @@ def test_a_worker_without_a_pool_child_builds_its_supervisor_on_first_use(
     given: Settings,
 ) -> None:
     celery = create_celery(given)
-    supervisor = process_services(celery)
+    sv = process_services(celery)
     try:
-        assert supervisor.settings is given
-        assert process_services(celery) is supervisor
+        assert sv.settings is given
+        assert process_services(celery) is sv
     finally:
-        supervisor.close()
+        sv.close()
