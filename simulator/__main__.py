@@ -17,6 +17,7 @@ from simulator.config import (
     DEFAULT_BROKER_URL,
     DEFAULT_DEMO_BLEND,
     DEFAULT_QUEUE,
+    FRAME_TIME_DISTS,
     PEER_MODES,
     RENDER_MODES,
     SimulatorConfig,
@@ -41,6 +42,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--users", type=int, default=5, help="size of the idle-user pool")
     add("--frame-time", type=float, default=0.5, help="seconds to render one frame")
     add("--jitter", type=float, default=0.0, help="± seconds, uniform, on each frame")
+    add(
+        "--frame-time-dist",
+        choices=FRAME_TIME_DISTS,
+        default="fixed",
+        help="fixed: frame time ± jitter; lognormal or pareto: heavy-tailed, mean frame time",
+    )
+    add(
+        "--tail",
+        type=float,
+        default=None,
+        help="lognormal's sigma (> 0, default 0.5) or pareto's alpha (> 1, default 2.5)",
+    )
+    add("--slow-share", type=float, default=0.0, help="share of users slow from the start")
+    add("--slow-factor", type=float, default=1.0, help="how many times slower they are")
+    add("--slowdown-share", type=float, default=0.0, help="share of users that slow down")
+    add("--slowdown-factor", type=float, default=1.0, help="how many times slower they get")
+    add(
+        "--slowdown-after",
+        type=float,
+        default=0.0,
+        help="seconds of rendering before they slow down",
+    )
+    add("--stall-share", type=float, default=0.0, help="share of users that hang")
+    add("--stall-after", type=float, default=0.0, help="seconds of rendering before they hang")
     add(
         "--join-delay",
         type=float,
@@ -84,6 +109,15 @@ def config_from(args: argparse.Namespace) -> SimulatorConfig:
         users=args.users,
         frame_time=args.frame_time,
         jitter=args.jitter,
+        frame_time_dist=args.frame_time_dist,
+        tail=args.tail,
+        slow_share=args.slow_share,
+        slow_factor=args.slow_factor,
+        slowdown_share=args.slowdown_share,
+        slowdown_factor=args.slowdown_factor,
+        slowdown_after=args.slowdown_after,
+        stall_share=args.stall_share,
+        stall_after=args.stall_after,
         join_delay=args.join_delay,
         join_batch=args.join_batch,
         disconnect_share=args.disconnect_share,

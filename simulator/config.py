@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,9 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "blen
 DEFAULT_DEMO_BLEND = "range_10_20.blend"
 RENDER_MODES = ("placeholder", "real")
 PEER_MODES = ("real", "ideal")
+FRAME_TIME_DISTS = ("fixed", "lognormal", "pareto")
+# The `tail` a distribution takes when none is given: a lognormal's sigma, a Pareto's alpha.
+DEFAULT_TAIL = {"lognormal": 0.5, "pareto": 2.5}
 DEFAULT_USER_PREFIX = "sim-user"
 _USER_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -46,6 +50,17 @@ class SimulatorConfig:
     supervisor's demand (the exchange's one routing key), and a real User Manager takes
     released users back from anyone after a restart: simulators running side by side on
     one broker keep apart by giving their users different prefixes.
+
+    Farm profiles (all off by default; which users, chosen from the seed, independently of
+    each other so one user may be slow and stall too, see simulator/profiles.py):
+    `slow_share` of the users are `slow_factor` times slower from the start;
+    `slowdown_share` become `slowdown_factor` times slower once they have rendered for
+    `slowdown_after` seconds; `stall_share` hang after `stall_after` seconds of rendering
+    (they keep their frames, never deliver them and never disconnect). Seconds of rendering
+    are a user's own frame times added up, idle time excluded. `frame_time_dist` draws each
+    frame's time: `fixed` is `frame_time` ± `jitter`; `lognormal` and `pareto` are
+    heavy-tailed with mean `frame_time`, shaped by `tail` (the lognormal's sigma, > 0,
+    default 0.5; the Pareto's alpha, > 1, default 2.5: the smaller, the heavier the tail).
     """
 
     host: str = "127.0.0.1"
@@ -74,6 +89,15 @@ class SimulatorConfig:
     amqp: bool = True
     journal: bool = False
     user_prefix: str = DEFAULT_USER_PREFIX
+    slow_share: float = 0.0
+    slow_factor: float = 1.0
+    slowdown_share: float = 0.0
+    slowdown_factor: float = 1.0
+    slowdown_after: float = 0.0
+    stall_share: float = 0.0
+    stall_after: float = 0.0
+    frame_time_dist: str = "fixed"
+    tail: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -99,10 +123,52 @@ class SimulatorConfig:
             problems.append("user_prefix must be 1-64 characters of A-Z a-z 0-9 . _ -")
         if not self.amqp and self.users:
             problems.append("users must be 0 without amqp: simulated users report over AMQP")
+        problems += self._profile_problems()
         if problems:
             raise ValueError("; ".join(problems))
         if self.data_dir is not None and not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    def _profile_problems(self) -> list[str]:
+        """What is wrong with the farm-profile knobs (checked apart: NaN passes `< 0`)."""
+        problems = []
+        numbers = ("slow_share", "slow_factor", "slowdown_share", "slowdown_factor")
+        numbers += ("slowdown_after", "stall_share", "stall_after")
+        for name in numbers:
+            if not math.isfinite(getattr(self, name)):
+                problems.append(f"{name} must be a finite number")
+        for name in ("slow_share", "slowdown_share", "stall_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1")
+        for name in ("slow_factor", "slowdown_factor"):
+            if not getattr(self, name) >= 1.0:
+                problems.append(f"{name} must be at least 1 (a factor of slowness)")
+        for name in ("slowdown_after", "stall_after"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if self.frame_time_dist not in FRAME_TIME_DISTS:
+            problems.append(f"frame_time_dist must be one of {', '.join(FRAME_TIME_DISTS)}")
+        elif self.frame_time_dist == "fixed":
+            if self.tail is not None:
+                problems.append("tail must be left unset with frame_time_dist fixed")
+        else:
+            if self.jitter:
+                problems.append("jitter must be 0 unless frame_time_dist is fixed")
+            tail = self.tail
+            if tail is not None and not math.isfinite(tail):
+                problems.append("tail must be a finite number")
+            elif self.frame_time_dist == "lognormal" and tail is not None and not tail > 0:
+                problems.append("tail (the lognormal's sigma) must be above 0")
+            elif self.frame_time_dist == "pareto" and tail is not None and not tail > 1:
+                problems.append(
+                    "tail (the Pareto's alpha) must be above 1, or its mean is infinite"
+                )
+        return problems
+
+    @property
+    def frame_time_shape(self) -> float | None:
+        """`tail`, or its default for `frame_time_dist` (None when fixed)."""
+        return self.tail if self.tail is not None else DEFAULT_TAIL.get(self.frame_time_dist)
 
     @property
     def real_peers(self) -> bool:

@@ -337,8 +337,8 @@ class Simulator:
 
     def user_timeline(self) -> list[dict[str, Any]]:
         """What each render node saw and did, in time order: `list` (a start-rendering with
-        its frames), `upload` (a frame it uploaded) and `reset` (stop-work, release, restart),
-        each with `t` (time.monotonic()) and `user_id`."""
+        its frames), `upload` (a frame it uploaded), `reset` (stop-work, release, restart) and
+        `stall` (it hung, holding `frames`), each with `t` (time.monotonic()) and `user_id`."""
         return self.users.timeline()
 
     def joined_log(self) -> list[dict[str, Any]]:

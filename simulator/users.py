@@ -13,6 +13,11 @@ one does), never straight to the broker.
 In real peer mode with `join_batch` and `join_delay`, only the first `join_batch` users are
 connected at start; the User Manager connects the rest over time (`connect_next`).
 
+Each user has a farm profile (simulator/profiles.py): a speed factor on its frame times, which
+may grow once it has rendered for a while, and maybe a point at which it hangs. A hung user
+keeps its frames and its connection: it never uploads, reports or disconnects again, ignores
+every message, and never answers an acknowledged one (the User Service's call times out).
+
 Every upload to the temp bucket is remembered as the SHA-256 of its bytes by session and frame
 (32 bytes each, kept after the supervisor deletes the temp copy), so a test can tell whether
 the supervisor stored exactly what a user uploaded.
@@ -34,6 +39,7 @@ from typing import Any
 
 from simulator.blobs import TEMP_BUCKET, BlobStore
 from simulator.config import SimulatorConfig
+from simulator.profiles import Profile, assign_profiles, sample_frame_time, share_count
 from simulator.render import RenderFrame
 from simulator.scheduler import Scheduler
 
@@ -51,6 +57,10 @@ Route = Callable[[str | None, str, dict[str, Any]], bool]
 
 class BadMessage(ValueError):
     """A User Service message whose topic or data does not follow the contract."""
+
+
+class NoAnswer(Exception):
+    """The user is hung: an acknowledged message to it is never answered."""
 
 
 def _segment(value: str) -> str:
@@ -77,11 +87,6 @@ def _frame_list(data: dict[str, Any]) -> list[int]:
     return [_frame_number(f) for f in frames]
 
 
-def _share(count: int, share: float) -> int:
-    """How many of `count` users a share means, rounding halves up (0.2 of 5 users is 1)."""
-    return int(share * count + 0.5)
-
-
 @dataclass
 class SimUser:
     """One render node. Fields are guarded by `lock`; the pool's lock guards assignment."""
@@ -102,6 +107,10 @@ class SimUser:
     busy: bool = False
     report_due: bool = False
     due_at: float = 0.0
+    profile: Profile = field(default_factory=Profile)
+    render_seconds: float = 0.0
+    frame_seconds: float = 0.0
+    stalled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> str:
@@ -133,6 +142,8 @@ class SimUser:
             "frames_done": self.frames_done,
             "disconnects_after": self.disconnect_after,
             "early_complete": self.early_complete,
+            "stalled": self.stalled,
+            **self.profile.public(self.render_seconds),
         }
 
 
@@ -170,13 +181,19 @@ class UserPool:
     def _create(self, config: SimulatorConfig) -> None:
         master = random.Random(config.seed)
         ids = [f"{config.user_prefix}-{index:03d}" for index in range(1, config.users + 1)]
-        disconnecting = set(master.sample(ids, _share(len(ids), config.disconnect_share)))
-        early = set(master.sample(ids, _share(len(ids), config.early_complete_share)))
+        disconnecting = set(master.sample(ids, share_count(len(ids), config.disconnect_share)))
+        early = set(master.sample(ids, share_count(len(ids), config.early_complete_share)))
+        profiles = assign_profiles(ids, config)
         staggered = config.real_peers and config.join_batch > 0 and config.join_delay > 0
         connected_at_start = config.join_batch if staggered else len(ids)
         for user_id in ids:
             seed = f"{config.seed}/{user_id}" if config.seed is not None else None
-            user = SimUser(user_id, random.Random(seed), early_complete=user_id in early)
+            user = SimUser(
+                user_id,
+                random.Random(seed),
+                early_complete=user_id in early,
+                profile=profiles[user_id],
+            )
             if user_id in disconnecting:
                 user.disconnect_after = master.randint(1, 3)
             self._users[user_id] = user
@@ -309,7 +326,8 @@ class UserPool:
 
     def deliver(self, user_id: str, topic: str, data: dict[str, Any]) -> bool | None:
         """Hand one message to a user: None if it is unknown or gone, else whether it
-        acknowledged (only `retrieve-frame` can answer False). BadMessage on a bad body."""
+        acknowledged (only `retrieve-frame` can answer False). BadMessage on a bad body;
+        NoAnswer for a `retrieve-frame` to a hung user, which ignores every message."""
         if topic not in USER_TOPICS:
             raise BadMessage(f"unknown topic {topic!r}")
         frames = _frame_list(data) if topic in FRAME_LIST_TOPICS else []
@@ -320,6 +338,14 @@ class UserPool:
         with user.lock:
             if user.disconnected or not user.connected:
                 return None
+            if user.stalled:
+                logger.debug(
+                    "message to a hung user",
+                    extra={"event": "user-message-unheard", "user_id": user_id, "topic": topic},
+                )
+                if topic == "retrieve-frame":
+                    raise NoAnswer(user_id)
+                return True
             if user.session_id is None and topic != "stop-work":
                 self._drop(user_id, topic, "user is in the idle pool")
                 return False
@@ -414,18 +440,44 @@ class UserPool:
         """Time the user's next frame. A user going straight on from one frame to the next
         keeps its rhythm from when the last frame was due, so the simulator's own cost of
         making and announcing an image (shared CPU on one box) never slows the farm it plays;
-        a user starting from idle starts from now."""
-        if user.busy or not (user.queue or user.report_due):
+        a user starting from idle starts from now. The frame's time is drawn, then scaled by
+        the user's profile; a user due to hang within the frame hangs then instead."""
+        if user.busy or user.stalled or not (user.queue or user.report_due):
             return
         user.busy = True
         generation = user.generation
-        delay = self._config.frame_time
-        if self._config.jitter:
-            delay += user.rng.uniform(-self._config.jitter, self._config.jitter)
+        config = self._config
+        delay = sample_frame_time(
+            user.rng,
+            config.frame_time,
+            config.frame_time_dist,
+            config.frame_time_shape,
+            config.jitter,
+        ) * user.profile.speed_factor(user.render_seconds)
         now = time.monotonic()
         start = max(user.due_at, now - delay) if going_on else now
-        user.due_at = start + max(0.0, delay)
+        hang = user.profile.stall_point(user.render_seconds, delay) if user.queue else None
+        if hang is not None:
+            self._scheduler.call_later(start + hang - now, lambda: self._stall(user, generation))
+            return
+        user.frame_seconds = delay
+        user.due_at = start + delay
         self._scheduler.call_later(user.due_at - now, lambda: self._step(user, generation))
+
+    def _stall(self, user: SimUser, generation: int) -> None:
+        """The user hangs in the middle of a frame, for good."""
+        with user.lock:
+            if generation != user.generation or user.disconnected or user.session_id is None:
+                return
+            user.busy = False
+            user.stalled = True
+            user.render_seconds = user.profile.stall_after or 0.0
+            self._note(user, "stall", frames=list(user.queue))
+            held = len(user.queue)
+        logger.info(
+            "user hung",
+            extra={"event": "user-stalled", "user_id": user.user_id, "frames_held": held},
+        )
 
     def _step(self, user: SimUser, generation: int) -> None:
         with user.lock:
@@ -433,6 +485,7 @@ class UserPool:
                 return
             user.busy = False
             if user.queue:
+                user.render_seconds += user.frame_seconds
                 self._render_one(user, user.queue.popleft())
                 if user.disconnected:
                     return

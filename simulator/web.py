@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import re
 import socket
 import struct
@@ -41,6 +42,7 @@ from simulator.blobs import (
     FRAMES_BUCKET,
     TEMP_BUCKET,
     BadKey,
+    UnknownBucket,
     check_key,
 )
 from simulator.catalog import OBJECT_STATES
@@ -53,7 +55,7 @@ from simulator.faults import (
     check_fault,
     service_of,
 )
-from simulator.users import BadMessage
+from simulator.users import BadMessage, NoAnswer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -72,6 +74,7 @@ FORM_READ_BYTES = 1024 * 1024
 KEEP_ALIVE_SECONDS = 30  # an idle kept connection's thread ends after this
 _FINAL_NAME = re.compile(r"(-?\d+)\.([A-Za-z0-9]{1,10})")
 _TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "exr": "image/x-exr"}
+_IMAGE_TYPE = re.compile(r"[A-Za-z0-9]{1,10}")
 
 URL_MAP = Map(
     [
@@ -80,6 +83,7 @@ URL_MAP = Map(
         Rule(f"{CATALOG}/change-state", methods=["PUT"], endpoint="change_state"),
         Rule(f"{BLOB}/retrieve-blend", methods=["GET"], endpoint="retrieve_blend"),
         Rule(f"{BLOB}/retrieve-temp", methods=["GET"], endpoint="retrieve_temp"),
+        Rule(f"{BLOB}/retrieve-image", methods=["GET"], endpoint="retrieve_image"),
         Rule(f"{BLOB}/delete-temp", methods=["DELETE"], endpoint="delete_temp"),
         Rule(f"{BLOB}/store-image", methods=["POST"], endpoint="store_image"),
         Rule(f"{USER_SERVICE}/send-msg-to-user", methods=["POST"], endpoint="send"),
@@ -280,12 +284,17 @@ class SimulatorApp:
 
     def _send_blob(self, request: Request, bucket: str, key: str | None) -> Response:
         path = self.sim.blobs.path(bucket, check_key(key))
+        mimetype = _TYPES.get(path.suffix.lstrip(".").lower(), "application/octet-stream")
+        return self._stream(request, path, mimetype) or _error(404, "No such blob")
+
+    @staticmethod
+    def _stream(request: Request, path: Path, mimetype: str) -> Response | None:
+        """The file at `path` as a streamed body of known length; None when there is none."""
         try:
             handle = path.open("rb")
-        except (FileNotFoundError, IsADirectoryError):
-            return _error(404, "No such blob")
-        size = path.stat().st_size
-        mimetype = _TYPES.get(path.suffix.lstrip(".").lower(), "application/octet-stream")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        size = os.fstat(handle.fileno()).st_size
         body = wrap_file(request.environ, handle, buffer_size=CHUNK_BYTES)
         response = Response(body, mimetype=mimetype, direct_passthrough=True)
         response.content_length = size
@@ -298,6 +307,34 @@ class SimulatorApp:
 
     def on_retrieve_temp(self, request: Request) -> Response:
         return self._send_blob(request, TEMP_BUCKET, request.args.get("key"))
+
+    def on_retrieve_image(self, request: Request) -> Response:
+        """As the real route: `.<type>` (default png) is appended to a key not already ending
+        in it; the bytes go out as `image/<type>`, whatever the type; anything not found is
+        404 `{"error": ...}`. Any bucket we have is read, `rendered-frames` being the one the
+        supervisor reads back. Missing parameters are FastAPI's 422. A type that is not a
+        plain extension, a bad key or an unknown bucket find nothing here."""
+        missing = [name for name in ("bucket", "key") if name not in request.args]
+        if missing:
+            detail = [
+                {"type": "missing", "loc": ["query", n], "msg": "Field required"} for n in missing
+            ]
+            return _json(422, {"detail": detail})
+        bucket, key = request.args["bucket"], request.args["key"]
+        kind = request.args.get("type", "png")
+        if not key.endswith(f".{kind}"):
+            key = f"{key}.{kind}"
+        response = None
+        if _IMAGE_TYPE.fullmatch(kind):
+            try:
+                path = self.sim.blobs.path(bucket, key)
+            except (BadKey, UnknownBucket):
+                path = None
+            if path is not None:
+                response = self._stream(request, path, f"image/{kind}")
+        if response is None:
+            return _json(404, {"error": f"no object {key!r} in bucket {bucket!r}"})
+        return response
 
     def on_delete_temp(self, request: Request) -> Response:
         if not self.sim.blobs.delete(TEMP_BUCKET, check_key(request.args.get("key"))):
@@ -345,8 +382,12 @@ class SimulatorApp:
 
     def on_send(self, request: Request) -> Response:
         """The real User Service emits to the node's socket id and answers 200 whether or not
-        such a node is connected; the ideal one answers 404 for an unknown user."""
-        outcome = self._deliver(request)
+        such a node is connected; the ideal one answers 404 for an unknown user. A hung node
+        takes the message without a word, as a plain send wants."""
+        try:
+            outcome = self._deliver(request)
+        except NoAnswer:
+            outcome = True
         if isinstance(outcome, Response):
             return outcome
         return _json(200, {"status": 200, "message": "Message sent to user"})
@@ -355,14 +396,18 @@ class SimulatorApp:
         """The real User Service answers with the node's own answer to the call, a bare JSON
         `true` or `false`; the ideal one wraps it. A test's override
         (`Simulator.override_acknowledgement`) stands for every node's answer."""
-        outcome = self._deliver(request)
+        try:
+            outcome = self._deliver(request)
+        except NoAnswer:
+            outcome = None  # a hung node, which the call waits for in vain
         if isinstance(outcome, Response):
             return outcome
         override = self.sim.acknowledgement_override
         if override is not None:
             outcome = override
         if outcome is None:
-            # The real call to a socket nobody holds times out inside the User Service.
+            # The real call to a socket nobody holds, or to a hung node, times out inside the
+            # User Service.
             return _json(500, {"detail": "Internal Server Error"})
         return _json(200, outcome if self.real else {"acknowledged": outcome})
 

@@ -57,6 +57,35 @@ def test_every_knob_has_a_flag(tmp_path: Path) -> None:
     )
 
 
+def test_every_farm_profile_knob_has_a_flag() -> None:
+    args = parse_args(
+        [
+            "--frame-time-dist", "pareto", "--tail", "1.8", "--slow-share", "0.1",
+            "--slow-factor", "3", "--slowdown-share", "0.2", "--slowdown-factor", "2.5",
+            "--slowdown-after", "40", "--stall-share", "0.05", "--stall-after", "90",
+        ]
+    )  # fmt: skip
+    config = config_from(args)
+    profile = {name: getattr(config, name) for name in (
+        "frame_time_dist", "tail", "slow_share", "slow_factor", "slowdown_share",
+        "slowdown_factor", "slowdown_after", "stall_share", "stall_after",
+    )}  # fmt: skip
+    assert profile == {
+        "frame_time_dist": "pareto",
+        "tail": 1.8,
+        "slow_share": 0.1,
+        "slow_factor": 3.0,
+        "slowdown_share": 0.2,
+        "slowdown_factor": 2.5,
+        "slowdown_after": 40.0,
+        "stall_share": 0.05,
+        "stall_after": 90.0,
+    }
+    assert config_from(parse_args([])) == SimulatorConfig(
+        port=13000, data_dir=Path("var/simulator")
+    )  # profiles off unless asked for
+
+
 def test_defaults_bind_to_localhost_on_the_blob_service_port() -> None:
     config = config_from(parse_args([]))
     assert (config.host, config.port, config.users) == ("127.0.0.1", 13000, 5)

@@ -60,3 +60,28 @@ def test_long_numbers_widen_the_image() -> None:
 def test_encoder_refuses_the_wrong_pixel_count() -> None:
     with pytest.raises(ValueError, match="RGB"):
         encode_rgb(2, 2, b"\x00" * 11)
+
+
+@pytest.mark.parametrize("frame", [0, 1, 42, 250, 9999, -3])
+def test_frames_look_like_small_pictures(frame: int) -> None:
+    data = frame_png(frame)
+    width, height, pixels = decode(data)
+    assert (width, height) == (160, 90)
+    assert len(data) < 3 * 1024  # benches pad frames to 4 KiB
+    colours = {pixels[i : i + 3] for i in range(0, len(pixels), 3)}
+    assert len(colours) > 20  # a sky gradient, a sun, the ground and the digits
+    top_left, bottom_left = pixels[:3], pixels[(height - 1) * width * 3 :][:3]
+    assert top_left != bottom_left
+
+
+def test_the_picture_changes_with_the_frame_not_only_the_digits() -> None:
+    def sky(frame: int) -> bytes:
+        width, _, pixels = decode(frame_png(frame))
+        return pixels[: 8 * width * 3]  # the top rows, above the digits
+
+    assert sky(1) != sky(2)
+
+
+def test_the_scale_knob_still_sizes_the_digits() -> None:
+    assert decode(frame_png(5, scale=20))[1] > decode(frame_png(5))[1]
+    assert decode(frame_png(5, scale=1, margin=0))[:2] == (160, 90)
