@@ -42,6 +42,7 @@ run: $(VENV)/.installed-dev
 demo: $(VENV)/.installed-dev
 	$(BIN)/session-supervisor ping --wait 60
 	$(BIN)/session-supervisor start demo-customer demo-object
+	@echo "demo: watch it fill in at $(SESSION_SUPERVISOR_API)/dashboard/demo-customer"
 	$(BIN)/session-supervisor watch demo-customer
 
 test: $(VENV)/.installed-test

@@ -18,6 +18,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.api import api
+from app.dashboard import dashboard
 from app.errors import register_error_handlers
 from app.limits import install_limits
 from app.openapi import openapi
@@ -67,4 +68,5 @@ def create_app(
     app.register_blueprint(api)
     app.register_blueprint(openapi)
     app.register_blueprint(ops)
+    app.register_blueprint(dashboard)
     return app

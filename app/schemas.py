@@ -242,6 +242,9 @@ class WorkloadStatusBody(Body):
     status: StatusCounters
 
 
+EtaSeconds = Annotated[float | None, Field(ge=0)]
+
+
 class WorkloadProgress(Body):
     total_frames: NonNegativeInt = Field(json_schema_extra={"example": 250})
     completed_frames: NonNegativeInt = Field(json_schema_extra={"example": 125})
@@ -258,6 +261,28 @@ class WorkloadProgress(Body):
     )
     frame_mapping_truncated: bool = Field(
         description="True when more frames are assigned than `frame_mapping` lists."
+    )
+    eta_seconds: EtaSeconds = Field(
+        description=(
+            "Seconds until the workload is expected to have every frame stored, from now; "
+            "null unless `eta_basis` is `measured` (0 once completed)."
+        ),
+        json_schema_extra={"example": 200.0},
+    )
+    eta_low_seconds: EtaSeconds = Field(
+        description="The low end of the ETA's 80 % interval.",
+        json_schema_extra={"example": 170.0},
+    )
+    eta_high_seconds: EtaSeconds = Field(
+        description="The high end of the ETA's 80 % interval.",
+        json_schema_extra={"example": 250.0},
+    )
+    eta_basis: Literal["measured", "warming-up", "no-users", "ended"] = Field(
+        description=(
+            "`measured`: from the active users' frame times; `warming-up`: too few frames "
+            "timed yet to say; `no-users`: no user is rendering; `ended`: the workload is "
+            "over (0 when completed)."
+        )
     )
     failure_reason: str | Absent[None] = Field(None, description=FAILURE_REASON)
     degraded_peers: dict[str, DegradedPeer] | Absent[None] = Field(None, description=DEGRADED)

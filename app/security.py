@@ -40,13 +40,18 @@ def token_is_valid(header: str | None, expected: str | None) -> bool:
     return hmac.compare_digest(token.strip().encode(), expected.encode())
 
 
+def request_is_privileged() -> bool:
+    """The current request bears the admin token or comes from a privileged address."""
+    settings = current_app.extensions["session_supervisor"].settings
+    if token_is_valid(request.headers.get("Authorization"), settings.admin_token):
+        return True
+    return address_is_privileged(request.remote_addr, settings.privileged_ips)
+
+
 def privileged(view: F) -> F:
     @wraps(view)
     def guarded(*args: object, **kwargs: object) -> object:
-        settings = current_app.extensions["session_supervisor"].settings
-        if token_is_valid(request.headers.get("Authorization"), settings.admin_token):
-            return view(*args, **kwargs)
-        if address_is_privileged(request.remote_addr, settings.privileged_ips):
+        if request_is_privileged():
             return view(*args, **kwargs)
         logger.warning(
             "admin access refused",

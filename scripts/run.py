@@ -168,7 +168,9 @@ def run(stack: ExitStack) -> int:
     if honcho("start", "release", env=env, lock=lock) != 0:
         logger.error("migrations failed; not starting the service")
         return 1
-    logger.info("starting %s; API on http://127.0.0.1:%s/", ", ".join(processes), env["PORT"])
+    base = f"http://127.0.0.1:{env['PORT']}"
+    logger.info("starting %s; API on %s/", ", ".join(processes), base)
+    logger.info("dashboard: %s/dashboard/ (open to this machine; others need ADMIN_TOKEN)", base)
     return honcho("start", "--port", env["PORT"], *processes, env=env, lock=lock)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, update
 from sqlalchemy.orm import Session
 
+from supervisor import timeline
 from supervisor.models import UserState, Workload, WorkloadUser
 from supervisor.workloads import release_users
 
@@ -32,6 +33,13 @@ def count_failure(session: Session, workload: Workload, user_id: str, limit: int
         update(WorkloadUser)
         .where(WorkloadUser.workload_id == workload.id, WorkloadUser.user_id == user_id)
         .values(state=UserState.BANNED, left_at=func.now())
+    )
+    timeline.note(
+        session,
+        workload.id,
+        timeline.Kind.USER_BANNED,
+        user_id=user_id,
+        detail=f"{failures[0]} failed frames",
     )
     logger.warning(
         "user failed too many frames; released and banned from this workload",

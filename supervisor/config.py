@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     trusted_proxy_count: int = Field(0, ge=0, le=10)
     max_frames_per_assignment: int = Field(50, ge=1, le=100_000)
     max_frame_bytes: int = Field(4 * 1024**3, ge=1024)
+    thumbnail_max_source_bytes: int = Field(256 * 1024**2, ge=1024)
     stale_frame_seconds: float = Field(900.0, gt=0)
     redemand_seconds: float = Field(30.0, gt=0)
     stall_seconds: float = Field(30.0, gt=0)

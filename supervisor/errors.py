@@ -46,3 +46,8 @@ class PeerError(SupervisorError):
         self.transient = transient
         where = f" (HTTP {status})" if status is not None else ""
         super().__init__(f"{peer} {operation} failed{where}: {detail}")
+
+
+class ThumbnailUnavailable(SupervisorError):
+    """A frame's thumbnail cannot be made now (the Blob Service failed, or another request
+    is fetching it): ask again shortly."""

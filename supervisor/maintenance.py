@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, bindparam, delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
-from supervisor import outbox
+from supervisor import outbox, timeline
 from supervisor.frames.assignment import distribute, lock_workload, unassign_user
 from supervisor.models import (
     ENDED_STATUSES,
@@ -117,7 +117,18 @@ def reclaim_stale_frames(sv: Services, now: datetime | None = None) -> dict[str,
             for user in _still_silent(session, workload.id, now, settings)
             if probed.get((workload.id, user)) is not None
         )
-        freed = sum(unassign_user(session, workload.id, user_id) for user_id in silent)
+        freed = 0
+        for user_id in silent:
+            held = unassign_user(session, workload.id, user_id)
+            freed += held
+            timeline.note(
+                session,
+                workload.id,
+                timeline.Kind.FRAMES_REQUEUED,
+                user_id=user_id,
+                frames=held,
+                detail="not heard from",
+            )
         release = [user for user in silent if probed[(workload.id, user)]]
         gone = [user for user in silent if not probed[(workload.id, user)]]
         for users, state in ((release, UserState.RELEASED), (gone, UserState.DISCONNECTED)):

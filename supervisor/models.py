@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -152,6 +153,13 @@ class WorkloadUser(Base):
     frames_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     busy_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     clock_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The ETA's view of this user (supervisor/eta.py): a robust running frame time, its
+    # spread and how many frame times made them. `clock_from_list`: the clock started with
+    # a new list, so the next upload's time includes start-up and is not folded in.
+    pace_seconds: Mapped[float | None] = mapped_column(Float)
+    pace_spread: Mapped[float | None] = mapped_column(Float)
+    pace_samples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    clock_from_list: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
 
 class Frame(Base):
@@ -182,6 +190,13 @@ class Frame(Base):
             "claimed_at",
             postgresql_where=text("state = 'storing'"),
         ),
+        # Refused or failed frames waiting to be rendered again: the dashboard's grid.
+        Index(
+            "ix_frames_failed_waiting",
+            "workload_id",
+            "number",
+            postgresql_where=text("state = 'pending' AND last_error IS NOT NULL"),
+        ),
     )
 
     workload_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -199,6 +214,34 @@ class Frame(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     rendered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FrameBucket(Base):
+    """Rendered frames per cell of the dashboard's grid (supervisor/frames/grid.py), counted
+    in the transaction that marks them, so a grid costs at most GRID_CELLS rows to read."""
+
+    __tablename__ = "frame_buckets"
+
+    workload_id: Mapped[str] = mapped_column(
+        ForeignKey("workloads.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rendered: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class WorkloadEvent(Base):
+    """One line of a workload's timeline, written in the transaction that made the change."""
+
+    __tablename__ = "workload_events"
+    __table_args__ = (Index("ix_workload_events_workload_id_id", "workload_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    workload_id: Mapped[str] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    kind: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    frames: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class OutboxMessage(Base):

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from supervisor import outbox
+from supervisor import outbox, timeline
 from supervisor.bans import may_return
 from supervisor.frames.assignment import (
     distribute,
@@ -74,6 +74,8 @@ def add_users(sv: Services, event: NewUsers) -> dict[str, Any]:
         wanted, surplus = newcomers[:room], newcomers[room:]
         added = _activate(session, workload.id, wanted, forgiven_before)
         refused = [user for user in wanted if user not in set(added)] + surplus
+        timeline.note_users(session, workload.id, timeline.Kind.USERS_ADDED, added)
+        timeline.note_users(session, workload.id, timeline.Kind.USER_RELEASED, refused)
         if refused:
             outbox.to_user_manager(session, workload.id, "users-released", {"user_list": refused})
         granted = distribute(session, workload, sv.settings.max_frames_per_assignment, steal=True)
@@ -181,6 +183,13 @@ def user_disconnected(sv: Services, event: UserDisconnected) -> dict[str, Any]:
                 raise Refused("not-our-user", event.user_id)
             return {"ignored": True}
         freed = unassign_user(session, workload.id, event.user_id)
+        timeline.note(
+            session,
+            workload.id,
+            timeline.Kind.USER_DISCONNECTED,
+            user_id=event.user_id,
+            frames=freed,
+        )
         granted = distribute(session, workload, sv.settings.max_frames_per_assignment)
         demanded = demand_missing_users(session, workload, force=True)
     _log("user disconnected", event, freed=freed, assigned=granted, demanded=demanded)

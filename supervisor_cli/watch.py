@@ -40,6 +40,11 @@ class Snapshot:
     percentage: float
     active_users: int | None = None
     failure_reason: str | None = None
+    # The server's ETA and its 80 % band (absent from servers before the dashboard).
+    eta_basis: str | None = None
+    eta_seconds: float | None = None
+    eta_low_seconds: float | None = None
+    eta_high_seconds: float | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Snapshot:
@@ -59,6 +64,10 @@ class Snapshot:
                 percentage=float(percentage),
                 active_users=None if users is None else int(users),
                 failure_reason=None if reason is None else str(reason),
+                eta_basis=None if body.get("eta_basis") is None else str(body["eta_basis"]),
+                eta_seconds=_seconds(body.get("eta_seconds")),
+                eta_low_seconds=_seconds(body.get("eta_low_seconds")),
+                eta_high_seconds=_seconds(body.get("eta_high_seconds")),
             )
         except (TypeError, ValueError) as exc:
             raise ApiError(200, "unexpected progress answer", str(exc)) from None
@@ -66,6 +75,10 @@ class Snapshot:
     @property
     def remaining(self) -> int:
         return max(0, self.total - self.completed)
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 class RateMeter:
@@ -107,11 +120,26 @@ class Reading:
 
     @property
     def eta(self) -> float | None:
-        if self.snapshot.status == COMPLETED:
+        """The server's central estimate; from the polls' rate only for a server that
+        gives none."""
+        snap = self.snapshot
+        if snap.status == COMPLETED:
             return 0.0
+        if snap.eta_basis is not None:
+            return snap.eta_seconds
         if not self.rate or self.rate <= 0:
             return None
-        return self.snapshot.remaining / self.rate
+        return snap.remaining / self.rate
+
+    def eta_text(self) -> str:
+        snap = self.snapshot
+        if snap.status != COMPLETED and snap.eta_basis == "warming-up":
+            return "ETA measuring"
+        text = f"ETA {format_duration(self.eta)}"
+        if snap.eta_basis == "measured" and snap.eta_low_seconds is not None:
+            low, high = snap.eta_low_seconds, snap.eta_high_seconds
+            text += f" (80%: {format_duration(low)}-{format_duration(high)})"
+        return text
 
     def fields(self) -> dict[str, str]:
         """The texts both displays show, so a log line and the live bar say the same thing."""
@@ -126,7 +154,7 @@ class Reading:
             "percent": f"{snap.percentage:5.1f}%",
             "rate": rate,
             "users": users,
-            "eta": f"ETA {format_duration(self.eta)}",
+            "eta": self.eta_text(),
         }
 
 

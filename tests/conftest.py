@@ -38,7 +38,13 @@ from supervisor.db import Database
 from supervisor.inline import inline_services
 from supervisor.services import Services
 from tests import services
-from tests.helpers import RecordingPublisher, alembic_config, clear_peer_health, make_settings
+from tests.helpers import (
+    TABLES,
+    RecordingPublisher,
+    alembic_config,
+    clear_peer_health,
+    make_settings,
+)
 from tests.peers import TEST_PEERS, Peers
 from tests.savepoints import SavepointDatabase, rolled_back
 
@@ -50,13 +56,13 @@ GEARS = {
     "hostile": "integration",
     "simulator": "integration",
     "e2e": "e2e",
+    "browser": "e2e",
     "faults": "faults",
     "bench": "bench",
 }
 GEAR_NAMES = ("unit", "integration", "e2e", "faults", "bench")
 LONG_RUNNING_GEARS = {"e2e", "faults", "bench"}
 LONG_TIMEOUT_SECONDS = 900
-TABLES = "workloads, frames, workload_users, outbox, inbox"
 
 
 def pytest_configure(config: pytest.Config) -> None:

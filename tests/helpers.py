@@ -9,7 +9,11 @@ from alembic.config import Config
 
 from supervisor.config import Settings
 from supervisor.health import PEERS
+from supervisor.models import Base
 from supervisor.services import Services
+
+# Every table of the schema, for TRUNCATE between tests that commit.
+TABLES = ", ".join(Base.metadata.tables)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session
 
-from supervisor import outbox, scheduling
+from supervisor import outbox, scheduling, timeline
 from supervisor.messages import FrameRendered
 from supervisor.models import (
     Frame,
@@ -165,6 +165,15 @@ def _steal(
     moves = scheduling.steal_plan(empty, held, min_queue=2)
     stolen = scheduling.stolen_lists(moves)
     _assign(session, workload_id, stolen)
+    for donor, receiver, frames in moves:
+        timeline.note(
+            session,
+            workload_id,
+            timeline.Kind.TAILS_MOVED,
+            user_id=receiver,
+            frames=len(frames),
+            detail=f"from {donor}",
+        )
     if moves:
         logger.info(
             "list tails moved to idle users",
@@ -289,5 +298,5 @@ def _send_lists(session: Session, workload: Workload, lists: dict[str, list[int]
     session.execute(
         update(WorkloadUser)
         .where(WorkloadUser.workload_id == workload.id, WorkloadUser.user_id.in_(list(lists)))
-        .values(clock_at=func.now())
+        .values(clock_at=func.now(), clock_from_list=True)
     )

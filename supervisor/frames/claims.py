@@ -5,6 +5,7 @@ it (`storing`, with the upload's temporary key), so only that upload is copied."
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session
 
-from supervisor import outbox
+from supervisor import eta, outbox
 from supervisor.frames.assignment import distribute, lock_workloads, touch_users
 from supervisor.keys import final_frame_key
 from supervisor.messages import FrameRendered
@@ -73,7 +74,7 @@ def claim_uploads(
             taken[frame_of(event)] = event.temp_key
             claims[index] = claim
         _take_claims(session, [(batch[index], claim) for index, claim in claims.items()])
-        _count_work(session, {(batch[index].session_id, batch[index].user_id) for index in claims})
+        _count_work(session, [(batch[index].session_id, batch[index].user_id) for index in claims])
         touch_users(session, {(event.session_id, event.user_id) for event in batch})
         for event in unwanted:
             outbox.delete_temp_blob(session, event.session_id, event.temp_key)
@@ -199,24 +200,56 @@ def _take_claims(session: Session, claims: list[tuple[FrameRendered, Claim]]) ->
         )
 
 
+# Each sender's uploads in this batch (t.n) took the time since its clock started: since its
+# last upload, or since its list started (`clock_from_list`: that time includes start-up, such
+# as the .blend download, so it counts for the rate but is not folded into the pace). The
+# pace folds in the time per frame, once per batch: eta.fold in SQL (on SET's right-hand side
+# every u.* is the row's old value).
+_ELAPSED = "GREATEST(0, EXTRACT(EPOCH FROM now() - u.clock_at))"
+_FRAME_TIME = f"({_ELAPSED} / t.n)"
+_SPREAD = "COALESCE(u.pace_spread, u.pace_seconds * :spread_start)"
+_DEVIATION = (
+    f"(LEAST(GREATEST({_FRAME_TIME}, u.pace_seconds / :clip), "
+    f"u.pace_seconds + GREATEST(:spreads * {_SPREAD}, (:clip - 1) * u.pace_seconds)) "
+    "- u.pace_seconds)"
+)
+_FIRST = "u.pace_samples = 0 OR u.pace_seconds IS NULL"
 _COUNT_WORK = text(
-    "UPDATE workload_users AS u SET frames_done = u.frames_done + 1, "
-    "busy_seconds = u.busy_seconds + GREATEST(0, EXTRACT(EPOCH FROM now() - u.clock_at)), "
-    "clock_at = now() "
-    "FROM unnest(CAST(:workload_ids AS varchar[]), CAST(:user_ids AS varchar[])) "
-    "AS t(workload_id, user_id) "
+    "UPDATE workload_users AS u SET frames_done = u.frames_done + t.n, "  # noqa: S608 (constant fragments, values are bound)
+    f"busy_seconds = u.busy_seconds + {_ELAPSED}, "
+    "pace_seconds = CASE WHEN u.clock_from_list THEN u.pace_seconds "
+    f" WHEN {_FIRST} THEN {_FRAME_TIME} "
+    f" ELSE u.pace_seconds + GREATEST(:alpha, 1.0 / (u.pace_samples + 1)) * {_DEVIATION} END, "
+    "pace_spread = CASE WHEN u.clock_from_list THEN u.pace_spread "
+    f" WHEN {_FIRST} THEN {_FRAME_TIME} * :spread_start "
+    f" ELSE {_SPREAD} + GREATEST(:spread_alpha, 1.0 / (u.pace_samples + 1)) "
+    f" * (ABS({_DEVIATION}) - {_SPREAD}) END, "
+    "pace_samples = u.pace_samples + CASE WHEN u.clock_from_list THEN 0 ELSE 1 END, "
+    "clock_from_list = false, clock_at = now() "
+    "FROM unnest(CAST(:workload_ids AS varchar[]), CAST(:user_ids AS varchar[]), "
+    "CAST(:counts AS integer[])) AS t(workload_id, user_id, n) "
     "WHERE u.workload_id = t.workload_id AND u.user_id = t.user_id AND u.clock_at IS NOT NULL"
 )
 
 
 def _count_work(session: Session, senders: Iterable[tuple[str, str]]) -> None:
-    """Measure each sender's rate: the time since its list started or its last upload.
-    (Several uploads of one user in a batch count as one: their time is not separable.)"""
-    pairs = sorted(set(senders))
-    if pairs:
+    """Count each sender's frames and measure its rate and pace from the time since its
+    list started or its last upload (several uploads of one user in a batch share it)."""
+    counts = Counter(senders)
+    if counts:
+        pairs = sorted(counts)
         session.execute(
             _COUNT_WORK,
-            {"workload_ids": [w for w, _ in pairs], "user_ids": [u for _, u in pairs]},
+            {
+                "workload_ids": [w for w, _ in pairs],
+                "user_ids": [u for _, u in pairs],
+                "counts": [counts[pair] for pair in pairs],
+                "alpha": eta.PACE_ALPHA,
+                "clip": eta.PACE_CLIP,
+                "spreads": eta.PACE_CLIP_SPREADS,
+                "spread_alpha": eta.SPREAD_ALPHA,
+                "spread_start": eta.SPREAD_START,
+            },
         )
 
 

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from supervisor import metrics, outbox
+from supervisor import metrics, outbox, timeline
 from supervisor.bans import count_failure
 from supervisor.errors import PeerError
+from supervisor.frames import grid, latest
 from supervisor.frames.assignment import distribute, lock_workload, lock_workloads
 from supervisor.frames.claims import Claim, claim_uploads, frame_of
 from supervisor.messages import ErrorSendingFrame, FrameRendered
@@ -151,7 +152,19 @@ def _mark_all(
             else:
                 marked[index] = "stored"
                 _queue_stored_frame(session, workload, event, final_key)
-    metrics.FRAMES_STORED.inc(sum(1 for outcome in marked.values() if outcome == "stored"))
+        grid.count_rendered(
+            session,
+            (
+                (workloads[batch[index].session_id], batch[index].frame_number)
+                for index, outcome in marked.items()
+                if outcome == "stored"
+            ),
+        )
+    newly_stored = [batch[index] for index, outcome in marked.items() if outcome == "stored"]
+    metrics.FRAMES_STORED.inc(len(newly_stored))
+    latest.remember(
+        sv.redis, ((event.session_id, event.frame_number, event.user_id) for event in newly_stored)
+    )
     for index, final_key in copied.items():
         event = batch[index]
         if marked[index] == "stored":
@@ -214,6 +227,13 @@ def give_up_upload(sv: Services, event: FrameRendered | ErrorSendingFrame, reaso
             update(Frame)
             .where(Frame.workload_id == event.session_id, Frame.number == event.frame_number)
             .values(claim_key=None, claimed_by=None, claimed_at=None, last_error=reason, **values)
+        )
+        timeline.note(
+            session,
+            workload.id,
+            timeline.Kind.FRAME_REFUSED,
+            user_id=event.user_id,
+            detail=f"frame {event.frame_number}: {reason}",
         )
         if from_holder:
             count_failure(session, workload, event.user_id, sv.settings.max_user_failures)

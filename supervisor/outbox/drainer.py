@@ -232,7 +232,7 @@ def _count_records(session: Session, outcomes: list[JobOutcome]) -> list[str]:
 
 
 _LISTS_DELIVERED = text(
-    "UPDATE workload_users AS u SET clock_at = now() "
+    "UPDATE workload_users AS u SET clock_at = now(), clock_from_list = true "
     "FROM unnest(CAST(:workload_ids AS varchar[]), CAST(:user_ids AS varchar[])) "
     "AS t(workload_id, user_id) "
     "WHERE u.workload_id = t.workload_id AND u.user_id = t.user_id"

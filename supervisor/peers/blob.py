@@ -52,6 +52,15 @@ class BlobClient(PeerClient):
         params = {"key": validate_blob_key(key)}
         return self._download(RETRIEVE_TEMP, "/retrieve-temp", params, dest, max_bytes)
 
+    def download_final(self, key: str, dest: Path, *, max_bytes: int) -> int:
+        """Stream a stored frame (`rendered-frames`, the key store-image was given) to
+        `dest`; return its size. The real service's retrieve-image appends `.<type>` to a
+        key without it, so the key's own extension is sent as the type."""
+        key = validate_blob_key(key)
+        extension = validate_extension(PurePosixPath(key).suffix.lstrip(".") or "png")
+        params = {"bucket": "rendered-frames", "key": key, "type": extension}
+        return self._download("retrieve-image", "/retrieve-image", params, dest, max_bytes)
+
     def open_temp(
         self, key: str, max_bytes: int
     ) -> AbstractContextManager[tuple[requests.Response, int | None]]:

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from supervisor import outbox
+from supervisor import outbox, timeline
 from supervisor.models import Frame, FrameState, UserState, Workload, WorkloadStatus, WorkloadUser
 
 
@@ -79,20 +79,33 @@ def release_users(session: Session, workload_id: str, user_ids: list[str]) -> li
     """Give users back to the pool: their unfinished frames return to pending."""
     if not user_ids:
         return []
-    session.execute(
-        update(Frame)
-        .where(
-            Frame.workload_id == workload_id,
-            Frame.user_id.in_(user_ids),
-            Frame.state == FrameState.ASSIGNED,
+    held = (
+        Frame.workload_id == workload_id,
+        Frame.user_id.in_(user_ids),
+        Frame.state == FrameState.ASSIGNED,
+    )
+    returned: dict[str, int] = {
+        user_id: count
+        for user_id, count in session.execute(
+            select(Frame.user_id, func.count()).where(*held).group_by(Frame.user_id)
         )
-        .values(state=FrameState.PENDING, user_id=None, assigned_at=None)
+    }
+    session.execute(
+        update(Frame).where(*held).values(state=FrameState.PENDING, user_id=None, assigned_at=None)
     )
     session.execute(
         update(WorkloadUser)
         .where(WorkloadUser.workload_id == workload_id, WorkloadUser.user_id.in_(user_ids))
         .values(state=UserState.RELEASED, left_at=func.now())
     )
+    for user_id in user_ids:
+        timeline.note(
+            session,
+            workload_id,
+            timeline.Kind.USER_RELEASED,
+            user_id=user_id,
+            frames=returned.get(user_id),
+        )
     outbox.to_users(session, workload_id, user_ids, "stop-work", lambda _user: {})
     outbox.to_user_manager(session, workload_id, "users-released", {"user_list": user_ids})
     return user_ids

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from supervisor import outbox
+from supervisor import outbox, timeline
 from supervisor.errors import NoActiveWorkload
 from supervisor.keys import validate_id
 from supervisor.models import ACTIVE_STATUSES, ENDED_STATUSES, Frame, Workload, WorkloadStatus
@@ -37,6 +37,7 @@ def _end(session: Session, workload: Workload, status: WorkloadStatus) -> list[s
     User Manager's `cleanup-session`. Late users are released again (end_late_users)."""
     was_running = workload.status == WorkloadStatus.RUNNING
     workload.status = status
+    timeline.note(session, workload.id, timeline.Kind(status.value), detail=workload.failure_reason)
     workload.finished_at = func.now()
     workload.users_demanded = 0
     if not was_running:

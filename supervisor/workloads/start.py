@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from supervisor import timeline
 from supervisor.blendfile import read_scene_range
 from supervisor.errors import (
     BlendFileError,
@@ -131,6 +132,13 @@ def prepare_workload(sv: Services, workload_id: str) -> None:
         workload.started_at = func.now()
         workload.progress_at = func.now()
         demanded = demand_missing_users(session, workload, force=True, register=True)
+        timeline.note(
+            session,
+            workload_id,
+            timeline.Kind.STARTED,
+            frames=workload.total_frames,
+            detail=f"scene {workload.scene_name}, {demanded} users asked for",
+        )
     logger.info("workload running", extra={"workload_id": workload_id, "users_demanded": demanded})
     send_outbox_soon(sv)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from supervisor import timeline
 from supervisor.errors import InvalidInput, NoActiveWorkload
 from supervisor.keys import validate_id
 from supervisor.models import (
@@ -61,6 +62,13 @@ def set_user_count(sv: Services, customer_id: str, user_count: int) -> dict[str,
         workload = _active_workload_for_admin(session, customer_id, lock=True)
         active = active_user_ids(session, workload.id)
         workload.target_user_count = user_count
+        timeline.note(
+            session,
+            workload.id,
+            timeline.Kind.USER_COUNT_SET,
+            frames=None,
+            detail=f"{user_count} users wanted",
+        )
         running = workload.status == WorkloadStatus.RUNNING
         released: list[str] = []
         if running:

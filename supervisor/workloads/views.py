@@ -11,6 +11,7 @@ from supervisor.errors import NoActiveWorkload
 from supervisor.keys import validate_id
 from supervisor.messaging import session_routing_key
 from supervisor.models import ACTIVE_STATUSES
+from supervisor.workloads import estimates
 
 if TYPE_CHECKING:
     from supervisor.services import Services
@@ -31,7 +32,7 @@ _LAST_COMPLETED = _STATUS_COLUMNS + "AND status = 'completed' ORDER BY created_a
 # number), so its cost is the limit's, whatever the size of the workload or how far it got.
 # Two arrays cost the database and the driver less than building and parsing a JSON object.
 _PROGRESS = (
-    "SELECT w.status, w.total_frames, w.rendered_frames, w.failure_reason, "
+    "SELECT w.id, w.status, w.total_frames, w.rendered_frames, w.failure_reason, "
     "(SELECT count(*) FROM workload_users u "
     " WHERE u.workload_id = w.id AND u.state = 'active') AS active_users, "
     "m.numbers, m.users "
@@ -100,7 +101,7 @@ def workload_progress(sv: Services, customer_id: str) -> dict[str, Any]:
     row = sv.db.read_row(_PROGRESS, {"customer_id": customer_id, "fetch": limit + 1})
     if row is None:
         raise _no_workload(customer_id)
-    state, total, rendered, failure_reason, active_users, numbers, users = row
+    workload_id, state, total, rendered, failure_reason, active_users, numbers, users = row
     numbers, users = numbers or [], users or []
     truncated = len(numbers) > limit
     pairs = zip(numbers[:limit], users[:limit], strict=True)
@@ -114,6 +115,8 @@ def workload_progress(sv: Services, customer_id: str) -> dict[str, Any]:
         "active_users": active_users,
         "frame_mapping": mapping,
         "frame_mapping_truncated": truncated,
+        # The ETA is shared by every poll of the workload for a second (estimates).
+        **estimates.shared_eta(sv, workload_id, state),
     }
     if failure_reason:
         body["failure_reason"] = failure_reason

@@ -11,6 +11,7 @@ from flask import Flask
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from app.api import api
+from app.dashboard import dashboard
 from app.openapi import PREFIX, openapi
 from supervisor.config import Settings
 from supervisor_cli.__main__ import build_parser
@@ -49,6 +50,7 @@ def test_api_urls_are_whole_and_name_real_routes() -> None:
     app = Flask(__name__)
     app.register_blueprint(api)
     app.register_blueprint(openapi)
+    app.register_blueprint(dashboard)
     routes = app.url_map.bind("127.0.0.1:7500")
     paths = re.findall(rf"{re.escape(API_ORIGIN)}(/[^\s`)|,]*)", README)
     unknown = []

@@ -231,6 +231,10 @@ def test_progress_maps_assigned_frames_to_their_users(
         "active_users": 2,
         "frame_mapping": {"10": "user-a", "11": "user-a", "12": "user-b"},
         "frame_mapping_truncated": False,
+        "eta_seconds": None,
+        "eta_low_seconds": None,
+        "eta_high_seconds": None,
+        "eta_basis": "warming-up",
     }
 
 
@@ -307,6 +311,10 @@ def test_progress_of_a_huge_workload_counts_everything_and_maps_the_lowest_frame
         "active_users": 3,
         "frame_mapping": {str(n): f"user-{n % 3}" for n in first},
         "frame_mapping_truncated": True,
+        "eta_seconds": None,
+        "eta_low_seconds": None,
+        "eta_high_seconds": None,
+        "eta_basis": "warming-up",
     }
     assert list(body["frame_mapping"]) == [str(n) for n in first], "lowest frames first"
 

@@ -61,8 +61,10 @@ def amqp_supervisor(database_url: str, redis_url: str, peers: Peers) -> Iterator
             channel.queue_delete(name)
     from sqlalchemy import text
 
+    from tests.helpers import TABLES
+
     with sv.db.transaction() as session:
-        session.execute(text("TRUNCATE workloads, frames, workload_users, outbox, inbox"))
+        session.execute(text(f"TRUNCATE {TABLES}"))
     sv.close()
 
 
