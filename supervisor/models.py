@@ -154,11 +154,13 @@ class WorkloadUser(Base):
     busy_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     clock_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The ETA's view of this user (supervisor/eta.py): a robust running frame time, its
-    # spread and how many frame times made them. `clock_from_list`: the clock started with
-    # a new list, so the next upload's time includes start-up and is not folded in.
+    # spread and how many frame times made them, and the running time from a list's start to
+    # its first upload. `clock_from_list`: the clock started with a new list, so the next
+    # upload's time includes start-up: it goes to list_start_seconds, not to the pace.
     pace_seconds: Mapped[float | None] = mapped_column(Float)
     pace_spread: Mapped[float | None] = mapped_column(Float)
     pace_samples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    list_start_seconds: Mapped[float | None] = mapped_column(Float)
     clock_from_list: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
 

@@ -8,8 +8,9 @@ Create Date: 2026-12-03 21:20:00
 re-queued, refusals), written in the transaction that made the change. `frame_buckets`
 counts rendered frames per cell of the dashboard's grid, so the grid of a 1,000,000-frame
 workload is read from at most 1,024 rows. A user's pace (a robust running frame time and
-its spread) feeds the ETA. Failed frames waiting to be rendered again are indexed, so the
-grid finds them without reading every frame.
+its spread) and the time from a list's start to its first frame feed the ETA. Failed frames
+waiting to be rendered again are indexed, so the grid finds them without reading every
+frame.
 """
 
 from collections.abc import Sequence
@@ -74,6 +75,7 @@ def upgrade() -> None:
         "workload_users",
         sa.Column("pace_samples", sa.Integer(), server_default="0", nullable=False),
     )
+    op.add_column("workload_users", sa.Column("list_start_seconds", sa.Float(), nullable=True))
     op.add_column(
         "workload_users",
         sa.Column("clock_from_list", sa.Boolean(), server_default="false", nullable=False),
@@ -88,7 +90,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_frames_failed_waiting", table_name="frames")
-    for column in ("clock_from_list", "pace_samples", "pace_spread", "pace_seconds"):
+    columns = ("clock_from_list", "list_start_seconds", "pace_samples", "pace_spread")
+    for column in (*columns, "pace_seconds"):
         op.drop_column("workload_users", column)
     op.drop_table("frame_buckets")
     op.drop_index("ix_workload_events_workload_id_id", table_name="workload_events")

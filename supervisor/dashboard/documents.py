@@ -95,7 +95,7 @@ def _percentage(done: int, total: int) -> float:
 
 
 def _eta(row: Any) -> dict[str, Any]:
-    arrays = (row.paces, row.spreads, row.samples, row.in_hand, row.held)
+    arrays = (row.paces, row.spreads, row.samples, row.in_hand, row.held, row.list_starts)
     return estimates.workload_eta(
         row.status, row.total_frames, row.rendered_frames, row.target_user_count, arrays
     )

@@ -214,6 +214,9 @@ _DEVIATION = (
     "- u.pace_seconds)"
 )
 _FIRST = "u.pace_samples = 0 OR u.pace_seconds IS NULL"
+# The first upload of a list: its start-up and one frame (eta.fold_list_start); the other
+# frames of the batch are taken off at the user's pace.
+_LIST_START = f"GREATEST(0, {_ELAPSED} - (t.n - 1) * COALESCE(u.pace_seconds, 0))"
 _COUNT_WORK = text(
     "UPDATE workload_users AS u SET frames_done = u.frames_done + t.n, "  # noqa: S608 (constant fragments, values are bound)
     f"busy_seconds = u.busy_seconds + {_ELAPSED}, "
@@ -225,6 +228,9 @@ _COUNT_WORK = text(
     f" ELSE {_SPREAD} + GREATEST(:spread_alpha, 1.0 / (u.pace_samples + 1)) "
     f" * (ABS({_DEVIATION}) - {_SPREAD}) END, "
     "pace_samples = u.pace_samples + CASE WHEN u.clock_from_list THEN 0 ELSE 1 END, "
+    "list_start_seconds = CASE WHEN NOT u.clock_from_list THEN u.list_start_seconds "
+    f" WHEN u.list_start_seconds IS NULL THEN {_LIST_START} "
+    f" ELSE u.list_start_seconds + :list_start_alpha * ({_LIST_START} - u.list_start_seconds) END, "
     "clock_from_list = false, clock_at = now() "
     "FROM unnest(CAST(:workload_ids AS varchar[]), CAST(:user_ids AS varchar[]), "
     "CAST(:counts AS integer[])) AS t(workload_id, user_id, n) "
@@ -249,6 +255,7 @@ def _count_work(session: Session, senders: Iterable[tuple[str, str]]) -> None:
                 "spreads": eta.PACE_CLIP_SPREADS,
                 "spread_alpha": eta.SPREAD_ALPHA,
                 "spread_start": eta.SPREAD_START,
+                "list_start_alpha": eta.LIST_START_ALPHA,
             },
         )
 

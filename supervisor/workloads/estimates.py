@@ -26,13 +26,13 @@ PACES_LATERAL = (
     " array_agg(u.pace_seconds) AS paces, array_agg(u.pace_spread) AS spreads, "
     " array_agg(u.pace_samples) AS samples, "
     " array_agg(CAST(EXTRACT(EPOCH FROM now() - u.clock_at) AS float8)) AS in_hand, "
-    " array_agg(COALESCE(h.held, 0)) AS held "
+    " array_agg(COALESCE(h.held, 0)) AS held, array_agg(u.list_start_seconds) AS list_starts "
     " FROM workload_users u LEFT JOIN (SELECT f.user_id, count(*) AS held FROM frames f "
     "  WHERE f.workload_id = w.id AND f.state = 'assigned' GROUP BY f.user_id) AS h "
     "  ON h.user_id = u.user_id "
     " WHERE u.workload_id = w.id AND u.state = 'active') AS p"
 )
-PACES_COLUMNS = "p.active_users, p.paces, p.spreads, p.samples, p.in_hand, p.held"
+PACES_COLUMNS = "p.active_users, p.paces, p.spreads, p.samples, p.in_hand, p.held, p.list_starts"
 _PACES_OF = text(
     "SELECT w.total_frames, w.rendered_frames, w.target_user_count, "  # noqa: S608 (constant fragments, values are bound)
     + PACES_COLUMNS
@@ -47,9 +47,10 @@ def paces(
     samples: Sequence[int] | None,
     in_hand: Sequence[float | None] | None,
     held: Sequence[int] | None,
+    list_starts: Sequence[float | None] | None,
 ) -> list[eta.Pace]:
     """The arrays of PACES_COLUMNS (after active_users) as one Pace per user."""
-    if not paces or not spreads or not samples or not in_hand or not held:
+    if not paces or not spreads or not samples or not in_hand or not held or not list_starts:
         return []
     return [
         eta.Pace(
@@ -58,9 +59,10 @@ def paces(
             samples=count,
             in_hand_seconds=hand if holding else None,
             held=holding,
+            list_start_seconds=list_start,
         )
-        for pace, spread, count, hand, holding in zip(
-            paces, spreads, samples, in_hand, held, strict=True
+        for pace, spread, count, hand, holding, list_start in zip(
+            paces, spreads, samples, in_hand, held, list_starts, strict=True
         )
     ]
 
@@ -95,7 +97,7 @@ def shared_eta(sv: Services, workload_id: str, status: str) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
         with sv.db.session() as session:
             row = session.execute(_PACES_OF, {"workload_id": workload_id}).one()
-        arrays = (row.paces, row.spreads, row.samples, row.in_hand, row.held)
+        arrays = (row.paces, row.spreads, row.samples, row.in_hand, row.held, row.list_starts)
         return workload_eta(
             status, row.total_frames, row.rendered_frames, row.target_user_count, arrays
         )

@@ -181,7 +181,9 @@ def test_the_pace_kept_in_sql_is_eta_fold(sv: Services, session_id: str, peers: 
                 )
             )
         _render(sv, session_id, peers, "u1", frame)
-        if frame != 10:
+        if frame == 10:
+            list_start = eta.fold_list_start(None, seconds)
+        else:
             expected = eta.fold(*expected, seconds)
         with sv.db.session() as session:
             user = session.get(WorkloadUser, (session_id, "u1"))
@@ -189,6 +191,7 @@ def test_the_pace_kept_in_sql_is_eta_fold(sv: Services, session_id: str, peers: 
             assert user.pace_samples == expected[2]
             assert user.pace_seconds == pytest.approx(expected[0], abs=0.05)
             assert user.pace_spread == pytest.approx(expected[1], abs=0.05)
+            assert user.list_start_seconds == pytest.approx(list_start, abs=0.05)
 
 
 def test_a_users_frames_in_one_batch_each_count(
