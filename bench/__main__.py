@@ -38,7 +38,7 @@ from bench.harness import (  # noqa: E402
     write_results,
 )
 
-BENCHMARKS = ("intake", "status", "scale", "transfer", "blend")
+BENCHMARKS = ("intake", "status", "scale", "transfer", "blend", "eta")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -51,7 +51,7 @@ def run(opts: Options) -> list[Row]:
     from simulator import Simulator
     from tests import services
     from tests.blendgen import blend_with_range
-    from tests.helpers import alembic_config
+    from tests.helpers import TABLES, alembic_config
     from tests.peers import TEST_PEERS, Peers
 
     frames, users = (10_000, 50) if opts.smoke else (1_000_000, 1000)
@@ -94,7 +94,7 @@ def run(opts: Options) -> list[Row]:
                     f"{result['add_users_s']:.2f}s, {result['user_service_calls']} calls"
                 )
                 with engine.begin() as connection:
-                    connection.execute(text("TRUNCATE workloads, frames, workload_users, outbox"))
+                    connection.execute(text(f"TRUNCATE {TABLES}"))
         finally:
             engine.dispose()
     return _rows(results, frames, users)

@@ -9,6 +9,7 @@ route reads the ETA through `shared_eta`, computed at most once a second per wor
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,5 +103,18 @@ def shared_eta(sv: Services, workload_id: str, status: str) -> dict[str, Any]:
             status, row.total_frames, row.rendered_frames, row.target_user_count, arrays
         )
 
-    snapshot = shared(sv.redis, f"supervisor:eta:{workload_id}", compute)
-    return json.loads(snapshot.body)
+    def stamped() -> dict[str, Any]:
+        return {"computed_at": time.time(), "keys": compute()}
+
+    kept = json.loads(shared(sv.redis, f"supervisor:eta:{workload_id}", stamped).body)
+    return age(kept["keys"], time.time() - kept["computed_at"])
+
+
+def age(keys: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """ETA keys computed `seconds` ago, as of now: a kept answer is up to a second old, and
+    near the end a second is a good part of what is left."""
+    aged = dict(keys)
+    for name in ("eta_seconds", "eta_low_seconds", "eta_high_seconds"):
+        if aged.get(name) is not None:
+            aged[name] = round(max(0.0, aged[name] - max(0.0, seconds)), 1)
+    return aged

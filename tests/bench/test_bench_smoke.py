@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = {"intake", "status", "scale", "transfer", "blend"}
+BENCHMARKS = {"intake", "status", "scale", "transfer", "blend", "eta"}
 
 
 def test_every_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:

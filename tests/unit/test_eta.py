@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bench import eta_model
 from supervisor import eta
 from supervisor.eta import Estimate, Pace, estimate, fold, fold_list_start
+from supervisor.workloads import estimates
 
 
 def _folded(
@@ -250,3 +251,18 @@ def test_a_slice_of_the_model_is_calibrated() -> None:
     overall = eta_model.combined(eta_model.score([run]) for run in runs.values())
     assert overall.coverage >= 0.6
     assert overall.median_error_50 <= 0.3
+
+
+def test_an_answer_kept_for_a_while_is_aged_to_now() -> None:
+    keys = {"eta_seconds": 3.0, "eta_low_seconds": 0.4, "eta_high_seconds": None}
+    keys["eta_basis"] = "measured"
+
+    aged = estimates.age(keys, 0.6)
+
+    assert aged == {
+        "eta_seconds": 2.4,
+        "eta_low_seconds": 0.0,
+        "eta_high_seconds": None,
+        "eta_basis": "measured",
+    }
+    assert keys["eta_seconds"] == 3.0
