@@ -103,40 +103,35 @@ def _login_page(next_path: str, status: int, *, refused: bool = False) -> Respon
     )
 
 
-def page_access(view: F) -> F:
-    """HTML routes: a refused caller gets the token form, with status 403."""
+def _guarded(refuse: Callable[[], ResponseReturnValue]) -> Callable[[F], F]:
+    """A view open to privileged callers and cookie holders; anyone else gets `refuse()`."""
 
-    @wraps(view)
-    def guarded(*args: object, **kwargs: object) -> ResponseReturnValue:
-        if _allowed():
-            return view(*args, **kwargs)
-        logger.info(
-            "dashboard access refused",
-            extra={"remote_addr": request.remote_addr, "path": request.path},
-        )
-        return _login_page(request.path, 403)
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def guarded(*args: object, **kwargs: object) -> ResponseReturnValue:
+            if _allowed():
+                return view(*args, **kwargs)
+            logger.info(
+                "dashboard access refused",
+                extra={"remote_addr": request.remote_addr, "path": request.path},
+            )
+            return refuse()
 
-    return guarded  # type: ignore[return-value]
+        return guarded  # type: ignore[return-value]
+
+    return decorate
 
 
-def api_access(view: F) -> F:
-    """JSON and image routes: a refused caller gets the API's 403 error body."""
-
-    @wraps(view)
-    def guarded(*args: object, **kwargs: object) -> ResponseReturnValue:
-        if _allowed():
-            return view(*args, **kwargs)
-        logger.info(
-            "dashboard access refused",
-            extra={"remote_addr": request.remote_addr, "path": request.path},
-        )
-        return error_body(
-            403,
-            "Forbidden",
-            "The dashboard is open only to privileged addresses or holders of the admin token",
-        )
-
-    return guarded  # type: ignore[return-value]
+# HTML routes: a refused caller gets the token form, with status 403.
+page_access = _guarded(lambda: _login_page(request.path, 403))
+# JSON and image routes: a refused caller gets the API's 403 error body.
+api_access = _guarded(
+    lambda: error_body(
+        403,
+        "Forbidden",
+        "The dashboard is open only to privileged addresses or holders of the admin token",
+    )
+)
 
 
 def _etag_header(etag: str) -> str:
