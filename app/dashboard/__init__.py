@@ -163,12 +163,13 @@ def workload_page(customer_id: str) -> ResponseReturnValue:
     return _page("dashboard/workload.html", customer_id=customer_id)
 
 
-@dashboard.get("/login")
+# Two segments: a customer id is one (never a "/"), so no customer is shadowed by the form.
+@dashboard.get("/auth/login")
 def login_form() -> ResponseReturnValue:
     return _login_page(request.args.get("next", HOME), 200)
 
 
-@dashboard.post("/login")
+@dashboard.post("/auth/login")
 def login() -> ResponseReturnValue:
     next_path = safe_next(request.form.get("next"))
     token = _services().settings.admin_token

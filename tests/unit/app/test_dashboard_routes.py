@@ -137,7 +137,7 @@ def test_a_stranger_gets_the_token_form_with_a_403(stranger: FlaskClient, path: 
     response = stranger.get(path)
     assert response.status_code == 403
     html = response.get_data(as_text=True)
-    assert '<form method="post" action="/dashboard/login"' in html
+    assert '<form method="post" action="/dashboard/auth/login"' in html
     assert 'name="token"' in html
     assert f'name="next" value="{path}"' in html
 
@@ -167,7 +167,8 @@ def test_a_wrong_bearer_token_is_refused(stranger: FlaskClient) -> None:
 
 
 def test_the_form_sets_a_cookie_derived_from_the_token(stranger: FlaskClient) -> None:
-    response = stranger.post("/dashboard/login", data={"token": TOKEN, "next": "/dashboard/acme"})
+    form = {"token": TOKEN, "next": "/dashboard/acme"}
+    response = stranger.post("/dashboard/auth/login", data=form)
     assert response.status_code == 303
     assert response.headers["Location"] == "/dashboard/acme"
     header = set_cookie_header(response)
@@ -185,7 +186,7 @@ def test_the_form_sets_a_cookie_derived_from_the_token(stranger: FlaskClient) ->
 
 def test_the_cookie_is_secure_over_https(stranger: FlaskClient) -> None:
     response = stranger.post(
-        "/dashboard/login", data={"token": TOKEN}, base_url="https://dashboard.example"
+        "/dashboard/auth/login", data={"token": TOKEN}, base_url="https://dashboard.example"
     )
     assert response.status_code == 303
     assert "; Secure" in set_cookie_header(response)
@@ -196,7 +197,8 @@ def test_a_wrong_token_is_a_403_form_and_a_log_line_without_the_token(
 ) -> None:
     guess = "guessed-token-1234"
     with caplog.at_level(logging.INFO, logger="app.dashboard"):
-        response = stranger.post("/dashboard/login", data={"token": guess, "next": "/dashboard/"})
+        form = {"token": guess, "next": "/dashboard/"}
+        response = stranger.post("/dashboard/auth/login", data=form)
     assert response.status_code == 403
     assert "Set-Cookie" not in response.headers
     html = response.get_data(as_text=True)
@@ -214,8 +216,8 @@ def test_a_wrong_token_is_a_403_form_and_a_log_line_without_the_token(
 def test_no_token_configured_means_no_login(app: Flask) -> None:
     app.extensions["session_supervisor"].settings.admin_token = None
     client = stranger_client(app)
-    assert client.post("/dashboard/login", data={"token": ""}).status_code == 403
-    assert client.post("/dashboard/login", data={"token": "None"}).status_code == 403
+    assert client.post("/dashboard/auth/login", data={"token": ""}).status_code == 403
+    assert client.post("/dashboard/auth/login", data={"token": "None"}).status_code == 403
     client.set_cookie(COOKIE, expected_cookie(""), path="/dashboard")
     assert client.get(API[0]).status_code == 403
 
@@ -232,14 +234,14 @@ def test_any_other_cookie_is_refused(stranger: FlaskClient, cookie: str) -> None
 
 def test_the_cookie_stops_working_when_the_token_changes(app: Flask) -> None:
     client = stranger_client(app)
-    assert client.post("/dashboard/login", data={"token": TOKEN}).status_code == 303
+    assert client.post("/dashboard/auth/login", data={"token": TOKEN}).status_code == 303
     assert client.get(API[0]).status_code == 200
     app.extensions["session_supervisor"].settings.admin_token = "a-new-token"
     assert client.get(API[0]).status_code == 403
 
 
 def test_the_login_form_page_answers_200(stranger: FlaskClient) -> None:
-    response = stranger.get("/dashboard/login", query_string={"next": "/dashboard/acme"})
+    response = stranger.get("/dashboard/auth/login", query_string={"next": "/dashboard/acme"})
     assert response.status_code == 200
     assert 'name="next" value="/dashboard/acme"' in response.get_data(as_text=True)
 
@@ -272,7 +274,7 @@ def test_next_is_a_path_under_dashboard(
 ) -> None:
     assert safe_next(given) == kept
     form = {"token": TOKEN} if given is None else {"token": TOKEN, "next": given}
-    response = stranger.post("/dashboard/login", data=form)
+    response = stranger.post("/dashboard/auth/login", data=form)
     assert response.status_code == 303
     assert response.headers["Location"] == kept
 
@@ -332,6 +334,13 @@ def test_a_page_for_a_customer_without_workload_still_loads(client: FlaskClient)
     assert 'data-api="/dashboard/api/workloads/nobody"' in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("customer_id", ["login", "auth", "api", "static"])
+def test_a_customer_named_like_a_route_has_its_page(client: FlaskClient, customer_id: str) -> None:
+    response = client.get(f"/dashboard/{customer_id}")
+    assert response.status_code == 200
+    assert f'data-api="/dashboard/api/workloads/{customer_id}"' in response.get_data(as_text=True)
+
+
 # --------------------------------------------------------------------- thumbnails
 
 
@@ -383,7 +392,7 @@ def test_nothing_names_another_host(client: FlaskClient, stranger: FlaskClient) 
     """The dashboard works offline: no CDN, no font service, no absolute URL anywhere."""
     texts = {path: client.get(path).get_data(as_text=True) for path in PAGES}
     texts["403 form"] = stranger.get(PAGES[0]).get_data(as_text=True)
-    texts["login"] = client.get("/dashboard/login").get_data(as_text=True)
+    texts["login"] = client.get("/dashboard/auth/login").get_data(as_text=True)
     for name in ("dashboard.js", "dashboard.css"):
         response = client.get(f"/dashboard/static/{name}")
         texts[name] = response.get_data(as_text=True)
