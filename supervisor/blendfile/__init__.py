@@ -1,4 +1,4 @@
-"""The active scene's frame range of a .blend file, read without Blender.
+"""The active scene's frame range and output settings of a .blend file, read without Blender.
 
 Customer files are untrusted: `read_scene_range` parses them in a child process with hard
 limits on time, memory and reply size. `parse_scene_range` parses in the calling process
@@ -15,7 +15,10 @@ from supervisor.blendfile.isolation import (
 )
 from supervisor.blendfile.reader import (
     DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    FILE_FORMATS,
     MAX_FRAME,
+    MAX_RESOLUTION,
+    MAX_RESOLUTION_PERCENTAGE,
     MIN_FRAME,
     SceneRange,
     parse_scene_range,
@@ -25,7 +28,10 @@ __all__ = [
     "DEFAULT_MAX_UNCOMPRESSED_BYTES",
     "DEFAULT_MEMORY_LIMIT",
     "DEFAULT_TIMEOUT",
+    "FILE_FORMATS",
     "MAX_FRAME",
+    "MAX_RESOLUTION",
+    "MAX_RESOLUTION_PERCENTAGE",
     "MIN_FRAME",
     "SceneRange",
     "parse_scene_range",

@@ -27,7 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.blendfile.reader import DEFAULT_MAX_UNCOMPRESSED_BYTES, SceneRange
+from supervisor.blendfile.reader import (
+    DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    FILE_FORMATS,
+    MAX_RESOLUTION,
+    MAX_RESOLUTION_PERCENTAGE,
+    SceneRange,
+)
 from supervisor.errors import BlendFileError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_MEMORY_LIMIT = 1024**3
 
 _MAX_REPLY_BYTES = 64 * 1024
+_FILE_FORMAT_NAMES = frozenset(FILE_FORMATS.values())
 _CHILD_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
 # The tree this process imports `supervisor` from; the child imports the same one.
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
@@ -204,11 +211,41 @@ def _relay_logs(records: Any, trace: Any) -> None:
                 logging.getLogger(name).log(level, "%s", text)
 
 
-def _checked_scene(name: Any, frame_start: Any, frame_end: Any, frame_step: Any) -> SceneRange:
+def _checked_scene(
+    name: Any,
+    frame_start: Any,
+    frame_end: Any,
+    frame_step: Any,
+    resolution_x: Any,
+    resolution_y: Any,
+    resolution_percentage: Any,
+    file_format: Any,
+) -> SceneRange:
+    """The reply's scene, if it holds what the reader can give and nothing else."""
     values = (frame_start, frame_end, frame_step)
     if not isinstance(name, str) or any(type(v) is not int for v in values):
         raise TypeError("bad scene reply")
-    return SceneRange(name, frame_start, frame_end, frame_step)
+    for value, high in (
+        (resolution_x, MAX_RESOLUTION),
+        (resolution_y, MAX_RESOLUTION),
+        (resolution_percentage, MAX_RESOLUTION_PERCENTAGE),
+    ):
+        if value is not None and (type(value) is not int or not 1 <= value <= high):
+            raise TypeError("bad output size in scene reply")
+    if file_format is not None and (
+        not isinstance(file_format, str) or file_format not in _FILE_FORMAT_NAMES
+    ):
+        raise TypeError("bad file format in scene reply")
+    return SceneRange(
+        name,
+        frame_start,
+        frame_end,
+        frame_step,
+        resolution_x,
+        resolution_y,
+        resolution_percentage,
+        file_format,
+    )
 
 
 # --- the spare child --------------------------------------------------------------------

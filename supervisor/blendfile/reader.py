@@ -1,4 +1,4 @@
-"""Read the active scene's frame range from a .blend file, without Blender.
+"""Read the active scene's frame range and output settings from a .blend file, without Blender.
 
 Blender Asset Tracer (BAT) decodes the DNA and the scene fields; it is only handed a file
 whose layout `check_layout` has checked, and only the few blocks we read (GLOB, DNA1, the
@@ -34,19 +34,68 @@ MIN_FRAME = -1_048_574
 
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 4 * 1024**3
 
+# Output values outside these are read as unknown. Blender's UI never goes below 4 px and
+# 65536 px is far beyond any frame we render; `r.size` (the percentage) is a DNA short.
+MAX_RESOLUTION = 65_536
+MAX_RESOLUTION_PERCENTAGE = 32_767
+
+# `ImageFormatData.imtype` (the R_IMF_IMTYPE_* values of DNA_scene_types.h) to the name
+# bpy gives `ImageFormatSettings.file_format` (the enum items of rna_scene). Values Blender
+# no longer offers (IRIZ, DDS, H264, XVID, THEORA, AV1, AVIF) are left out: read as unknown.
+FILE_FORMATS: dict[int, str] = {
+    0: "TARGA",
+    1: "IRIS",
+    4: "JPEG",
+    14: "TARGA_RAW",
+    15: "AVI_RAW",
+    16: "AVI_JPEG",
+    17: "PNG",
+    20: "BMP",
+    21: "HDR",
+    22: "TIFF",
+    23: "OPEN_EXR",
+    24: "FFMPEG",
+    26: "CINEON",
+    27: "DPX",
+    28: "OPEN_EXR_MULTILAYER",
+    30: "JPEG2000",
+    35: "WEBP",
+}
+
+# DNA types an output field may have, with the size BAT reads for each.
+_INTEGER_SIZES = {b"int": 4, b"short": 2, b"char": 1, b"uchar": 1}
+
 
 @dataclass(frozen=True)
 class SceneRange:
-    """The frames Blender renders for the file's active scene."""
+    """The frames Blender renders for the file's active scene, and the images it writes.
+
+    The output fields are None when the file does not say (an old file, odd DNA, a value
+    out of range, an `imtype` not in `FILE_FORMATS`); the frame range is always known.
+    """
 
     name: str
     frame_start: int
     frame_end: int
     frame_step: int
+    resolution_x: int | None = None
+    resolution_y: int | None = None
+    resolution_percentage: int | None = None
+    file_format: str | None = None
 
     def __post_init__(self) -> None:
         if self.frame_step < 0:
             raise ValueError(f"frame_step must not be negative, got {self.frame_step}")
+
+    @property
+    def output_width(self) -> int | None:
+        """Width in pixels of the images Blender writes; None when a part is unknown."""
+        return _scaled(self.resolution_x, self.resolution_percentage)
+
+    @property
+    def output_height(self) -> int | None:
+        """Height in pixels of the images Blender writes; None when a part is unknown."""
+        return _scaled(self.resolution_y, self.resolution_percentage)
 
     @property
     def frame_count(self) -> int:
@@ -64,6 +113,17 @@ class SceneRange:
         if self.frame_step == 0:
             return range(self.frame_start, self.frame_start + 1)
         return range(self.frame_start, self.frame_end + 1, self.frame_step)
+
+
+def _scaled(size: int | None, percentage: int | None) -> int | None:
+    """Blender's own rounding: `(rd->size * rd->xsch) / 100` in C ints (render pipeline).
+
+    A render region with "crop to render region" makes Blender write only that region;
+    this is the size of the whole frame.
+    """
+    if size is None or percentage is None:
+        return None
+    return size * percentage // 100
 
 
 def parse_scene_range(
@@ -229,7 +289,80 @@ def _scene_range(bfile: BlendFile, scene: BlendFileBlock) -> SceneRange:
         raise BlendFileError(
             f"scene frame range is empty: scene {name!r} ends at {end}, before its start {start}"
         )
-    return SceneRange(name, start, end, step)
+    return SceneRange(name, start, end, step, **_output_settings(bfile, scene, dna_struct, name))
+
+
+def _output_settings(
+    bfile: BlendFile, scene: BlendFileBlock, dna_struct: bat_dna.Struct, name: str
+) -> dict[str, int | str | None]:
+    """`r.xsch`, `r.ysch`, `r.size`, `r.im_format.imtype`, each None when unreadable."""
+    resolution = (1, MAX_RESOLUTION)
+    imtype = _output_int(bfile, scene, dna_struct, (b"r", b"im_format", b"imtype"), (0, 255))
+    file_format = None if imtype is None else FILE_FORMATS.get(imtype)
+    if imtype is not None and file_format is None:
+        logger.debug("scene %r: unknown output imtype %d", name, imtype)
+    return {
+        "resolution_x": _output_int(bfile, scene, dna_struct, (b"r", b"xsch"), resolution),
+        "resolution_y": _output_int(bfile, scene, dna_struct, (b"r", b"ysch"), resolution),
+        "resolution_percentage": _output_int(
+            bfile, scene, dna_struct, (b"r", b"size"), (1, MAX_RESOLUTION_PERCENTAGE)
+        ),
+        "file_format": file_format,
+    }
+
+
+def _output_int(
+    bfile: BlendFile,
+    block: BlendFileBlock,
+    dna_struct: bat_dna.Struct,
+    path: tuple[bytes, ...],
+    bounds: tuple[int, int],
+) -> int | None:
+    """An integer output field, or None (logged at debug) for anything unexpected.
+
+    Stricter than `_read_int` about the DNA, and it never raises: these fields came after
+    the frame range, and a file whose range reads must not be refused over them.
+    """
+    dotted = ".".join(p.decode() for p in path)
+    why = _unreadable(bfile, block, dna_struct, path)
+    if why is None:
+        value = block.get(path)
+        low, high = bounds
+        if type(value) is int and low <= value <= high:
+            return value
+        why = f"value {value!r} outside {low}..{high}"
+    logger.debug("%s: %s unknown, %s", bfile.filepath, dotted, why)
+    return None
+
+
+def _unreadable(
+    bfile: BlendFile, block: BlendFileBlock, dna_struct: bat_dna.Struct, path: tuple[bytes, ...]
+) -> str | None:
+    """Why BAT cannot read `path` as one plain integer inside the block; None if it can."""
+    pointer_size = bfile.header.pointer_size
+    for depth in range(1, len(path)):
+        # BAT steps into a nested struct even through a pointer or an array; the bytes it
+        # would read there are not the field.
+        try:
+            outer, _offset = dna_struct.field_from_path(pointer_size, path[:depth])
+        except (KeyError, OverflowError):
+            return "not in the file's DNA"
+        if outer.name.is_pointer or outer.name.array_size != 1:
+            return f"{outer.name.name_only!r} is not a plain struct"
+    try:
+        found = _field(bfile, block, dna_struct, path)
+    except BlendFileError as exc:
+        return str(exc)
+    if found is None:
+        return "not in the file's DNA"
+    type_id = found.dna_type.dna_type_id
+    if (
+        _INTEGER_SIZES.get(type_id) != found.dna_type.size
+        or found.name.is_pointer
+        or found.name.array_size != 1
+    ):
+        return f"not a plain integer field ({type_id[:40]!r}, {found.name.name_full[:40]!r})"
+    return None
 
 
 def _read_int(

@@ -1,8 +1,9 @@
-"""The .blend reader: real files, hostile files, frame semantics and the child's limits."""
+"""The .blend reader: real files, hostile files, frame and output semantics, the child's limits."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import random
@@ -17,9 +18,11 @@ from pathlib import Path
 import pytest
 import zstandard
 from blender_asset_tracer.blendfile import BlendFile
+from blender_asset_tracer.blendfile import dna as bat_dna
 
 from supervisor.blendfile import SceneRange, isolation, parse_scene_range, read_scene_range, reader
 from supervisor.errors import BlendFileError
+from tests.blendgen import blend_with_output, blend_with_range
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "blend"
 # The BAT project's files (public/) are GPL; they are read from the shared corpus, not copied.
@@ -29,6 +32,7 @@ CORPUS = Path(os.environ.get("BLEND_CORPUS_DIR", REPO.parent / "shared" / "blend
 
 V500 = FIXTURES / "blender-5.0" / "two_scenes_active_second.blend"
 V402 = FIXTURES / "blender-4.2" / "two_scenes_active_first.blend"
+DEFAULT_V500 = FIXTURES / "blender-5.0" / "default_1_250.blend"
 
 # Expected values from the corpus README (checked against Blender itself).
 EXPECTED = [
@@ -74,6 +78,25 @@ EXPECTED = [
     ("public/with_font.blend", "Scene", 1, 250, 1),
 ]
 
+# What the active scene's RenderData holds (r.xsch, r.ysch, r.size, r.im_format.imtype), as
+# plain BAT reads it from these files; the 2.79-era public files render at 50 %, several to
+# FFMPEG video.
+OUTPUTS = [
+    ("blender-5.0/default_1_250.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("blender-5.0/two_scenes_active_second_zstd.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("blender-5.0/range_1_max.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("blender-4.2/default_1_250_zstd.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("blender-4.2/two_scenes_active_first.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("gzip/v402_range_10_20_gzip.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("gzip/v500_two_scenes_active_second_gzip.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("public/T53562_bam_pack_bug.blend", 1920, 1080, 50, "PNG", 960, 540),
+    ("public/basic_file.blend", 1920, 1080, 50, "FFMPEG", 960, 540),
+    ("public/basic_file_compressed.blend", 1920, 1080, 50, "FFMPEG", 960, 540),
+    ("public/basic_file_compressed_zstd.blend", 1920, 1080, 50, "FFMPEG", 960, 540),
+    ("public/absolute_path.blend", 1920, 1080, 100, "PNG", 1920, 1080),
+    ("public/geometry-nodes-3_set_file.blend", 2048, 858, 100, "PNG", 2048, 858),
+]
+
 # Every file in bad/ (plus the corrupt public one) and the start of the error it must give.
 BAD = {
     "bad/bad_version_digits.blend": "invalid file header",
@@ -100,6 +123,23 @@ BAD = {
 }
 
 HOSTILE_LIMITS = {"timeout": 5.0, "memory_limit": 256 * 1024**2}
+
+
+def frames(scene: SceneRange) -> tuple[str, int, int, int]:
+    """The scene's name and frame range, without its output settings."""
+    return (scene.name, scene.frame_start, scene.frame_end, scene.frame_step)
+
+
+def outputs(scene: SceneRange) -> tuple[object, ...]:
+    """The scene's output settings and the size Blender writes."""
+    return (
+        scene.resolution_x,
+        scene.resolution_y,
+        scene.resolution_percentage,
+        scene.file_format,
+        scene.output_width,
+        scene.output_height,
+    )
 
 
 def corpus_file(rel: str) -> Path:
@@ -192,7 +232,7 @@ def big_sparse_copy(tmp_path: Path, src: Path, dummy_bytes: int) -> Path:
 def test_corpus_file_gives_expected_scene(
     rel: str, name: str, start: int, end: int, step: int
 ) -> None:
-    assert parse_scene_range(corpus_file(rel)) == SceneRange(name, start, end, step)
+    assert frames(parse_scene_range(corpus_file(rel))) == (name, start, end, step)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +260,7 @@ def test_active_scene_is_curscene_not_first_scene_block() -> None:
 def test_null_curscene_takes_first_scene(tmp_path: Path) -> None:
     offset = field_offset(V500, b"GLOB", (b"curscene",))
     path = patched(tmp_path, V500, offset, bytes(8))
-    assert parse_scene_range(path) == SceneRange("AAA_first", 1, 10, 1)
+    assert frames(parse_scene_range(path)) == ("AAA_first", 1, 10, 1)
 
 
 def test_no_glob_block_takes_first_scene(tmp_path: Path) -> None:
@@ -249,7 +289,7 @@ def bytes_read_by_this_process() -> int:
 def test_large_file_parses_without_reading_it(tmp_path: Path) -> None:
     path = big_sparse_copy(tmp_path, V500, 100 * 1024**2)
     before = bytes_read_by_this_process()
-    assert parse_scene_range(path) == SceneRange("ZZZ_active", 100, 200, 2)
+    assert frames(parse_scene_range(path)) == ("ZZZ_active", 100, 200, 2)
     # The header, the block headers and the blocks it needs: a few MB at most of the 100.
     assert bytes_read_by_this_process() - before < 8 * 1024**2
     assert read_scene_range(path).name == "ZZZ_active"
@@ -267,7 +307,7 @@ def test_many_small_blocks(tmp_path: Path) -> None:
 
 
 def test_negative_start_is_legal(tmp_path: Path) -> None:
-    assert parse_scene_range(with_frames(tmp_path, -5, 10, 1)) == SceneRange("Scene", -5, 10, 1)
+    assert frames(parse_scene_range(with_frames(tmp_path, -5, 10, 1))) == ("Scene", -5, 10, 1)
 
 
 def test_end_before_start_is_an_empty_range(tmp_path: Path) -> None:
@@ -336,6 +376,187 @@ def test_corpus_step_files_frame_counts() -> None:
     assert parse_scene_range(FIXTURES / "blender-5.0" / "step_0.blend").frame_count == 1
     assert parse_scene_range(FIXTURES / "blender-5.0" / "step_3_1_100.blend").frame_count == 34
     assert parse_scene_range(FIXTURES / "blender-5.0" / "range_1_max.blend").frame_count == 1048574
+
+
+# --- output settings --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rel", "width", "height", "percentage", "file_format", "out_width", "out_height"),
+    OUTPUTS,
+    ids=[o[0] for o in OUTPUTS],
+)
+def test_corpus_file_gives_its_output_settings(
+    rel: str,
+    width: int,
+    height: int,
+    percentage: int,
+    file_format: str,
+    out_width: int,
+    out_height: int,
+) -> None:
+    scene = parse_scene_range(corpus_file(rel))
+    assert outputs(scene) == (width, height, percentage, file_format, out_width, out_height)
+
+
+def test_output_size_follows_blenders_integer_rule() -> None:
+    scene = SceneRange("S", 1, 1, 1, 1921, 1081, 33, "PNG")
+    # (1921 * 33) / 100 = 633.93 and (1081 * 33) / 100 = 356.73: C int division truncates.
+    assert (scene.output_width, scene.output_height) == (633, 356)
+    assert SceneRange("S", 1, 1, 1, 640, 360, 250, "PNG").output_width == 1600
+
+
+def test_output_size_is_unknown_when_a_part_is() -> None:
+    assert SceneRange("S", 1, 250, 1).output_width is None
+    assert SceneRange("S", 1, 250, 1, 1920, None, 100, "PNG").output_height is None
+    assert SceneRange("S", 1, 250, 1, 1920, 1080, None, "PNG").output_width is None
+
+
+def test_a_scene_range_built_from_the_frames_alone_knows_no_output() -> None:
+    scene = SceneRange("S", 1, 250, 1)
+    assert outputs(scene) == (None, None, None, None, None, None)
+
+
+def test_patched_output_reads_in_process_and_in_the_child(tmp_path: Path) -> None:
+    path = blend_with_output(
+        V500, tmp_path / "out.blend", width=640, height=360, percentage=50, file_format="JPEG"
+    )
+    scene = parse_scene_range(path)
+    assert outputs(scene) == (640, 360, 50, "JPEG", 320, 180)
+    assert frames(scene) == ("ZZZ_active", 100, 200, 2)
+    assert read_scene_range(path) == scene
+
+
+@pytest.mark.parametrize("src", [V500, V402, DEFAULT_V500], ids=["v500", "v402", "default"])
+@pytest.mark.parametrize("file_format", sorted(reader.FILE_FORMATS.values()))
+def test_every_known_format_round_trips(tmp_path: Path, src: Path, file_format: str) -> None:
+    path = blend_with_output(
+        src, tmp_path / "fmt.blend", width=160, height=90, file_format=file_format
+    )
+    assert outputs(parse_scene_range(path)) == (160, 90, 100, file_format, 160, 90)
+
+
+def test_small_png_for_render_tests(tmp_path: Path) -> None:
+    frames_only = blend_with_range(DEFAULT_V500, tmp_path / "frames.blend", 1, 3)
+    path = blend_with_output(frames_only, tmp_path / "small.blend", width=160, height=90)
+    scene = read_scene_range(path)
+    assert frames(scene) == ("Scene", 1, 3, 1)
+    assert outputs(scene) == (160, 90, 100, "PNG", 160, 90)
+
+
+@pytest.mark.parametrize("imtype", [7, 29, 37, 200, 255])
+def test_unknown_imtype_gives_no_format_and_keeps_the_range(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, imtype: int
+) -> None:
+    path = blend_with_output(
+        V500, tmp_path / "odd.blend", width=1280, height=720, file_format=imtype
+    )
+    with caplog.at_level(logging.DEBUG, logger="supervisor.blendfile"):
+        scene = parse_scene_range(path)
+    assert outputs(scene) == (1280, 720, 100, None, 1280, 720)
+    assert frames(scene) == ("ZZZ_active", 100, 200, 2)
+    assert f"unknown output imtype {imtype}" in caplog.text
+    assert read_scene_range(path) == scene
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "percentage", "expected"),
+    [
+        (0, 1080, 100, (None, 1080, 100, "PNG", None, 1080)),
+        (-1920, 70_000, 100, (None, None, 100, "PNG", None, None)),
+        (1920, 1080, 0, (1920, 1080, None, "PNG", None, None)),
+        (1920, 1080, -50, (1920, 1080, None, "PNG", None, None)),
+        (65_536, 4, 32_767, (65_536, 4, 32_767, "PNG", 21_474_181, 1310)),
+    ],
+)
+def test_implausible_output_values_are_unknown(
+    tmp_path: Path, width: int, height: int, percentage: int, expected: tuple[object, ...]
+) -> None:
+    path = blend_with_output(
+        V402, tmp_path / "odd.blend", width=width, height=height, percentage=percentage
+    )
+    scene = parse_scene_range(path)
+    assert outputs(scene) == expected
+    assert frames(scene) == ("AAA_active", 7, 77, 7)
+    assert read_scene_range(path) == scene
+
+
+@pytest.mark.parametrize(
+    ("name", "missing"),
+    [
+        (b"xsch", "resolution_x"),
+        (b"size", "resolution_percentage"),
+        (b"imtype", "file_format"),
+        (b"im_format", "file_format"),
+    ],
+)
+def test_output_field_missing_from_the_dna_is_unknown(
+    tmp_path: Path, name: bytes, missing: str
+) -> None:
+    # Renamed in the DNA's name table, as a file from a Blender without the field has it.
+    renamed = name[:-1] + b"X"
+    path = dna_patched(tmp_path, b"\x00" + name + b"\x00", b"\x00" + renamed + b"\x00")
+    scene = parse_scene_range(path)
+    assert getattr(scene, missing) is None
+    assert frames(scene) == ("ZZZ_active", 100, 200, 2)
+    known = {"resolution_x", "resolution_y", "resolution_percentage", "file_format"} - {missing}
+    assert all(getattr(scene, field) is not None for field in known)
+    assert read_scene_range(path) == scene
+
+
+def with_changed_render_field(
+    monkeypatch: pytest.MonkeyPatch, struct_name: bytes, field_name: bytes, change: object
+) -> None:
+    """Make the DNA BAT decodes declare one field differently (type or name)."""
+    real = reader._IndexedBlendFile.decode_structs
+
+    def decode_structs(self: reader._IndexedBlendFile, block: object) -> None:
+        real(self, block)
+        struct = next(s for s in self.structs if s.dna_type_id == struct_name)
+        field = next(f for f in struct.fields if f.name.name_only == field_name)
+        change(field)
+
+    monkeypatch.setattr(reader._IndexedBlendFile, "decode_structs", decode_structs)
+
+
+def test_output_field_of_another_type_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    def as_float(field: bat_dna.Field) -> None:
+        field.dna_type = bat_dna.Struct(b"float", 4)
+
+    with_changed_render_field(monkeypatch, b"RenderData", b"xsch", as_float)
+    scene = parse_scene_range(V500)
+    assert (scene.resolution_x, scene.resolution_y, scene.output_width) == (None, 1080, None)
+    assert frames(scene) == ("ZZZ_active", 100, 200, 2)
+
+
+def test_output_struct_behind_a_pointer_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    def as_pointer(field: bat_dna.Field) -> None:
+        field.name = bat_dna.Name(b"*im_format")
+
+    with_changed_render_field(monkeypatch, b"RenderData", b"im_format", as_pointer)
+    scene = parse_scene_range(V500)
+    assert scene.file_format is None
+    assert scene.output_width == 1920
+
+
+def test_output_field_outside_the_scene_block_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    def far_away(field: bat_dna.Field) -> None:
+        field.offset = 1 << 20
+
+    with_changed_render_field(monkeypatch, b"RenderData", b"ysch", far_away)
+    scene = parse_scene_range(V500)
+    assert (scene.resolution_x, scene.resolution_y) == (1920, None)
+    assert frames(scene) == ("ZZZ_active", 100, 200, 2)
+
+
+def test_blend_with_output_refuses_compressed_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="compressed"):
+        blend_with_output(
+            FIXTURES / "blender-5.0" / "range_10_20_zstd.blend",
+            tmp_path / "z.blend",
+            width=160,
+            height=90,
+        )
 
 
 # --- bad and hostile files --------------------------------------------------------------
@@ -519,7 +740,7 @@ def test_mutated_files_only_raise_blend_file_error(tmp_path: Path) -> None:
 
 # A parser child whose parse misbehaves as FAULTS[name] says; the rest is the real child.
 FAULT_CHILD = """
-import os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from supervisor.blendfile import child
 from supervisor.blendfile.reader import SceneRange, parse_scene_range
 
@@ -545,6 +766,9 @@ def chatter(*args, **kwargs):
     sys.stdout.buffer.flush()
     time.sleep(60)
 
+def reply(*args, **kwargs):
+    return SceneRange(**json.loads(sys.argv[2]))
+
 def leave_stdout_open(then):
     # A process that outlives us with our stdout, as one forked by another thread would.
     def parse(*args, **kwargs):
@@ -554,7 +778,7 @@ def leave_stdout_open(then):
 
 FAULTS = {
     "hang": hang, "hog": hog, "die": die, "boom": boom, "chatter": chatter,
-    "environment": environment,
+    "environment": environment, "reply": reply,
     "linger": leave_stdout_open(parse_scene_range), "linger-die": leave_stdout_open(die),
 }
 child.parse_scene_range = FAULTS[sys.argv[1]]
@@ -577,9 +801,9 @@ def child_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return pids
 
 
-def faulty(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+def faulty(monkeypatch: pytest.MonkeyPatch, fault: str, *args: str) -> None:
     """Make read_scene_range's children misbehave."""
-    argv = [sys.executable, "-P", "-c", FAULT_CHILD, fault]
+    argv = [sys.executable, "-P", "-c", FAULT_CHILD, fault, *args]
     monkeypatch.setattr(isolation, "child_argv", lambda: argv)
 
 
@@ -687,3 +911,52 @@ def test_concurrent_reads_from_threads() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         names = list(pool.map(lambda p: read_scene_range(p, timeout=10).name, files))
     assert names == ["ZZZ_active", "AAA_active", "Scene"] * 4
+
+
+GOOD_OUTPUT = {
+    "name": "S",
+    "frame_start": 1,
+    "frame_end": 3,
+    "frame_step": 1,
+    "resolution_x": 160,
+    "resolution_y": 90,
+    "resolution_percentage": 100,
+    "file_format": "OPEN_EXR_MULTILAYER",
+}
+
+
+def test_the_childs_output_settings_cross_intact(monkeypatch: pytest.MonkeyPatch) -> None:
+    faulty(monkeypatch, "reply", json.dumps(GOOD_OUTPUT))
+    assert read_scene_range(V500) == SceneRange(**GOOD_OUTPUT)
+
+
+def test_unknown_output_settings_cross_as_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    unknown = GOOD_OUTPUT | dict.fromkeys(
+        ("resolution_x", "resolution_y", "resolution_percentage", "file_format")
+    )
+    faulty(monkeypatch, "reply", json.dumps(unknown))
+    assert read_scene_range(V500) == SceneRange("S", 1, 3, 1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"resolution_x": True},
+        {"resolution_x": 0},
+        {"resolution_y": 65_537},
+        {"resolution_y": "1080"},
+        {"resolution_percentage": 1.5},
+        {"resolution_percentage": 32_768},
+        {"file_format": "GIF"},
+        {"file_format": "PNG" * 300},
+        {"file_format": 17},
+        {"file_format": ["PNG"]},
+    ],
+    ids=lambda bad: json.dumps(bad)[:40],
+)
+def test_the_childs_output_settings_are_checked(
+    monkeypatch: pytest.MonkeyPatch, bad: dict[str, object]
+) -> None:
+    faulty(monkeypatch, "reply", json.dumps(GOOD_OUTPUT | bad))
+    with pytest.raises(BlendFileError, match=r"parser process gave no result \(exit code 0\)"):
+        read_scene_range(V500)
