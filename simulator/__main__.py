@@ -67,6 +67,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--stall-share", type=float, default=0.0, help="share of users that hang")
     add("--stall-after", type=float, default=0.0, help="seconds of rendering before they hang")
     add(
+        "--bad-users",
+        default="",
+        help="users uploading bad images, e.g. black=1,truncated=1,wrong-resolution=1,text=1",
+    )
+    add(
         "--join-delay",
         type=float,
         default=0.0,
@@ -118,6 +123,7 @@ def config_from(args: argparse.Namespace) -> SimulatorConfig:
         slowdown_after=args.slowdown_after,
         stall_share=args.stall_share,
         stall_after=args.stall_after,
+        bad_users=args.bad_users,
         join_delay=args.join_delay,
         join_batch=args.join_batch,
         disconnect_share=args.disconnect_share,

@@ -18,6 +18,8 @@ FRAME_TIME_DISTS = ("fixed", "lognormal", "pareto")
 # The `tail` a distribution takes when none is given: a lognormal's sigma, a Pareto's alpha.
 DEFAULT_TAIL = {"lognormal": 0.5, "pareto": 2.5}
 DEFAULT_USER_PREFIX = "sim-user"
+# What a bad user uploads for every frame it renders (simulator/render.py bad_frame).
+BAD_KINDS = ("black", "truncated", "wrong-resolution", "text")
 _USER_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -61,6 +63,14 @@ class SimulatorConfig:
     frame's time: `fixed` is `frame_time` ± `jitter`; `lognormal` and `pareto` are
     heavy-tailed with mean `frame_time`, shaped by `tail` (the lognormal's sigma, > 0,
     default 0.5; the Pareto's alpha, > 1, default 2.5: the smaller, the heavier the tail).
+
+    `bad_users` names how many users of each kind upload a bad image for every frame they
+    render, as `"black=1,truncated=1,wrong-resolution=1,text=1"` (any of the kinds, each
+    once; "" for none): `black` a valid all-black PNG of the right size, `truncated` a
+    right-size PNG cut in half (no IEND), `wrong-resolution` a valid PNG at half the width
+    and height, `text` a line of text; all are announced as PNGs. Which users, drawn from the
+    seed with a generator of their own (simulator/profiles.py); they render on the usual
+    timing otherwise.
     """
 
     host: str = "127.0.0.1"
@@ -98,6 +108,7 @@ class SimulatorConfig:
     stall_after: float = 0.0
     frame_time_dist: str = "fixed"
     tail: float | None = None
+    bad_users: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -124,6 +135,13 @@ class SimulatorConfig:
         if not self.amqp and self.users:
             problems.append("users must be 0 without amqp: simulated users report over AMQP")
         problems += self._profile_problems()
+        try:
+            bad = sum(parse_bad_users(self.bad_users).values())
+        except ValueError as exc:
+            problems.append(str(exc))
+        else:
+            if bad > self.users:
+                problems.append(f"bad_users names {bad} users but there are {self.users}")
         if problems:
             raise ValueError("; ".join(problems))
         if self.data_dir is not None and not isinstance(self.data_dir, Path):
@@ -171,6 +189,11 @@ class SimulatorConfig:
         return self.tail if self.tail is not None else DEFAULT_TAIL.get(self.frame_time_dist)
 
     @property
+    def bad_user_counts(self) -> dict[str, int]:
+        """`bad_users` parsed: how many users of each kind, kinds in BAD_KINDS order."""
+        return parse_bad_users(self.bad_users)
+
+    @property
     def real_peers(self) -> bool:
         """Whether the peers behave as the real ones of CONTRACT.md section 7."""
         return self.peer_mode == "real"
@@ -188,6 +211,28 @@ class SimulatorConfig:
         values["data_dir"] = str(self.data_dir) if self.data_dir else None
         values["broker_url"] = _without_password(self.broker_url)
         return values
+
+
+def parse_bad_users(text: str) -> dict[str, int]:
+    """`"black=1,text=2"` as {"black": 1, "text": 2} (kinds in BAD_KINDS order, spaces
+    allowed around the parts); ValueError naming what is wrong."""
+    counts: dict[str, int] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        kind, sep, count = (piece.strip() for piece in part.partition("="))
+        if (
+            not sep
+            or kind not in BAD_KINDS
+            or not (count.isascii() and count.isdigit())
+            or kind in counts
+        ):
+            raise ValueError(
+                f"bad_users must be kind=count pairs, each kind once, kinds among "
+                f"{', '.join(BAD_KINDS)} (got {part.strip()!r})"
+            )
+        counts[kind] = int(count)
+    return {kind: counts[kind] for kind in BAD_KINDS if kind in counts}
 
 
 def _without_password(url: str) -> str:

@@ -10,6 +10,9 @@ Which users are slow, slow down or stall is drawn once from the seed with a gene
 own, so turning a profile on changes no other draw of a seeded run (who disconnects, who
 completes early). The three sets are drawn independently: a user may be in several, and its
 factors then multiply.
+
+Bad users (`bad_users`), which upload a bad image for every frame, are drawn the same way
+from a generator of their own, so they change neither the profiles nor any other draw.
 """
 
 from __future__ import annotations
@@ -112,3 +115,14 @@ def assign_profiles(user_ids: Sequence[str], config: SimulatorConfig) -> dict[st
             stall_after=config.stall_after if user_id in stalling else None,
         )
     return profiles
+
+
+def assign_bad_users(user_ids: Sequence[str], config: SimulatorConfig) -> dict[str, str]:
+    """The bad users and the kind of each: exactly `config.bad_user_counts` users of each
+    kind, none in two kinds, the same users for the same seed and user ids."""
+    kinds = [kind for kind, count in config.bad_user_counts.items() for _ in range(count)]
+    if not kinds:
+        return {}
+    seed = f"{config.seed}/bad-users" if config.seed is not None else None
+    users = random.Random(seed).sample(list(user_ids), len(kinds))
+    return dict(zip(users, kinds, strict=True))

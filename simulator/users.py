@@ -18,6 +18,10 @@ may grow once it has rendered for a while, and maybe a point at which it hangs. 
 keeps its frames and its connection: it never uploads, reports or disconnects again, ignores
 every message, and never answers an acknowledged one (the User Service's call times out).
 
+A bad user (`bad_users`) uploads a bad image for every frame it renders (simulator/render.py
+`bad_frame`), announced as a PNG like any other; it behaves normally otherwise. A good user's
+image is the renderer's, announced with the extension of what it is (jpg for a JPEG).
+
 Every upload to the temp bucket is remembered as the SHA-256 of its bytes by session and frame
 (32 bytes each, kept after the supervisor deletes the temp copy), so a test can tell whether
 the supervisor stored exactly what a user uploaded.
@@ -39,8 +43,14 @@ from typing import Any
 
 from simulator.blobs import TEMP_BUCKET, BlobStore
 from simulator.config import SimulatorConfig
-from simulator.profiles import Profile, assign_profiles, sample_frame_time, share_count
-from simulator.render import RenderFrame
+from simulator.profiles import (
+    Profile,
+    assign_bad_users,
+    assign_profiles,
+    sample_frame_time,
+    share_count,
+)
+from simulator.render import RenderFrame, bad_frame, extension_of
 from simulator.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -111,6 +121,7 @@ class SimUser:
     render_seconds: float = 0.0
     frame_seconds: float = 0.0
     stalled: bool = False
+    bad_kind: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> str:
@@ -143,6 +154,7 @@ class SimUser:
             "disconnects_after": self.disconnect_after,
             "early_complete": self.early_complete,
             "stalled": self.stalled,
+            "bad_kind": self.bad_kind,
             **self.profile.public(self.render_seconds),
         }
 
@@ -184,6 +196,7 @@ class UserPool:
         disconnecting = set(master.sample(ids, share_count(len(ids), config.disconnect_share)))
         early = set(master.sample(ids, share_count(len(ids), config.early_complete_share)))
         profiles = assign_profiles(ids, config)
+        bad = assign_bad_users(ids, config)
         staggered = config.real_peers and config.join_batch > 0 and config.join_delay > 0
         connected_at_start = config.join_batch if staggered else len(ids)
         for user_id in ids:
@@ -193,6 +206,7 @@ class UserPool:
                 random.Random(seed),
                 early_complete=user_id in early,
                 profile=profiles[user_id],
+                bad_kind=bad.get(user_id),
             )
             if user_id in disconnecting:
                 user.disconnect_after = master.randint(1, 3)
@@ -511,10 +525,15 @@ class UserPool:
                 },
             )
         else:
-            image = self._renderer(self._blend_lookup(user.blend_hash or ""), frame)
+            blend = self._blend_lookup(user.blend_hash or "")
+            if user.bad_kind is None:
+                image = self._renderer(blend, frame)
+                extension = extension_of(image)
+            else:
+                image, extension = bad_frame(user.bad_kind, blend, frame), "png"
             key = (
                 f"temp/{_segment(session_id)}/{_segment(user.user_id)}/"
-                f"{frame}-{user.rng.getrandbits(32):08x}.png"
+                f"{frame}-{user.rng.getrandbits(32):08x}.{extension}"
             )
             self._blobs.write(TEMP_BUCKET, key, image)
             self._remember_upload(session_id, frame, image)
@@ -534,7 +553,7 @@ class UserPool:
         data = {
             "user-id": user.user_id,
             "frame-number": frame,
-            "image-extension": "png",
+            "image-extension": key.rpartition(".")[2],  # the upload's key ends with it
             "image-binary-path": key,
         }
         return self._publish(user, "user-frame-rendered", data)

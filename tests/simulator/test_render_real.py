@@ -22,7 +22,8 @@ import requests
 from simulator import Simulator
 from simulator.core import DEMO_CUSTOMER, DEMO_OBJECT
 from simulator.png import SIGNATURE, frame_png
-from simulator.render import REAL_HEIGHT, REAL_WIDTH, BlenderRenderer, real_renderer
+from simulator.render import BlenderRenderer, real_renderer, render_frame
+from tests.blendgen import blend_with_output
 from tests.simulator.helpers import Supervisor, Tap
 
 pytestmark = pytest.mark.skipif(
@@ -33,6 +34,8 @@ BLEND = Path(__file__).resolve().parents[1] / "fixtures" / "blend"
 DEFAULT_42 = BLEND / "blender-4.2" / "default_1_250.blend"
 NO_CAMERA_42 = BLEND / "blender-4.2" / "two_scenes_active_second.blend"
 RANGE_50 = BLEND / "blender-5.0" / "range_10_20.blend"
+# Frames come at the file's resolution times its percentage: small.blend's 128x72 at 50 %.
+SMALL = (64, 36)
 ANIMATE = """
 import sys
 import bpy
@@ -74,11 +77,19 @@ def renderer() -> BlenderRenderer:
 
 
 @pytest.fixture
-def animated(tmp_path: Path) -> Path:
+def small(tmp_path: Path) -> Path:
+    """The 4.2 default scene with a 128x72 output at 50 %, so frames render quickly."""
+    return blend_with_output(
+        DEFAULT_42, tmp_path / "small.blend", width=128, height=72, percentage=50
+    )
+
+
+@pytest.fixture
+def animated(tmp_path: Path, small: Path) -> Path:
     """The default cube moving from x=-3 at frame 1 to x=3 at frame 20, saved by Blender."""
     target = tmp_path / "animated.blend"
     subprocess.run(
-        [sys.executable, "-c", ANIMATE, str(DEFAULT_42), str(target)],
+        [sys.executable, "-c", ANIMATE, str(small), str(target)],
         check=True,
         capture_output=True,
         timeout=120,
@@ -90,10 +101,12 @@ def test_one_renderer_per_process(renderer: BlenderRenderer) -> None:
     assert real_renderer() is renderer
 
 
-def test_a_frame_is_a_workbench_png_of_the_tiny_size(renderer: BlenderRenderer) -> None:
-    image = renderer(DEFAULT_42, 1)
+def test_a_frame_is_a_workbench_png_of_the_files_size(
+    renderer: BlenderRenderer, small: Path
+) -> None:
+    image = renderer(small, 1)
     size, pixels, kinds = png_parts(image)
-    assert size == (REAL_WIDTH, REAL_HEIGHT)
+    assert size == SMALL
     assert b"tEXt" not in kinds
     assert image != frame_png(1)
     assert len(set(pixels)) > 10
@@ -105,15 +118,17 @@ def test_frames_follow_the_animation(renderer: BlenderRenderer, animated: Path) 
     assert renderer(animated, 1) == first
 
 
-def test_a_still_scene_gives_the_same_image_every_frame(renderer: BlenderRenderer) -> None:
-    assert renderer(DEFAULT_42, 3) == renderer(DEFAULT_42, 200)
+def test_a_still_scene_gives_the_same_image_every_frame(
+    renderer: BlenderRenderer, small: Path
+) -> None:
+    assert renderer(small, 3) == renderer(small, 200)
 
 
 def test_the_open_file_is_reused_until_it_changes(
-    renderer: BlenderRenderer, tmp_path: Path
+    renderer: BlenderRenderer, tmp_path: Path, small: Path
 ) -> None:
     blend = tmp_path / "scene.blend"
-    blend.write_bytes(DEFAULT_42.read_bytes())
+    blend.write_bytes(small.read_bytes())
     renderer(blend, 1)
     opened = renderer.files_opened
     renderer(blend, 2)
@@ -124,16 +139,15 @@ def test_the_open_file_is_reused_until_it_changes(
     assert renderer.files_opened == opened + 1
 
 
-def test_a_lost_render_process_is_started_again(renderer: BlenderRenderer) -> None:
+def test_a_lost_render_process_is_started_again(renderer: BlenderRenderer, small: Path) -> None:
     renderer.close()
-    assert png_parts(renderer(DEFAULT_42, 5))[0] == (REAL_WIDTH, REAL_HEIGHT)
+    assert png_parts(renderer(small, 5))[0] == SMALL
 
 
-def test_renders_from_the_scheduler_threads(renderer: BlenderRenderer) -> None:
+def test_renders_from_the_scheduler_threads(renderer: BlenderRenderer, small: Path) -> None:
     images: list[bytes] = []
     workers = [
-        threading.Thread(target=lambda f=f: images.append(renderer(DEFAULT_42, f)))
-        for f in range(1, 9)
+        threading.Thread(target=lambda f=f: images.append(renderer(small, f))) for f in range(1, 9)
     ]
     for worker in workers:
         worker.start()
@@ -151,8 +165,8 @@ def test_renders_from_the_scheduler_threads(renderer: BlenderRenderer) -> None:
 def test_a_file_blender_cannot_render_gives_placeholders(
     renderer: BlenderRenderer, blend: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert renderer(blend, 7) == frame_png(7)
-    assert renderer(blend, 8) == frame_png(8)
+    assert renderer(blend, 7) == render_frame(blend, 7)
+    assert renderer(blend, 8) == render_frame(blend, 8)
     assert sum("cannot render" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -167,9 +181,9 @@ def test_blender_5_files_render_where_bpy_reads_them(renderer: BlenderRenderer) 
     """The demo's default blend is a 5.0 file: bpy 4.x answers it with placeholders."""
     image = renderer(RANGE_50, 12)
     if renderer.version >= (5, 0):
-        assert png_parts(image)[0] == (REAL_WIDTH, REAL_HEIGHT)
+        assert png_parts(image)[0] == (1920, 1080)
     else:
-        assert image == frame_png(12)
+        assert image == render_frame(RANGE_50, 12)
 
 
 @pytest.mark.rabbitmq
@@ -177,8 +191,9 @@ def test_simulated_users_store_blender_frames(
     rabbit_sim: Callable[..., Simulator],
     supervisor_for: Callable[[Simulator], Supervisor],
     tap: Tap,
+    small: Path,
 ) -> None:
-    sim = rabbit_sim(render="real", demo_blend=str(DEFAULT_42), peer_mode="ideal")
+    sim = rabbit_sim(render="real", demo_blend=str(small), peer_mode="ideal")
     demo = sim.catalog.lookup(DEMO_CUSTOMER, DEMO_OBJECT)
     assert demo is not None
     sv = supervisor_for(sim)
@@ -192,4 +207,4 @@ def test_simulated_users_store_blender_frames(
         image = requests.get(
             f"{sim.base_url}/api/blob-service/retrieve-temp", params={"key": key}, timeout=5
         ).content
-        assert png_parts(image)[0] == (REAL_WIDTH, REAL_HEIGHT)
+        assert png_parts(image)[0] == SMALL
