@@ -1,15 +1,17 @@
 """The Blob Service of CONTRACT.md §3: .blend files, users' temporary uploads, final frames,
-and the copy of a temporary upload to its final key."""
+and the copy of a temporary upload to its final key, checked on the way
+(supervisor/frames/validation.py) when the caller asks."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -19,7 +21,13 @@ from supervisor.keys import check_int, validate_blob_key, validate_extension
 from supervisor.peers.http import PeerClient, declared_length, describe_exception
 from supervisor.peers.multipart import UPLOAD_CHUNK_BYTES, FilePart, MultipartBody, PartSource
 
+if TYPE_CHECKING:
+    from supervisor.frames.validation import FrameCheck, FrameReport
+
 CHUNK_BYTES = 1024 * 1024
+# What a checked transfer reads before it opens the upload while its check cannot yet
+# judge the frame's header (a JPEG's size may follow large metadata segments).
+READ_AHEAD_BYTES = UPLOAD_CHUNK_BYTES
 RETRIEVE_TEMP = "retrieve-temp"
 _CONTENT_TYPES = {
     "png": "image/png",
@@ -33,6 +41,15 @@ _CONTENT_TYPES = {
     "tga": "image/x-tga",
     "hdr": "image/vnd.radiance",
 }
+
+
+@dataclass(frozen=True)
+class Transferred:
+    """A copy temp -> final that was stored: its size, and what its check found (None when
+    it was not checked; a problem in it only when the check did not enforce)."""
+
+    size: int
+    report: FrameReport | None
 
 
 class BlobClient(PeerClient):
@@ -101,8 +118,15 @@ class BlobClient(PeerClient):
             yield resp, declared
 
     def _stream_to(
-        self, resp: requests.Response, operation: str, dest: Path, max_bytes: int
+        self,
+        resp: requests.Response,
+        operation: str,
+        dest: Path,
+        max_bytes: int,
+        check: FrameCheck | None = None,
     ) -> int:
+        """Write the body to `dest`, each chunk fed to `check` (when given) before it is
+        written; return its size."""
         written = 0
         with dest.open("wb") as out:
             try:
@@ -115,6 +139,8 @@ class BlobClient(PeerClient):
                             status=None,
                             transient=False,
                         )
+                    if check is not None:
+                        check.feed(chunk)
                     out.write(chunk)
             except (requests.RequestException, Urllib3Error) as exc:
                 raise self.peer_error(
@@ -167,26 +193,37 @@ class BlobClient(PeerClient):
         extension: str,
         max_bytes: int,
         workdir: Path | None = None,
-    ) -> int:
-        """Copy a temporary upload to its final key; return its size.
+        check: Callable[[], FrameCheck] | None = None,
+    ) -> Transferred:
+        """Copy a temporary upload to its final key; return its size and check report.
 
         When the Blob Service declares the temp blob's length (it does for plain files),
         its body is streamed straight into the upload, in large chunks and without
         touching the disk; a retried upload fetches it again. Otherwise it goes through a
         temp file in `workdir`, removed whatever happens, which enforces `max_bytes` as
         it arrives. Memory stays bounded either way. The temporary copy is not deleted.
+
+        `check` makes a FrameCheck for each attempt (a retried upload reads the blob, and
+        checks it, from the start again). Every byte is fed to it before it is sent, and
+        the first chunk before the upload is even opened, so a frame whose first bytes are
+        wrong opens none; `finish` runs before the last chunk is sent, so a frame refused
+        there leaves the upload short of its end, and the Blob Service stores nothing (its
+        form parser fails on a short body). A refusal raises InvalidFrame as it is, never
+        retried; the connections it cut are closed, not pooled. Through a temp file, the
+        whole file is checked before the upload starts.
         """
         validate_blob_key(temp_key)
         validate_blob_key(final_key)
         ext = validate_extension(extension)
         check_int("max_bytes", max_bytes, minimum=0)
-        with _TempBlob(self, temp_key, max_bytes) as blob:
+        with _TempBlob(self, temp_key, max_bytes, check) as blob:
             if blob.declared is None:
                 return self._transfer_through_file(
-                    blob.response, final_key, ext, max_bytes, workdir
+                    blob.response, final_key, ext, max_bytes, workdir, check
                 )
+            blob.read_ahead()
             self._upload(final_key, ext, blob)
-            return blob.size
+            return Transferred(blob.size, blob.report)
 
     def _transfer_through_file(
         self,
@@ -195,39 +232,58 @@ class BlobClient(PeerClient):
         ext: str,
         max_bytes: int,
         workdir: Path | None,
-    ) -> int:
+        check: Callable[[], FrameCheck] | None,
+    ) -> Transferred:
+        frame_check = None if check is None else check()
         fd, name = tempfile.mkstemp(prefix="frame-", suffix=".part", dir=workdir)
         os.close(fd)
         tmp = Path(name)
         try:
-            size = self._stream_to(resp, RETRIEVE_TEMP, tmp, max_bytes)
+            size = self._stream_to(resp, RETRIEVE_TEMP, tmp, max_bytes, frame_check)
+            report = None if frame_check is None else frame_check.finish()
             self.store_image(key=final_key, extension=ext, source=tmp)
-            return size
+            return Transferred(size, report)
         finally:
             tmp.unlink(missing_ok=True)
 
 
 class _TempBlob:
-    """A temp blob's body as the file part of an upload, fetched once more per rewind.
+    """A temp blob's body as the file part of an upload, fetched once more per rewind, and
+    checked on the way when a check factory is given.
 
     Entering performs the GET (a refusal or a declared length over `max_bytes` raises
     there); `declared` is the length the response declares, None when there is none
     (chunked or encoded: the caller then needs a temp file). Chunks are read straight
     from urllib3, undecoded and as large as `UPLOAD_CHUNK_BYTES`; a failure while reading
-    them is a transient retrieve-temp PeerError, which urllib3 lets through untouched. A
-    rewind after some of the body was read fetches it again and insists on the same
-    length. Exiting releases the response; its connection goes back to the pool when the
-    body was read to the end.
+    them is a transient retrieve-temp PeerError, which urllib3 lets through untouched.
+    `read_ahead` starts a check and reads the first chunk before the upload starts, more
+    (up to `READ_AHEAD_BYTES`) only while the check cannot yet judge the header. Each chunk is
+    fed to the check as it is read, before it is handed on, and the last one after the
+    check finished, so InvalidFrame comes out of the upload's body before the body is
+    whole. A rewind after some of the body was handed on fetches it again, insists on the
+    same length, and starts a new check. Exiting releases the response; its connection
+    goes back to the pool when the body was read to the end, closed otherwise.
     """
 
-    def __init__(self, client: BlobClient, key: str, max_bytes: int) -> None:
+    def __init__(
+        self,
+        client: BlobClient,
+        key: str,
+        max_bytes: int,
+        check: Callable[[], FrameCheck] | None = None,
+    ) -> None:
         self._client = client
         self._key = key
         self._max_bytes = max_bytes
+        self._make_check = check
         self._stack = ExitStack()
         self._read = 0
+        self._ahead: list[bytes] = []
+        self._handed = False
+        self._check: FrameCheck | None = None
         self.response: requests.Response
         self.declared: int | None = None
+        self.report: FrameReport | None = None
 
     def __enter__(self) -> _TempBlob:
         self._open()
@@ -245,6 +301,10 @@ class _TempBlob:
         get = self._client.open_temp(self._key, self._max_bytes)
         self.response, self.declared = self._stack.enter_context(get)
         self._read = 0
+        self._ahead = []
+        self._handed = False
+        self._check = None
+        self.report = None
 
     @property
     def size(self) -> int:
@@ -252,25 +312,54 @@ class _TempBlob:
             raise RuntimeError("the temp blob declares no length")
         return self.declared
 
-    def chunks(self) -> Iterator[bytes]:
-        raw = self.response.raw
+    def read_ahead(self) -> None:
+        """Start a check, then read and check the start of the body (all of a small one)
+        before any upload."""
+        self._check = None if self._make_check is None else self._make_check()
+        if self._check is not None:
+            self._check.declare_size(self.size)
+        if self.size == 0:
+            self._finish()
         while self._read < self.size:
-            want = min(UPLOAD_CHUNK_BYTES, self.size - self._read)
-            try:
-                data = raw.read(want, decode_content=False)
-            except (requests.RequestException, Urllib3Error) as exc:
-                raise self._client.peer_error(
-                    RETRIEVE_TEMP, describe_exception(exc), status=None, transient=True
-                ) from exc
-            if not data:
-                raise self._client.peer_error(
-                    RETRIEVE_TEMP, "body ended early", status=None, transient=True
-                )
-            self._read += len(data)
-            yield data
+            self._ahead.append(self._next())
+            if self._check is None or self._check.header_known:
+                break
+            if self._read >= READ_AHEAD_BYTES:
+                break
+
+    def chunks(self) -> Iterator[bytes]:
+        self._handed = True
+        while self._ahead:
+            yield self._ahead.pop(0)
+        while self._read < self.size:
+            yield self._next()
+
+    def _next(self) -> bytes:
+        """The next chunk, fed to the check; after the last one the check is finished."""
+        want = min(UPLOAD_CHUNK_BYTES, self.size - self._read)
+        try:
+            data = self.response.raw.read(want, decode_content=False)
+        except (requests.RequestException, Urllib3Error) as exc:
+            raise self._client.peer_error(
+                RETRIEVE_TEMP, describe_exception(exc), status=None, transient=True
+            ) from exc
+        if not data:
+            raise self._client.peer_error(
+                RETRIEVE_TEMP, "body ended early", status=None, transient=True
+            )
+        self._read += len(data)
+        if self._check is not None:
+            self._check.feed(data)
+            if self._read == self.size:
+                self._finish()
+        return data
+
+    def _finish(self) -> None:
+        if self._check is not None:
+            self.report = self._check.finish()
 
     def rewind(self) -> None:
-        if not self._read:
+        if not self._handed:
             return
         size = self.declared
         self._stack.close()
@@ -282,3 +371,4 @@ class _TempBlob:
                 status=None,
                 transient=True,
             )
+        self.read_ahead()
