@@ -44,7 +44,7 @@ from bench.harness import (
 from bench.profiling import PROFILE_DIR, print_summary, recording, summarize
 from simulator.png import frame_png
 from tests import services
-from tests.blendgen import blend_with_range
+from tests.blendgen import blend_with_output, blend_with_range
 from tests.stack import ROOT, platform
 
 SOURCE = ROOT / "tests/fixtures/blend/blender-5.0/default_1_250.blend"
@@ -222,7 +222,13 @@ def run(opts: Options) -> list[Row]:
         _switch_interval(SIMULATOR_SWITCH_SECONDS),
     ):
         tmp = Path(folder)
-        blend = blend_with_range(SOURCE, tmp / "intake.blend", 1, frames)
+        # The scene writes the placeholder's 160x90 PNG, so every frame passes the checks.
+        blend = blend_with_output(
+            blend_with_range(SOURCE, tmp / "range.blend", 1, frames),
+            tmp / "intake.blend",
+            width=160,
+            height=90,
+        )
         knobs = {"users": users, "frame_time": 0.0, "jitter": 0.0}
         with platform(tmp, **knobs) as stack:
             stack.env["INITIAL_USER_COUNT"] = str(users)

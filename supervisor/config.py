@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(4 * 1024**3, ge=1024)
     thumbnail_max_source_bytes: int = Field(256 * 1024**2, ge=1024)
     stale_frame_seconds: float = Field(900.0, gt=0)
+    speculative_extra_percent: int = Field(10, ge=0, le=100)
+    speculate_after_paces: float = Field(2.0, ge=1.0, le=100.0)
+    validate_frames: bool = True
+    frame_content_check_max_bytes: int = Field(64 * 1024**2, ge=0)
+    max_frame_refusals: int = Field(3, ge=1, le=100)
     redemand_seconds: float = Field(30.0, gt=0)
     stall_seconds: float = Field(30.0, gt=0)
     claim_timeout_seconds: float = Field(300.0, gt=0)

@@ -18,6 +18,7 @@ from sqlalchemy import and_, bindparam, delete, exists, func, select, text, upda
 from sqlalchemy.orm import Session
 
 from supervisor import outbox, timeline
+from supervisor.frames import speculation
 from supervisor.frames.assignment import distribute, lock_workload, unassign_user
 from supervisor.models import (
     ENDED_STATUSES,
@@ -281,7 +282,11 @@ def rebalance(sv: Services) -> dict[str, dict[str, int]]:
             if workload is None:
                 continue
             granted = distribute(
-                session, workload, sv.settings.max_frames_per_assignment, steal=True
+                session,
+                workload,
+                sv.settings.max_frames_per_assignment,
+                steal=True,
+                speculate=speculation.Policy.from_settings(sv.settings),
             )
             if granted:
                 moved[workload_id] = granted

@@ -79,6 +79,16 @@ REFUSED = Counter(
 FRAMES_STORED = Counter(
     "supervisor_frames_stored_total", "Frames copied to the final store and marked rendered."
 )
+FRAMES_INVALID = Counter(
+    "supervisor_frames_invalid_total",
+    "Uploaded frames that failed a check, by reason and by what was done: 'refused' (to be "
+    "rendered again) or 'flagged' (stored all the same, every user having failed it).",
+    ["reason", "action"],
+)
+SPECULATIVE_RENDERS = Counter(
+    "supervisor_speculative_renders_total",
+    "Frames handed to an idle user while their holder still renders them (stragglers).",
+)
 TRANSFER_BYTES = Histogram(
     "supervisor_transfer_bytes",
     "Bytes of one rendered frame moved from the temporary to the final store.",

@@ -22,7 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -114,6 +114,11 @@ class Workload(Base):
     total_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     rendered_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     recorded_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    speculative_renders: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # What the .blend's active scene writes; every upload is checked against it.
+    output_width: Mapped[int | None] = mapped_column(Integer)
+    output_height: Mapped[int | None] = mapped_column(Integer)
+    output_format: Mapped[str | None] = mapped_column(String(32))
     target_user_count: Mapped[int] = mapped_column(Integer)
     users_demanded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     demanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -199,6 +204,13 @@ class Frame(Base):
             "number",
             postgresql_where=text("state = 'pending' AND last_error IS NOT NULL"),
         ),
+        # Frames a second user renders speculatively while they are still held.
+        Index(
+            "ix_frames_backup_held",
+            "workload_id",
+            "backup_user_id",
+            postgresql_where=text("backup_user_id IS NOT NULL AND state = 'assigned'"),
+        ),
     )
 
     workload_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -216,6 +228,16 @@ class Frame(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     rendered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A second holder rendering the frame speculatively (frames.speculation); at most one.
+    backup_user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    backup_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    # Why a frame was stored although it failed a check (frames.validation), else None.
+    flagged: Mapped[str | None] = mapped_column(Text)
+    # The users whose uploads of this frame were refused, each once.
+    refused_by: Mapped[list[str]] = mapped_column(
+        ARRAY(String(ID_LENGTH)), default=list, server_default="{}"
+    )
 
 
 class FrameBucket(Base):

@@ -22,6 +22,8 @@ class Kind(enum.StrEnum):
     FRAMES_REQUEUED = "frames-requeued"
     FRAME_REFUSED = "frame-refused"
     TAILS_MOVED = "tails-moved"
+    FRAME_DUPLICATED = "frame-duplicated"
+    FRAME_FLAGGED = "frame-flagged"
     USER_COUNT_SET = "user-count-set"
     COMPLETED = "completed"
     FAILED = "failed"

@@ -55,6 +55,17 @@ class Stack:
         )
         return response.json()
 
+    def start_workload(self, customer_id: str, blend: Path, object_id: str = "obj") -> None:
+        """Put `blend` in the catalog as the customer's object and start its workload."""
+        self.simulator.add_object(customer_id, object_id, blend)
+        response = requests.post(
+            f"{self.api}/start-workload",
+            data={"customer_id": customer_id, "object_id": object_id},
+            timeout=30,
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"start-workload: {response.status_code} {response.text}")
+
     def wait_completed(self, customer_id: str, timeout: float) -> dict[str, Any]:
         def done() -> bool:
             try:

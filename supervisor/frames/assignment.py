@@ -15,6 +15,7 @@ from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.orm import Session
 
 from supervisor import outbox, scheduling, timeline
+from supervisor.frames import speculation
 from supervisor.messages import FrameRendered
 from supervisor.models import (
     Frame,
@@ -87,7 +88,23 @@ def queues(session: Session, workload_id: str, user_ids: Iterable[str]) -> dict[
 
 
 def unassign_user(session: Session, workload_id: str, user_id: str) -> int:
-    """The user's frames not yet uploaded go back to be rendered by others."""
+    """The user's frames not yet uploaded go back to be rendered by others: to their second
+    holder where there is one, else to be handed out again. Frames it rendered as a second
+    holder stay with their first."""
+    held = (
+        Frame.workload_id == workload_id,
+        Frame.state == FrameState.ASSIGNED,
+    )
+    session.execute(
+        update(Frame)
+        .where(*held, Frame.backup_user_id == user_id)
+        .values(backup_user_id=None, backup_at=None)
+    )
+    session.execute(
+        update(Frame)
+        .where(*held, Frame.user_id == user_id, Frame.backup_user_id.is_not(None))
+        .values(user_id=Frame.backup_user_id, backup_user_id=None, backup_at=None)
+    )
     result = session.execute(
         update(Frame)
         .where(
@@ -107,16 +124,19 @@ def distribute(
     *,
     skip: Iterable[str] = (),
     steal: bool = False,
+    speculate: speculation.Policy | None = None,
 ) -> dict[str, int]:
     """Give a list to every active user that holds nothing: its fair share of the lowest
     unassigned frames (scheduling.list_sizes). With `steal`, users still empty when
     nothing is unassigned take the tail half of the longest lists; the donor is not sent
     a new list (that would make it render its frame in hand again): the frames go to the
-    first upload, from either. Users in `skip` get nothing. The caller holds the lock."""
+    first upload, from either. Users still empty then render stragglers a second time
+    under the `speculate` policy (frames.speculation). Users in `skip` get nothing. The
+    caller holds the lock."""
     if workload.status != WorkloadStatus.RUNNING:
         return {}
     held = _held_by_active_users(session, workload.id)
-    skipped = set(skip)
+    skipped = set(skip) | speculation.backup_holders(session, workload.id)
     receivers = sorted(user for user, count in held.items() if count == 0 and user not in skipped)
     if not receivers:
         return {}
@@ -140,15 +160,65 @@ def distribute(
         lists = scheduling.split_runs(frames, sizes)
         _assign_pending_runs(session, workload.id, lists)
     empty = [user for user in receivers if user not in lists]
-    if steal and empty:
+    takers = empty
+    if steal and empty and speculate:
+        # In the endgame a user far slower than the farm would only hold up the tails it took.
+        slow = speculation.slow_users(session, workload.id, speculate)
+        takers = [user for user in empty if user not in slow]
+    if steal and takers:
         stolen = _steal(
-            session, workload.id, empty, [u for u, n in held.items() if n] + list(lists)
+            session, workload.id, takers, [u for u, n in held.items() if n] + list(lists)
         )
         moved = {frame for frames in stolen.values() for frame in frames}
         lists = {user: [f for f in frames if f not in moved] for user, frames in lists.items()}
         lists.update(stolen)
+    idle = [user for user in empty if not lists.get(user)]
+    if steal and speculate and idle and unassigned <= 0:
+        lists.update(
+            speculation.speculate(
+                session,
+                workload,
+                idle,
+                speculate,
+                uploads_waiting=_uploads_waiting(session, workload.id),
+            )
+        )
     _send_lists(session, workload, lists)
     return {user: len(frames) for user, frames in lists.items()}
+
+
+def drop_lost_frames(
+    session: Session,
+    workload: Workload,
+    losers: dict[str, list[int]],
+    cap: int,
+    policy: speculation.Policy,
+) -> None:
+    """The other holders of frames just stored (user -> the frames it lost the race for)
+    drop them: a user with frames left gets a new list of those (it replaces the one it
+    renders), a user left with nothing gets new work or else `stop-work`. Losing a race
+    costs the user nothing."""
+    if not losers:
+        return
+    users = sorted(losers)
+    left = queues(session, workload.id, users)
+    for user, frames in speculation.backup_frames(session, workload.id, users).items():
+        left[user] = sorted(left[user] + frames)
+    relisted = {user: frames for user, frames in left.items() if frames}
+    _send_lists(session, workload, relisted)
+    granted = distribute(session, workload, cap, steal=True, speculate=policy)
+    stopped = sorted(user for user in users if user not in relisted and user not in granted)
+    if stopped:
+        outbox.to_users(session, workload.id, stopped, "stop-work", lambda _user: {})
+    logger.info(
+        "other holders told to drop the frames stored",
+        extra={
+            "workload_id": workload.id,
+            "relisted": sorted(relisted),
+            "stopped": stopped,
+            "frames": sorted(f for frames in losers.values() for f in frames)[:50],
+        },
+    )
 
 
 def _steal(

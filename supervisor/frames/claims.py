@@ -14,13 +14,16 @@ from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from supervisor import eta, outbox
+from supervisor.frames import speculation
 from supervisor.frames.assignment import distribute, lock_workloads, touch_users
+from supervisor.frames.validation import Expectation
 from supervisor.keys import final_frame_key
 from supervisor.messages import FrameRendered
 from supervisor.models import Frame, FrameState, Workload, WorkloadStatus, WorkloadUser
 from supervisor.refusals import Refused
 
 if TYPE_CHECKING:
+    from supervisor.config import Settings
     from supervisor.services import Services
 
 logger = logging.getLogger(__name__)
@@ -31,10 +34,14 @@ _UNUSABLE_UPLOADS = frozenset({"workload-not-running", "frame-outside-workload"}
 
 @dataclass(frozen=True)
 class Claim:
-    """An upload the batch copies to the final store, and the holder it took over from."""
+    """An upload the batch copies to the final store, the holder it took over from, and
+    what the upload is checked against: `enforce` is False once enough users' uploads of
+    the frame were refused (max_frame_refusals), and the frame is then stored and flagged."""
 
     final_key: str
     holder: str | None
+    expect: Expectation | None = None
+    enforce: bool = True
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class _FrameRow:
     state: str
     user_id: str | None
     claim_key: str | None
+    refusals: int = 0
 
 
 def claim_uploads(
@@ -60,7 +68,7 @@ def claim_uploads(
         taken: dict[tuple[str, int], str] = {}
         for index, event in enumerate(batch):
             try:
-                claim = _judge(event, workloads, frames, users, taken)
+                claim = _judge(event, workloads, frames, users, taken, sv.settings)
             except Refused as exc:
                 settled[index] = exc
                 if exc.reason in _UNUSABLE_UPLOADS:
@@ -89,7 +97,13 @@ def claim_uploads(
                 if user
             }
             if _any_emptied(session, workload_id, involved):
-                distribute(session, workload, sv.settings.max_frames_per_assignment, steal=True)
+                distribute(
+                    session,
+                    workload,
+                    sv.settings.max_frames_per_assignment,
+                    steal=True,
+                    speculate=speculation.Policy.from_settings(sv.settings),
+                )
     for event in unwanted:
         logger.info(
             "upload not needed; discarded", extra={**event.log_fields(), "temp_key": event.temp_key}
@@ -127,10 +141,17 @@ def _read_frames_and_users(
     if frame_keys:
         for row in session.execute(
             select(
-                Frame.workload_id, Frame.number, Frame.state, Frame.user_id, Frame.claim_key
+                Frame.workload_id,
+                Frame.number,
+                Frame.state,
+                Frame.user_id,
+                Frame.claim_key,
+                func.cardinality(Frame.refused_by).label("refusals"),
             ).where(tuple_(Frame.workload_id, Frame.number).in_(list(frame_keys)))
         ):
-            frames[(row.workload_id, row.number)] = _FrameRow(row.state, row.user_id, row.claim_key)
+            frames[(row.workload_id, row.number)] = _FrameRow(
+                row.state, row.user_id, row.claim_key, row.refusals
+            )
     users: dict[tuple[str, str], str] = {}
     if user_keys:
         for row in session.execute(
@@ -148,6 +169,7 @@ def _judge(
     frames: dict[tuple[str, int], _FrameRow],
     users: dict[tuple[str, str], str],
     taken: dict[tuple[str, int], str],
+    settings: Settings,
 ) -> Claim | None:
     """The claim this upload makes; None when it is not needed (the frame is rendered, or
     another upload holds it); Refused when it does not fit our state. Any user the
@@ -171,7 +193,30 @@ def _judge(
     key = final_frame_key(
         workload.customer_id, workload.object_id, event.frame_number, event.extension
     )
-    return Claim(final_key=key, holder=frame.user_id)
+    return Claim(
+        final_key=key,
+        holder=frame.user_id,
+        expect=expectation(workload, settings),
+        enforce=frame.refusals < settings.max_frame_refusals,
+    )
+
+
+# Output formats that are movies: a farm's nodes render them as stills of a format we do not
+# know, so only their size is checked.
+_MOVIE_FORMATS = frozenset({"FFMPEG", "AVI_JPEG", "AVI_RAW"})
+
+
+def expectation(workload: Workload, settings: Settings) -> Expectation | None:
+    """What a workload's uploads are checked against; None when checks are off."""
+    if not settings.validate_frames:
+        return None
+    movie = workload.output_format in _MOVIE_FORMATS
+    return Expectation(
+        file_format=None if movie else workload.output_format,
+        width=workload.output_width,
+        height=workload.output_height,
+        content_max_bytes=settings.frame_content_check_max_bytes,
+    )
 
 
 _TAKE_CLAIMS = text(

@@ -177,6 +177,9 @@ def _create_frames(sv: Services, workload_id: str, job: _PrepareInput) -> None:
                 frame_end=scene.frame_end,
                 frame_step=scene.frame_step,
                 total_frames=len(frames),
+                output_width=scene.output_width,
+                output_height=scene.output_height,
+                output_format=scene.file_format,
             )
             .returning(Workload.id)
         ).scalar_one_or_none()
@@ -204,6 +207,7 @@ def _create_frames(sv: Services, workload_id: str, job: _PrepareInput) -> None:
             "frame_end": scene.frame_end,
             "frame_step": scene.frame_step,
             "total_frames": len(frames),
+            "output": f"{scene.output_width}x{scene.output_height} {scene.file_format}",
             "blend_bytes": size,
         },
     )

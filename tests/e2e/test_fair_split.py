@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from tests.blendgen import blend_with_range
 from tests.faults.helpers import RESULTS
 from tests.helpers import FIXTURES
@@ -21,14 +19,9 @@ SOURCE = FIXTURES / "blend/blender-5.0/default_1_250.blend"
 
 
 def _start(stack: Any, customer: str, frames: int, tmp_path: Path) -> float:
-    blend = blend_with_range(SOURCE, tmp_path / f"{customer}.blend", 1, frames)
-    stack.simulator.add_object(customer, "obj", blend)
-    response = requests.post(
-        f"{stack.api}/start-workload",
-        data={"customer_id": customer, "object_id": "obj"},
-        timeout=10,
+    stack.start_workload(
+        customer, blend_with_range(SOURCE, tmp_path / f"{customer}.blend", 1, frames)
     )
-    assert response.status_code == 200, response.text
     return time.monotonic()
 
 

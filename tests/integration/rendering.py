@@ -3,28 +3,60 @@ maintenance: the events its users send, and what it holds."""
 
 from __future__ import annotations
 
+import functools
+import io
+import tempfile
 import threading
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from sqlalchemy import select
 
 from supervisor.errors import PeerError
 from supervisor.frames.pipeline import record_rendered_frame
 from supervisor.messages import ErrorSendingFrame, FrameRendered, NewUsers
 from supervisor.models import Frame, FrameState, Workload, WorkloadUser
+from supervisor.peers.blob import Transferred
 from supervisor.services import Services
 from supervisor.workloads import start_workload
+from tests.blendgen import blend_with_output
 from tests.helpers import FIXTURES
 from tests.integration.helpers import PeerLog
 from tests.peers import Peers
 
 BLEND = FIXTURES / "blend/blender-5.0/range_10_20.blend"
+# The scene's output is made small, so that every upload is a real, cheap PNG that passes
+# the supervisor's checks.
+OUTPUT_WIDTH, OUTPUT_HEIGHT = 64, 36
+
+
+@functools.cache
+def small_blend() -> bytes:
+    """BLEND with its output set to OUTPUT_WIDTH x OUTPUT_HEIGHT PNG."""
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "small.blend"
+        blend_with_output(BLEND, target, width=OUTPUT_WIDTH, height=OUTPUT_HEIGHT)
+        return target.read_bytes()
+
+
+@functools.cache
+def frame_image(frame: int, user: str = "") -> bytes:
+    """A valid PNG of the scene's output size, different for every frame and user: the
+    left half's colour comes from the frame, the right half's from the user."""
+    image = Image.new("RGB", (OUTPUT_WIDTH, OUTPUT_HEIGHT), ((frame * 37) % 256, 90, 160))
+    tint = zlib.crc32(user.encode())
+    image.paste((tint & 255, (tint >> 8) & 255, 40), (OUTPUT_WIDTH // 2, 0, OUTPUT_WIDTH, 36))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
 
 
 def start_running_workload(sv: Services, peers: Peers) -> str:
     """A running workload of frames 10..20 (11 frames) for cust-1/obj-1, no users yet."""
-    peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
+    peers.add_object("cust-1", "obj-1", small_blend())
     return start_workload(sv, "cust-1", "obj-1")
 
 
@@ -34,7 +66,7 @@ def new_users(session_id: str, *users: str) -> NewUsers:
 
 def rendered(sv_id: str, user: str, frame: int, peers: Peers, key: str = "") -> FrameRendered:
     key = key or f"tmp/{user}/{frame}.png"
-    peers.temp_blobs[key] = f"image {frame} by {user}".encode()
+    peers.temp_blobs[key] = frame_image(frame, user)
     return FrameRendered(sv_id, user_id=user, frame_number=frame, extension="png", temp_key=key)
 
 
@@ -95,12 +127,12 @@ def by_user(messages: list[dict]) -> list[dict]:
     return sorted(messages, key=lambda message: message["user_id"])
 
 
-def fail_copies_of_frame(sv: Services, frame: int) -> Callable[..., int]:
+def fail_copies_of_frame(sv: Services, frame: int) -> Callable[..., Transferred]:
     """Make the Blob Service fail (transiently) every copy of `frame`'s upload; returns the
     real transfer, to put back."""
     copy = sv.peers.blob.transfer_temp_to_final
 
-    def failing(**kwargs: Any) -> int:
+    def failing(**kwargs: Any) -> Transferred:
         if kwargs["temp_key"].endswith(f"/{frame}.png"):
             raise PeerError("blob-service", "retrieve-temp", "down", status=503)
         return copy(**kwargs)

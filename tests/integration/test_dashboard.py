@@ -12,10 +12,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from simulator.png import frame_png
 from supervisor import dashboard, eta
 from supervisor.dashboard import documents
-from supervisor.errors import NoActiveWorkload
+from supervisor.errors import NoActiveWorkload, ThumbnailUnavailable
 from supervisor.frames import grid
 from supervisor.frames.pipeline import give_up_upload, record_rendered_frame, record_rendered_frames
 from supervisor.models import Workload, WorkloadUser
@@ -35,7 +34,6 @@ def _document(sv: Services, customer_id: str = "cust-1") -> dict:
 
 def _render(sv: Services, session_id: str, peers: Peers, user: str, frame: int) -> None:
     event = rendered(session_id, user, frame, peers)
-    peers.temp_blobs[event.temp_key] = frame_png(frame)
     assert record_rendered_frame(sv, event) == "stored"
 
 
@@ -159,6 +157,23 @@ def test_a_preview_is_fetched_once_however_many_ask(
         assert image.height <= 135
 
 
+def test_a_preview_the_blob_service_cannot_give_now_is_asked_for_again_later(
+    sv: Services, session_id: str, peers: Peers
+) -> None:
+    add_users(sv, new_users(session_id, "u1"))
+    _render(sv, session_id, peers, "u1", 10)
+    peers.fail_next("/retrieve-image", status=503, times=sv.settings.peer_retries + 1)
+    with pytest.raises(ThumbnailUnavailable):
+        dashboard.thumbnail(sv, session_id, 10)
+    before = len(peers.calls("/retrieve-image"))
+
+    answer = dashboard.thumbnail(sv, session_id, 10)
+
+    assert len(peers.calls("/retrieve-image")) == before + 1
+    with Image.open(io.BytesIO(answer.body)) as image:
+        assert image.format == "PNG"
+
+
 def test_a_frame_not_stored_has_no_preview(sv: Services, session_id: str) -> None:
     with pytest.raises(NoActiveWorkload):
         dashboard.thumbnail(sv, session_id, 10)
@@ -199,8 +214,6 @@ def test_a_users_frames_in_one_batch_each_count(
 ) -> None:
     add_users(sv, new_users(session_id, "u1"))
     batch = [rendered(session_id, "u1", frame, peers) for frame in (10, 11, 12)]
-    for event in batch:
-        peers.temp_blobs[event.temp_key] = frame_png(event.frame_number)
 
     assert record_rendered_frames(sv, batch) == ["stored"] * 3
 

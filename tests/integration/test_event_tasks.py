@@ -14,13 +14,13 @@ from supervisor.services import Services
 from supervisor.users import add_users
 from supervisor.workloads import start_workload
 from tasks import event_tasks
-from tests.integration.rendering import BLEND, fail_copies_of_frame, new_users, rendered
+from tests.integration.rendering import fail_copies_of_frame, new_users, rendered, small_blend
 from tests.peers import Peers
 
 
 @pytest.fixture
 def session_id(sv: Services, peers: Peers) -> str:
-    peers.add_object("cust-1", "obj-1", BLEND.read_bytes())
+    peers.add_object("cust-1", "obj-1", small_blend())
     workload_id = start_workload(sv, "cust-1", "obj-1")
     add_users(sv, new_users(workload_id, "u1"))
     return workload_id

@@ -30,6 +30,8 @@
     "users-added": "info",
     "user-count-set": "info",
     "tails-moved": "info",
+    "frame-duplicated": "info",
+    "frame-flagged": "bad",
     completed: "good",
     failed: "bad",
     "user-banned": "bad",

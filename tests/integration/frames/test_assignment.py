@@ -15,6 +15,7 @@ from tests.integration.rendering import (
     assignments,
     by_user,
     frame,
+    frame_image,
     lists_sent,
     new_users,
     pending,
@@ -203,7 +204,7 @@ def test_rebalance_moves_the_tail_of_the_longest_list_when_nothing_is_unassigned
     assert record_rendered_frame(sv, rendered(session_id, "u1", 13, peers)) == ("stored")
     late = rendered(session_id, "idle", 13, peers)
     assert record_rendered_frame(sv, late) == "duplicate"
-    assert peers.stored == {"cust-1/obj-1/013.png": b"image 13 by u1"}
+    assert peers.stored == {"cust-1/obj-1/013.png": frame_image(13, "u1")}
 
 
 def test_a_steal_leaves_frames_whose_upload_waits_in_the_inbox(

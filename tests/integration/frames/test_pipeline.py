@@ -22,6 +22,7 @@ from tests.integration.rendering import (
     assignments,
     fail_copies_of_frame,
     frame,
+    frame_image,
     lists_sent,
     new_users,
     render_all,
@@ -44,7 +45,7 @@ def test_rendered_frame_is_stored_recorded_and_cleaned_once(
     assert record_rendered_frame(sv, event) == "stored"
     assert record_rendered_frame(sv, event) == "duplicate"
 
-    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    assert peers.stored == {"cust-1/obj-1/010.png": frame_image(10, "u1")}
     records = [r.json() for r in peers.calls("/add-rendered-image")]
     assert records == [
         {
@@ -85,12 +86,12 @@ def test_any_user_the_session_has_had_may_deliver_a_frame(
     outcome = record_rendered_frame(sv, rendered(session_id, "u2", 10, peers))
 
     assert outcome == "stored"
-    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
+    assert peers.stored == {"cust-1/obj-1/010.png": frame_image(10, "u2")}
     assert holder_before == "u1"
     late = rendered(session_id, "u1", 10, peers)
     assert record_rendered_frame(sv, late) == "duplicate"
     assert late.temp_key not in peers.temp_blobs, "the second upload is deleted"
-    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}, "written once"
+    assert peers.stored == {"cust-1/obj-1/010.png": frame_image(10, "u2")}, "written once"
     assert len(peers.calls("/add-rendered-image")) == 1
     assert workload(sv, session_id).rendered_frames == 1
 
@@ -107,7 +108,7 @@ def test_a_disconnected_user_may_still_deliver_a_frame_moved_to_its_replacement(
     again = rendered(session_id, "u3", 10, peers)
     assert record_rendered_frame(sv, again) == "duplicate"
     assert again.temp_key not in peers.temp_blobs
-    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    assert peers.stored == {"cust-1/obj-1/010.png": frame_image(10, "u1")}
 
 
 def test_a_re_upload_of_a_rendered_frame_is_removed_and_changes_nothing(
@@ -120,7 +121,7 @@ def test_a_re_upload_of_a_rendered_frame_is_removed_and_changes_nothing(
     assert record_rendered_frame(sv, again) == "duplicate"
 
     assert "tmp/u1/10-again.png" not in peers.temp_blobs
-    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    assert peers.stored == {"cust-1/obj-1/010.png": frame_image(10, "u1")}
     assert len(peers.calls("/add-rendered-image")) == 1
     assert workload(sv, session_id).rendered_frames == 1
 
@@ -180,7 +181,7 @@ def test_an_upload_whose_claim_is_lost_during_its_copy_is_not_recorded_and_remov
     else:
         assert records == ["cust-1/obj-1/010.png"], "recorded once, by the winning upload"
         assert workload(sv, session_id).rendered_frames == 1
-        assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u2"}
+        assert peers.stored == {"cust-1/obj-1/010.png": frame_image(10, "u2")}
     assert "tmp/u1/10.png" not in peers.temp_blobs, "the overtaken upload was left behind"
 
 
@@ -290,7 +291,7 @@ def test_transient_transfer_failure_keeps_the_claim_for_the_retry(
     assert record_rendered_frame(sv, other) == "duplicate", "the claim holds"
     assert other.temp_key not in peers.temp_blobs
     assert record_rendered_frame(sv, event) == "stored", "the retry re-enters it"
-    assert peers.stored == {"cust-1/obj-1/010.png": b"image 10 by u1"}
+    assert peers.stored == {"cust-1/obj-1/010.png": frame_image(10, "u1")}
 
 
 def test_missing_temp_image_sends_the_frame_back_to_render(
