@@ -337,7 +337,7 @@ def replayed_runs(runs: Sequence[RunResult], variant: str) -> list[RunResult]:
     return [replace(run, checkpoints=replayed(run.checkpoints, variant)) for run in runs]
 
 
-def _last_stored(database_url: str, customer: str) -> float:
+def last_stored_at(database_url: str, customer: str) -> float:
     engine = create_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
@@ -421,7 +421,7 @@ def one_run(farm: Farm, seed: int, workdir: Path) -> RunResult:
                     tick += POLL_SECONDS
                     time.sleep(max(0.0, tick - time.monotonic()))
             engine.dispose()
-            done_at = _last_stored(stack.env["DATABASE_URL"], customer)
+            done_at = last_stored_at(stack.env["DATABASE_URL"], customer)
             timeline = stack.simulator.user_timeline()
     result = RunResult(
         farm=farm.name,
