@@ -9,12 +9,20 @@ a PNG without its IEND chunk or a JPEG without its EOI marker (`truncated`), and
 of at most `content_max_bytes`, its pixels (`flat-colour`, `undecodable`). It hashes every
 byte (SHA-256) on the way.
 
+A PNG's pixels are judged as they pass (`_PngPixels`): its chunks are walked and their CRCs
+checked to the IEND, and its image data is inflated a few rows at a time, each row compared
+with what it must be if the frame is one colour, until a row is not: for a rendered frame
+that is one of its first rows, and nothing more is inflated. Only a flat frame is inflated
+whole. An interlaced PNG (or one of rows wider than PNG_MAX_ROW_BYTES), and a JPEG, are
+kept and decoded by Pillow at the end.
+
 Memory is constant: the first HEAD_BYTES, the last TAIL_BYTES, a carry-over of a few bytes
-for the JPEG marker walk, at most EXR_HEADER_MAX_BYTES of an OpenEXR header, and the frame
-itself only while it may still be decoded: a PNG or JPEG of at most CONTENT_MAX_PIXELS, no
-larger than `content_max_bytes` (dropped once it grows past it, or not kept at all when a
-declared size is above it). Per chunk the work is the hash and slices: no Python loop over
-bytes.
+for the JPEG marker walk and the PNG chunk walk, at most EXR_HEADER_MAX_BYTES of an OpenEXR
+header, a PNG's palette and a few of its rows (PNG_INFLATE_OUTPUT) with zlib's window, and
+a JPEG or an interlaced PNG itself only while it may still be decoded: one of at most
+CONTENT_MAX_PIXELS, no larger than `content_max_bytes` (dropped once it grows past it, or
+not kept at all when a declared size is above it). Per chunk the work is the hash and
+slices, and for a PNG a CRC and a few rows: no Python loop over bytes.
 
 A check is used by one thread for one frame; a retried copy takes a new one.
 """
@@ -27,6 +35,7 @@ import io
 import itertools
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +67,15 @@ CONTENT_MAX_PIXELS = 40_000_000
 EXR_HEADER_MAX_BYTES = 64 * 1024
 # Marker steps (segments and fill bytes) walked before a JPEG's SOFn: real files take tens.
 JPEG_MAX_STEPS = 4096
+# PNG image data inflated at a time, in whole rows (one at least): a frame that is not flat
+# is known after its first rows, a flat one is inflated whole in calls of this size.
+PNG_INFLATE_OUTPUT = 32 * 1024
+# A PNG of wider rows (Blender's widest, 65536 pixels of 16-bit RGBA, is 512 KiB) is left
+# to Pillow, as an interlaced one is: a row, and each row it is compared with, is held.
+PNG_MAX_ROW_BYTES = 1024 * 1024
+# Compressed bytes handed to zlib at a time: what it has not consumed when its output is
+# full comes back as a copy (`unconsumed_tail`), a copy this bounds.
+PNG_INFLATE_INPUT = 8 * 1024
 
 # What the first bytes say, checked in order: (magic, the format's name as Blender spells it).
 _MAGICS: tuple[tuple[bytes, str], ...] = (
@@ -102,6 +120,16 @@ _JPEG_SOF = frozenset(
     {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 )
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+# PNG colour types: samples a pixel, and the bit depths allowed.
+_PNG_COLOUR_TYPES = {
+    0: (1, (1, 2, 4, 8, 16)),
+    2: (3, (8, 16)),
+    3: (1, (1, 2, 4, 8)),
+    4: (2, (8, 16)),
+    6: (4, (8, 16)),
+}
+_PNG_CHUNK_HEAD = struct.Struct(">I4s")
+_PNG_MAX_CHUNK = 2**31 - 1
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
 
 
@@ -125,8 +153,8 @@ class Expectation:
     """What a frame is checked against. `file_format` is Blender's name for the output
     format in the .blend ("PNG", "JPEG", "OPEN_EXR", ...); None, or a name without a
     detectable format (a movie's), checks only that the bytes are an image. Sizes are in
-    pixels, None when unknown. Frames of at most `content_max_bytes` are decoded and
-    inspected; 0 never."""
+    pixels, None when unknown. The pixels of frames of at most `content_max_bytes` are
+    inspected (a PNG's on the stream, a JPEG kept and decoded); 0 never."""
 
     file_format: str | None
     width: int | None
@@ -153,10 +181,11 @@ class FrameReport:
     `problem` is what would have refused the frame when the check does not enforce (the
     first one found), else None. `width`, `height` come from the header where it gives them;
     `detected_format` is Blender's name of the format the bytes are in (None: no magic, a
-    TGA); `colour` is the colour of a flat frame. `content_skipped` says why the pixels were
-    not inspected: "disabled" (content_max_bytes is 0), "too-many-bytes", "too-many-pixels",
-    "one-pixel", "format" (only PNG and JPEG are decoded), "invalid" (a problem was found
-    first); None when they were.
+    TGA); `colour` is the colour of a flat frame (a PNG's in its own samples, 0-65535 for
+    16 bits, 0-3 for 2; a palette's entry; Pillow's for a JPEG or an interlaced PNG).
+    `content_skipped` says why the pixels were not inspected: "disabled" (content_max_bytes
+    is 0), "too-many-bytes", "too-many-pixels", "one-pixel", "format" (only PNG and JPEG
+    are), "invalid" (a problem was found first); None when they were.
     """
 
     size: int
@@ -333,6 +362,266 @@ class _ExrHeader:
         return not self.done
 
 
+def _png_predictor(kind: int, left: int, up: int, upleft: int) -> int:
+    """The byte PNG filter type `kind` predicts from the bytes left, up and up-left of it."""
+    if kind == 0:
+        return 0
+    if kind == 1:
+        return left
+    if kind == 2:
+        return up
+    if kind == 3:
+        return (left + up) >> 1
+    estimate = left + up - upleft
+    to_left, to_up, to_upleft = abs(estimate - left), abs(estimate - up), abs(estimate - upleft)
+    if to_left <= to_up and to_left <= to_upleft:
+        return left
+    return up if to_up <= to_upleft else upleft
+
+
+def _png_filtered(kind: int, raw: bytes, left: bytes, up: bytes, upleft: bytes) -> bytes:
+    """`raw` bytes as filter type `kind` stores them, given their neighbours."""
+    return bytes(
+        (byte - _png_predictor(kind, a, b, c)) & 0xFF
+        for byte, a, b, c in zip(raw, left, up, upleft, strict=True)
+    )
+
+
+class _PngPixels:
+    """Judges a non-interlaced PNG's pixels as its bytes pass, from its first byte: walks its
+    chunks to the IEND, checking each one's CRC, and inflates its image data a few rows at
+    a time while every row so far is its first pixel repeated.
+
+    Rows are not unfiltered: when the rows above are all pixel v, a row is too exactly when
+    it holds what filtering a row of v gives, which is one of ten rows (five filter types,
+    with a row of zeros or of v above), each made once, on first use, by repeating a few
+    filtered bytes, and compared whole. The first row that differs proves the frame is not
+    flat: nothing more is inflated (the walk and the CRCs go on). A pixel of less than a
+    byte is judged by whole bytes, those of a flat row all alike, and the last one padded
+    with zero bits, as encoders do (one padded otherwise is judged not flat).
+    """
+
+    def __init__(self, ihdr: bytes) -> None:
+        width, height, depth, colour_type, compression, filtering = struct.unpack_from(
+            ">IIBBBB", ihdr
+        )
+        samples, depths = _PNG_COLOUR_TYPES.get(colour_type, (0, ()))
+        if depth not in depths:
+            raise InvalidFrame(
+                "undecodable", f"a PNG of colour type {colour_type} and bit depth {depth}"
+            )
+        if compression or filtering:
+            raise InvalidFrame(
+                "undecodable", f"a PNG of compression {compression} and filter method {filtering}"
+            )
+        bits = samples * depth
+        self._height = height
+        self._depth = depth
+        self._palette_type = colour_type == 3
+        self._unit_size = max(1, bits // 8)  # a pixel's bytes, or the one holding several
+        self._full_units = width if depth >= 8 else width * depth // 8
+        self._last_mask = (0xFF00 >> (width * bits % 8)) & 0xFF  # a partly used last byte's bits
+        self.row_size = 1 + (width * bits + 7) // 8
+        self._step = self.row_size * max(1, PNG_INFLATE_OUTPUT // self.row_size)
+        self._inflate: zlib._Decompress | None = zlib.decompressobj()
+        self._partial = bytearray()  # a row cut by the end of an inflated piece
+        self._unit = b""  # the first pixel's bytes, as the first row stores them
+        self._expected: list[bytes | None] = [None] * 10
+        self._made: dict[tuple[bytes, bytes, bytes], bytes] = {}
+        self._rows = 0  # rows seen, all alike
+        self._flat = True
+        # The chunk walk: the signature is skipped, then come the first chunk's length and
+        # type, and after each chunk's data its CRC with the next chunk's length and type.
+        self._skip = 8
+        self._want = 8
+        self._carry = bytearray()
+        self._kind = b""
+        self._left = 0
+        self._crc = 0
+        self._palette = bytearray()
+        self._idat = 0  # 0: none yet, 1: in them, 2: past them
+        self._ended = False
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes of the file."""
+        view = memoryview(data).cast("B")
+        at, end = 0, len(view)
+        if self._skip:
+            at = min(self._skip, end)
+            self._skip -= at
+        while at < end:
+            if self._ended:
+                raise InvalidFrame("undecodable", "bytes after the PNG's IEND chunk")
+            if self._left:
+                step = min(self._left, end - at)
+                piece = view[at : at + step]
+                self._crc = zlib.crc32(piece, self._crc)
+                if self._kind == b"IDAT":
+                    if self._inflate is not None:
+                        self._inflate_data(piece)
+                elif self._kind == b"PLTE":
+                    self._palette += piece
+                at += step
+                self._left -= step
+            elif self._carry or end - at < self._want:
+                step = min(self._want - len(self._carry), end - at)
+                self._carry += view[at : at + step]
+                at += step
+                if len(self._carry) == self._want:
+                    self._between_chunks(self._carry)
+                    self._carry = bytearray()
+            else:
+                want = self._want
+                self._between_chunks(view[at : at + want])
+                at += want
+
+    def colour(self) -> tuple[int, ...] | None:
+        """Once the whole file has passed: the frame's colour when it is flat, else None.
+        The colour is in the PNG's samples (16-bit ones as such), a palette's entry for a
+        palette PNG (black past its end, as Pillow shows it)."""
+        if not self._ended:
+            raise InvalidFrame("undecodable", "the PNG's chunks do not end at its IEND chunk")
+        if not self._flat:
+            return None
+        if self._rows < self._height:
+            raise InvalidFrame(
+                "undecodable",
+                f"the PNG's image data ends after {self._rows} of its {self._height} rows",
+            )
+        unit = self._unit
+        if self._depth < 8:
+            samples: tuple[int, ...] = (unit[0] >> (8 - self._depth),)
+        elif self._depth == 16:
+            samples = tuple(int.from_bytes(unit[i : i + 2], "big") for i in range(0, len(unit), 2))
+        else:
+            samples = tuple(unit)
+        if self._palette_type:
+            return tuple(self._palette[samples[0] * 3 : samples[0] * 3 + 3]) or (0, 0, 0)
+        return samples
+
+    def _between_chunks(self, data: bytes | bytearray | memoryview) -> None:
+        """The CRC of the chunk just walked (none before the first), then the length and type
+        of the next one (none after the IEND)."""
+        if self._kind:
+            if int.from_bytes(data[:4], "big") != self._crc:
+                raise InvalidFrame(
+                    "undecodable", f"the PNG's {self._kind.decode('latin-1')} chunk fails its CRC"
+                )
+            if self._kind == b"IEND":
+                self._ended = True
+                return
+            data = data[4:]
+        length, kind = _PNG_CHUNK_HEAD.unpack_from(data)
+        if length > _PNG_MAX_CHUNK:
+            raise InvalidFrame("undecodable", f"a PNG chunk of {length} bytes")
+        if kind == b"IDAT":
+            if self._idat == 2:
+                raise InvalidFrame("undecodable", "the PNG's IDAT chunks are not consecutive")
+            if self._palette_type and not self._palette:
+                raise InvalidFrame("undecodable", "a palette PNG without a PLTE chunk")
+            self._idat = 1
+        elif self._idat == 1:
+            self._idat = 2
+        if kind == b"PLTE" and (self._palette or not 0 < length <= 768 or length % 3):
+            raise InvalidFrame("undecodable", f"a PNG palette of {length} bytes, or a second one")
+        self._kind = kind
+        self._crc = zlib.crc32(kind)
+        self._left = length
+        self._want = 4 if kind == b"IEND" else 12
+
+    def _inflate_data(self, data: memoryview) -> None:
+        """Inflate image data into whole rows and judge them, a few at a time, until they
+        are judged (then drop the inflater) or the data is used up."""
+        inflate = self._inflate
+        for start in range(0, len(data), PNG_INFLATE_INPUT):
+            pending: bytes | memoryview = data[start : start + PNG_INFLATE_INPUT]
+            while True:
+                room = self._step - len(self._partial)
+                try:
+                    out = inflate.decompress(pending, room)
+                except zlib.error as exc:
+                    raise InvalidFrame(
+                        "undecodable", f"the PNG's image data does not inflate: {exc}"
+                    ) from exc
+                if (out and not self._judge(out)) or inflate.eof:
+                    self._inflate = None
+                    self._partial = bytearray()
+                    self._expected, self._made = [], {}
+                    return
+                pending = inflate.unconsumed_tail
+                # Output that filled the room may have more behind it, with no input left.
+                if not pending and len(out) < room:
+                    break
+
+    def _judge(self, out: bytes) -> bool:
+        """Judge the rows `out` completes (the part of one from the last call first), and
+        keep the part of one it ends with. False once the frame is judged: a row that is
+        not flat, or the last row."""
+        size = self.row_size
+        partial = self._partial
+        start = 0
+        if partial:
+            start = size - len(partial)
+            partial += out[:start]
+            if len(partial) < size:
+                return True
+            if not self._row(partial, 0):
+                return False
+            partial.clear()
+        end = len(out) - (len(out) - start) % size
+        for at in range(start, end, size):
+            if not self._row(out, at):
+                return False
+        partial += out[end:]
+        return True
+
+    def _row(self, rows: bytes | bytearray, at: int) -> bool:
+        """Whether the row at `at` (its filter type byte) is flat, and not the last one."""
+        kind = rows[at]
+        if kind > 4:
+            raise InvalidFrame("undecodable", f"row {self._rows} of the PNG has filter type {kind}")
+        if not self._rows:
+            # The first row's first pixel is stored as it is, whatever its filter: the
+            # filters' left, up and up-left neighbours are all zero there.
+            first = bytes(rows[at + 1 : at + 1 + self._unit_size])
+            if self._depth < 8:  # the first pixel repeated across the byte
+                first = bytes([(first[0] >> (8 - self._depth)) * (255 // ((1 << self._depth) - 1))])
+            self._unit = first
+        index = kind + 5 * (self._rows > 0)
+        expected = self._expected[index]
+        if expected is None:
+            expected = self._expected[index] = self._flat_row(kind, self._rows > 0)
+        if not rows.startswith(expected, at + 1):
+            self._flat = False
+            return False
+        self._rows += 1
+        return self._rows < self._height
+
+    def _flat_row(self, kind: int, below_first: bool) -> bytes:
+        """A row of the first pixel as filter type `kind` stores it, below a row of it or
+        (the first row) of zeros: the first pixel, the one after it repeated, and the
+        partly used last byte of a row of pixels under a byte. Filter types that store a
+        row alike (None and Up on the first row, Up and Paeth below it, ...) share it."""
+        unit = self._unit
+        zeros = bytes(len(unit))
+        above = unit if below_first else zeros
+        first = rest = last = b""
+        if self._full_units:
+            first = _png_filtered(kind, unit, zeros, above, zeros)
+            rest = _png_filtered(kind, unit, unit, above, above)
+        if self._last_mask:
+            end = bytes([unit[0] & self._last_mask])
+            left = unit if self._full_units else zeros
+            last = _png_filtered(
+                kind, end, left, end if below_first else zeros, left if below_first else zeros
+            )
+        row = self._made.get((first, rest, last))
+        if row is None:
+            row = first + rest * max(0, self._full_units - 1) + last
+            self._made[first, rest, last] = row
+        return row
+
+
 class FrameCheck:
     """One frame checked as it streams past: `feed` each chunk in order, then `finish`.
 
@@ -358,7 +647,9 @@ class FrameCheck:
         self._exr: _ExrHeader | None = None
         self._width: int | None = None
         self._height: int | None = None
+        # The frame's chunks, kept for Pillow until the format says it is not needed.
         self._kept: list[bytes] | None = [] if expect.content_max_bytes else None
+        self._png: _PngPixels | None = None
         self._content_skipped: str | None = None if expect.content_max_bytes else "disabled"
         self._problem: InvalidFrame | None = None
         self._report: FrameReport | None = None
@@ -399,17 +690,17 @@ class FrameCheck:
             self._tail = bytes(chunk[-TAIL_BYTES:])
         else:
             self._tail = (self._tail + chunk)[-TAIL_BYTES:]
-        if self._kept is not None:
-            if self._size <= self._expect.content_max_bytes:
-                # The chunk itself, not a copy; a caller's reused buffer is copied.
-                self._kept.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
-            else:
-                self._skip_content("too-many-bytes")
+        if self._size > self._expect.content_max_bytes:
+            self._skip_content("too-many-bytes")
         if self._problem is None:
             try:
                 self._inspect(chunk)
             except InvalidFrame as problem:
                 self._found(problem)
+        # Kept after the inspection: the chunk that shows a PNG is not kept.
+        if self._kept is not None:
+            # The chunk itself, not a copy; a caller's reused buffer is copied.
+            self._kept.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
 
     def finish(self) -> FrameReport:
         """The report on the whole frame; a second call gives the same one."""
@@ -433,6 +724,7 @@ class FrameCheck:
         else:
             self._skip_content("invalid")
         self._kept = None
+        self._png = None
         self._report = FrameReport(
             size=self._size,
             sha256=self._hash.hexdigest(),
@@ -457,8 +749,9 @@ class FrameCheck:
 
     def _skip_content(self, reason: str) -> None:
         """Keep no more of the frame (and free what was kept): its content is not checked."""
-        if self._kept is not None:
+        if self._content_skipped is None:
             self._kept = None
+            self._png = None
             self._content_skipped = reason
 
     def _inspect(self, chunk: bytes) -> None:
@@ -505,6 +798,14 @@ class FrameCheck:
         if not width or not height:
             raise InvalidFrame("undecodable", "the PNG header gives a zero size")
         self._sized(width, height)
+        # Judged on the stream unless interlaced (Adam7, which Blender does not write: its
+        # passes are no rows of the image) or of rows too wide: then it is kept and left to
+        # Pillow. A head short of the interlace byte is a file too short to end with IEND.
+        if self._content_skipped is None and len(head) >= 29 and head[28] == 0:
+            pixels = _PngPixels(head[16:29])
+            if pixels.row_size <= PNG_MAX_ROW_BYTES:
+                self._png = pixels
+                self._kept = None
 
     def _parse(self, data: bytes) -> None:
         if self._jpeg is not None and self._jpeg.size is None:
@@ -515,6 +816,8 @@ class FrameCheck:
             self._exr.feed(data)
             if self._exr.size is not None:
                 self._sized(*self._exr.size)
+        elif self._png is not None:
+            self._png.feed(data)
 
     def _sized(self, width: int, height: int) -> None:
         self._width, self._height = width, height
@@ -553,9 +856,13 @@ class FrameCheck:
             raise InvalidFrame("truncated", "the JPEG does not end with its EOI marker")
 
     def _flat_colour(self) -> tuple[int, ...] | None:
-        """Decode the kept frame (reduced where the format allows): its colour when every
-        band holds one value, else None."""
-        # Kept only for a PNG or JPEG whose header gave a size within the bounds.
+        """The frame's colour when every pixel is that colour, else None: the verdict of the
+        PNG judged on the stream, or Pillow's on the kept frame (reduced where the format
+        allows)."""
+        if self._png is not None:
+            png, self._png = self._png, None
+            return png.colour()
+        # Kept only for a JPEG, or an interlaced PNG, whose header gave a size within bounds.
         if self._kept is None or self._width is None or self._height is None:
             return None
         width, height = self._width, self._height

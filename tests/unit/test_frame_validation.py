@@ -1,5 +1,7 @@
 """Frame validation on the stream: valid frames in any chunking, each reason for refusing
-one, reports without refusing, the hash, the content check's bounds."""
+one, reports without refusing, the hash, the content check's bounds, and a PNG's pixels
+judged on the stream: every filter type against PNGs of our own (checked with Pillow), how
+little of a frame that is not flat is inflated, and the memory a flat one takes."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import random
 import struct
 import tracemalloc
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -73,6 +76,131 @@ def stored_png(width: int, height: int, row: bytes) -> Iterator[bytes]:
         if data:
             yield png_chunk(b"IDAT", data)
     yield png_chunk(b"IDAT", deflate.flush()) + png_chunk(b"IEND", b"")
+
+
+def predictor(kind: int, left: int, up: int, upleft: int) -> int:
+    """What PNG filter type `kind` predicts a byte from (the PNG specification, 9.2-9.4)."""
+    if kind == 0:
+        return 0
+    if kind == 1:
+        return left
+    if kind == 2:
+        return up
+    if kind == 3:
+        return (left + up) // 2
+    estimate = left + up - upleft
+    to_left, to_up, to_upleft = abs(estimate - left), abs(estimate - up), abs(estimate - upleft)
+    if to_left <= to_up and to_left <= to_upleft:
+        return left
+    return up if to_up <= to_upleft else upleft
+
+
+def filtered(rows: Sequence[bytes], bpp: int, kinds: Sequence[int]) -> bytes:
+    """Scanlines as a PNG stores them: each one filtered by its own filter type, after it."""
+    out = bytearray()
+    prior = bytes(len(rows[0]))
+    for row, kind in zip(rows, kinds, strict=True):
+        out.append(kind)
+        for i, byte in enumerate(row):
+            left = row[i - bpp] if i >= bpp else 0
+            upleft = prior[i - bpp] if i >= bpp else 0
+            out.append((byte - predictor(kind, left, prior[i], upleft)) & 0xFF)
+        prior = row
+    return bytes(out)
+
+
+def scanline(pixels: Sequence[Sequence[int]], depth: int) -> bytes:
+    """Pixels (tuples of samples) packed as a PNG row: big-endian samples, or several pixels
+    a byte below 8 bits, the last byte padded with zero bits."""
+    if depth >= 8:
+        return b"".join(sample.to_bytes(depth // 8, "big") for pixel in pixels for sample in pixel)
+    bits = "".join(format(pixel[0], f"0{depth}b") for pixel in pixels)
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def made_png(
+    grid: Sequence[Sequence[Sequence[int]]],
+    colour_type: int,
+    depth: int,
+    kinds: Sequence[int] | None = None,
+    *,
+    palette: bytes | None = None,
+    interlaced: bool = False,
+    idat_size: int | None = None,
+) -> bytes:
+    """A PNG of our own of `grid` (rows of pixels), each row filtered by the filter type
+    `kinds` gives it (None by default), or Adam7-interlaced (every row of every pass
+    unfiltered), its image data in IDAT chunks of `idat_size` bytes (one by default)."""
+    height, width = len(grid), len(grid[0])
+    bpp = max(1, SAMPLES[colour_type] * depth // 8)
+    if interlaced:
+        data = b""
+        for x0, y0, dx, dy in ADAM7:
+            xs, ys = range(x0, width, dx), range(y0, height, dy)
+            if xs and ys:
+                rows = [scanline([grid[y][x] for x in xs], depth) for y in ys]
+                data += filtered(rows, bpp, [0] * len(rows))
+    else:
+        rows = [scanline(row, depth) for row in grid]
+        data = filtered(rows, bpp, kinds or [0] * height)
+    deflated = zlib.compress(data)
+    step = idat_size or len(deflated)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, int(interlaced))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + (png_chunk(b"PLTE", palette) if palette is not None else b"")
+        + b"".join(
+            png_chunk(b"IDAT", deflated[at : at + step]) for at in range(0, len(deflated), step)
+        )
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def pillow_sees_flat(data: bytes) -> bool:
+    with Image.open(io.BytesIO(data)) as image:
+        extrema = image.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    return all(low == high for low, high in bands)
+
+
+class Inflaters:
+    """zlib.decompressobj, counting what each inflater made is given and gives back."""
+
+    def __init__(self) -> None:
+        self.made: list[dict[str, int]] = []
+        self._real = zlib.decompressobj
+
+    def __call__(self, *args: Any) -> Any:
+        real = self._real(*args)
+        counts = {"given": 0, "gave": 0, "largest": 0}
+        self.made.append(counts)
+
+        class Counted:
+            def decompress(self, data: Any, max_length: int = 0) -> bytes:
+                out = real.decompress(data, max_length)
+                counts["given"] += len(data) - len(real.unconsumed_tail)
+                counts["gave"] += len(out)
+                counts["largest"] = max(counts["largest"], len(out))
+                return out
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        return Counted()
 
 
 def exr_header(data_window: tuple[int, int, int, int], padding: int = 0) -> bytes:
@@ -452,6 +580,256 @@ def test_a_jpeg_walk_is_bounded() -> None:
     assert refused(data, "JPEG").reason == "undecodable"
 
 
+# ---------------------------------------------------------------- a PNG's pixels on the stream
+
+# Colour types and depths, with a pixel of odd and high bytes (the Average filter halves,
+# the Sub filter wraps around) and black (Paeth's ties).
+PNG_KINDS = {
+    "grey1": (0, 1, (1,)),
+    "grey2": (0, 2, (2,)),
+    "grey4": (0, 4, (11,)),
+    "grey8": (0, 8, (201,)),
+    "grey16": (0, 16, (51_234,)),
+    "grey-alpha8": (4, 8, (77, 255)),
+    "grey-alpha16": (4, 16, (65_535, 3)),
+    "rgb8": (2, 8, (255, 131, 7)),
+    "rgb8-black": (2, 8, (0, 0, 0)),
+    "rgb16": (2, 16, (40_000, 1, 65_535)),
+    "rgba8": (6, 8, (0, 129, 254, 3)),
+    "rgba16": (6, 16, (12_345, 54_321, 255, 256)),
+    "palette1": (3, 1, (1,)),
+    "palette2": (3, 2, (2,)),
+    "palette4": (3, 4, (9,)),
+    "palette8": (3, 8, (200,)),
+}
+# Every entry distinct, so another index is another colour.
+PALETTE = bytes(channel for i in range(256) for channel in (i, 255 - i, i * 7 % 256))
+# Rows of several bytes and a partly used last one (13 pixels), a row within one byte
+# below 8 bits (3 pixels), one row, one column.
+PNG_SIZES = [(13, 3), (3, 3), (13, 1), (1, 4)]
+
+
+def off_by_one(pixel: tuple[int, ...]) -> tuple[int, ...]:
+    """The pixel with its last sample's lowest bit flipped: the last bit of its last byte."""
+    return (*pixel[:-1], pixel[-1] ^ 1)
+
+
+@pytest.mark.parametrize("kinds", [(first, later) for first in range(5) for later in range(5)])
+@pytest.mark.parametrize("name", list(PNG_KINDS))
+def test_every_filter_type_on_the_first_and_later_rows(name: str, kinds: tuple[int, int]) -> None:
+    """A flat PNG whose first row is filtered by one filter type and the others by another
+    is flat, in its own colour; one pixel off at the end of the first row, or at the very
+    end, is not: the whole of each row is compared. Pillow reads our PNGs the same way."""
+    colour_type, depth, pixel = PNG_KINDS[name]
+    palette = PALETTE[: 3 * 2**depth] if colour_type == 3 else None
+    colour = tuple(PALETTE[3 * pixel[0] : 3 * pixel[0] + 3]) if palette else pixel
+    # Pillow keeps only 8 bits of a 16-bit sample, except grey's.
+    pillow_sees_all = depth <= 8 or colour_type == 0
+    for width, height in PNG_SIZES:
+        row_kinds = [kinds[0]] + [kinds[1]] * (height - 1)
+        grid = [[pixel] * width for _ in range(height)]
+        data = made_png(grid, colour_type, depth, row_kinds, palette=palette)
+        assert pillow_sees_flat(data)
+        where = f"{name} {width}x{height} filters {kinds}"
+        for chunks in ([data], pieces(data)):
+            report = check(chunks, "PNG", width, height, enforce=False)
+            assert report.problem is not None, f"{where}: not flat"
+            assert report.problem.reason == "flat-colour", f"{where}: {report.problem}"
+            assert report.colour == colour, where
+        for y in sorted({0, height - 1}):
+            grid[y][-1] = off_by_one(pixel)
+            data = made_png(grid, colour_type, depth, row_kinds, palette=palette)
+            grid[y][-1] = pixel
+            if pillow_sees_all:
+                assert not pillow_sees_flat(data)
+            for chunks in ([data], pieces(data)):
+                report = check(chunks, "PNG", width, height, enforce=False)
+                assert report.problem is None, f"{where}, row {y} off: {report.problem}"
+                assert report.content_skipped is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "off"),
+    [
+        ("RGB", (250, 3, 129), (250, 3, 128)),
+        ("RGBA", (1, 2, 3, 255), (1, 2, 3, 254)),
+        ("L", 77, 78),
+        ("LA", (200, 9), (200, 8)),
+        ("I;16", 40_000, 40_001),
+        ("1", 1, 0),
+    ],
+)
+def test_pillow_s_pngs_are_judged_whatever_filters_it_chose(
+    mode: str, colour: object, off: object
+) -> None:
+    """Pillow picks each row's filter type by itself."""
+    for size in ((97, 61), (640, 360)):
+        image = Image.new(mode, size, colour)  # type: ignore[arg-type]
+        report = check(pieces(encoded(image, "PNG"), high=999), "PNG", *size, enforce=False)
+        expected = colour if isinstance(colour, tuple) else (colour,)
+        if mode == "1":
+            expected = (1,)  # the sample, not Pillow's 255
+        assert (report.problem and report.problem.reason, report.colour) == (
+            "flat-colour",
+            expected,
+        )
+        image.putpixel((size[0] - 1, size[1] - 1), off)  # type: ignore[arg-type]
+        report = check([encoded(image, "PNG")], "PNG", *size)
+        assert (report.problem, report.content_skipped) == (None, None)
+
+
+def test_a_png_is_judged_on_the_stream_without_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("Pillow opened a PNG")
+
+    monkeypatch.setattr(validation.Image, "open", refuse)
+    assert refused(flat("PNG", "RGB", (4, 5, 6)), "PNG").reason == "flat-colour"
+    assert check([png(64, 48)], "PNG").problem is None
+
+
+@pytest.mark.parametrize("why", ["interlaced", "wide"])
+def test_an_interlaced_png_or_one_of_very_wide_rows_is_left_to_pillow(
+    why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adam7's passes are no rows of the image, and a row too wide to hold is not held:
+    the frame is kept and Pillow decodes it."""
+    opened: list[object] = []
+    real_open = validation.Image.open
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(validation.Image, "open", spy)
+    if why == "wide":
+        monkeypatch.setattr(validation, "PNG_MAX_ROW_BYTES", 3 * 13)
+    grid = [[(9, 200, 31)] * 13 for _ in range(11)]
+    data = made_png(grid, 2, 8, interlaced=why == "interlaced")
+    report = check(pieces(data), "PNG", 13, 11, enforce=False)
+    assert (report.problem and report.problem.reason, report.colour) == (
+        "flat-colour",
+        (9, 200, 31),
+    )
+    grid[-1][-1] = (9, 200, 30)
+    report = check([made_png(grid, 2, 8, interlaced=why == "interlaced")], "PNG", 13, 11)
+    assert (report.problem, report.content_skipped) == (None, None)
+    assert len(opened) == 2
+
+
+def test_image_data_in_many_small_idat_chunks_is_read_across_them() -> None:
+    grid = [[(3, 1, 4, 1)] * 50 for _ in range(40)]
+    for idat_size in (1, 7, 100):
+        data = made_png(grid, 6, 8, [4] * 40, idat_size=idat_size)
+        assert check([data], "PNG", enforce=False).colour == (3, 1, 4, 1)
+    grid[-1][-1] = (3, 1, 4, 2)
+    assert check([made_png(grid, 6, 8, [4] * 40, idat_size=7)], "PNG").problem is None
+
+
+def test_a_frame_that_is_not_flat_is_inflated_no_further_than_its_first_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 1080p frame of noise (6 MB, deflated at level 0 so inflating it all would show):
+    its first row is not flat, and a few rows are all that is inflated. One flat but for
+    its very last pixel is inflated whole, a few rows at a time."""
+    inflaters = Inflaters()
+    monkeypatch.setattr(zlib, "decompressobj", inflaters)
+    width, height = 1920, 1080
+    row_size = 1 + 3 * width
+    rows_at_once = validation.PNG_INFLATE_OUTPUT // row_size
+
+    noisy = list(stored_png(width, height, random.Random(2).randbytes(3 * width)))
+    report = check(noisy, "PNG", width, height)
+    assert (report.problem, report.content_skipped) == (None, None)
+    assert sum(map(len, noisy)) > height * row_size
+    (counts,) = inflaters.made
+    assert counts["gave"] <= rows_at_once * row_size
+    # Deflated at level 0, the image data is as big as the rows it holds, plus framing.
+    assert counts["given"] <= rows_at_once * row_size + 64
+
+    image = Image.new("RGB", (width, height), (40, 50, 60))
+    image.putpixel((width - 1, height - 1), (40, 50, 61))
+    report = check([encoded(image, "PNG")], "PNG", width, height)
+    assert (report.problem, report.content_skipped) == (None, None)
+    counts = inflaters.made[-1]
+    assert counts["gave"] == height * row_size
+    assert counts["largest"] <= rows_at_once * row_size
+
+
+def test_a_flat_1080p_frame_is_judged_in_constant_memory() -> None:
+    """6 MB of a flat frame (deflated at level 0: as big as its pixels) fed in 64 KiB
+    pieces: a few rows, zlib's window and the rows it is compared with are all it takes."""
+    data = b"".join(stored_png(1920, 1080, bytes((7, 8, 9)) * 1920))
+    view = memoryview(data)
+    frame = FrameCheck(Expectation("PNG", 1920, 1080, ROOMY), enforce=False)
+    tracemalloc.start()
+    try:
+        for at in range(0, len(data), 64 * 1024):
+            frame.feed(view[at : at + 64 * 1024])
+        report = frame.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) > 6_000_000
+    assert report.colour == (7, 8, 9)
+    assert peak < 256 * 1024, f"peak {peak / 1024:.0f} KiB"
+
+
+def png_file(ihdr: tuple[int, ...], *chunks: bytes) -> bytes:
+    """A PNG of these IHDR fields (width, height, depth, colour type) and chunks."""
+    header = struct.pack(">IIBBBBB", *ihdr, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + b"".join(chunks) + PNG_TRAILER
+
+
+# Three rows of 8 RGB pixels, unfiltered: one colour, so nothing is judged before the end.
+RGB_ROWS = (b"\x00" + bytes((5, 6, 7)) * 8) * 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        png_file((8, 3, 8, 2), png_chunk(b"IDAT", b"\x78\x9c\xff" + bytes(20))),
+        png_file((8, 3, 8, 2), png_chunk(b"IDAT", b"\x00\x00" + zlib.compress(RGB_ROWS)[2:])),
+        png_file((8, 3, 8, 2), png_chunk(b"IDAT", zlib.compress(b"\x05" + RGB_ROWS[1:]))),
+        png_file((8, 3, 8, 2), png_chunk(b"IDAT", zlib.compress(RGB_ROWS[:-1]))),
+        png_file((8, 3, 8, 2)),
+        png_file(
+            (8, 3, 8, 2),
+            png_chunk(b"IDAT", zlib.compress(RGB_ROWS)[:9]),
+            png_chunk(b"tEXt", b"k\0v"),
+            png_chunk(b"IDAT", zlib.compress(RGB_ROWS)[9:]),
+        ),
+        png_file((8, 3, 8, 3), png_chunk(b"IDAT", zlib.compress(bytes(27)))),
+        png_file((8, 3, 4, 2), png_chunk(b"IDAT", zlib.compress(RGB_ROWS))),
+        png_file(
+            (8, 3, 8, 2),
+            png_chunk(b"tEXt", b"k\0v")[:-1] + b"\x00",
+            png_chunk(b"IDAT", zlib.compress(RGB_ROWS)),
+        ),
+        png_file((8, 3, 8, 2), struct.pack(">I", 100) + b"tEXt" + b"k\0v"),
+        png_file((8, 3, 8, 2), png_chunk(b"IDAT", zlib.compress(RGB_ROWS)), PNG_TRAILER),
+    ],
+    ids=[
+        "bad-deflate-block",
+        "bad-zlib-header",
+        "filter-type-5",
+        "rows-cut-short",
+        "no-idat",
+        "idat-split",
+        "palette-without-plte",
+        "rgb-of-4-bits",
+        "bad-crc",
+        "chunk-over-the-iend",
+        "bytes-after-iend",
+    ],
+)
+def test_a_png_with_broken_image_data_or_chunks_is_undecodable(data: bytes) -> None:
+    """Found by the content check on the stream: off, the frame passes."""
+    assert refused(data, "PNG", 8, 3).reason == "undecodable"
+    for chunks in ([data], pieces(data)):
+        report = check(chunks, "PNG", 8, 3, content_max_bytes=0)
+        assert (report.problem, report.content_skipped) == (None, "disabled")
+
+
 # ---------------------------------------------------------------- not enforcing
 
 
@@ -548,11 +926,11 @@ def test_a_frame_whose_header_rules_out_decoding_is_not_kept(
     assert peak < 6 * MIB, f"peak {peak / MIB:.1f} MiB"
 
 
-def test_a_frame_within_content_max_bytes_is_kept_once() -> None:
+def test_a_jpeg_within_content_max_bytes_is_kept_once() -> None:
     """The chunks are kept as they came, not copied, and read back as one file."""
-    data = png(600, 400)
+    data = jpeg(600, 400)
     chunks = [data[at : at + 30_000] for at in range(0, len(data), 30_000)]
-    frame = FrameCheck(Expectation("PNG", 600, 400, len(data)))
+    frame = FrameCheck(Expectation("JPEG", 600, 400, len(data)))
     tracemalloc.start()
     try:
         for chunk in chunks:
@@ -614,15 +992,25 @@ def test_an_expectation_refuses_nonsense() -> None:
         Expectation("PNG", "1920", 1, 0)  # type: ignore[arg-type]
 
 
-def test_chunks_may_be_views_of_a_reused_buffer() -> None:
+@pytest.mark.parametrize("kind", ["PNG", "flat PNG", "JPEG"])
+def test_chunks_may_be_views_of_a_reused_buffer(kind: str) -> None:
     """A caller reading into one buffer (FilePart does) passes views of it: the check keeps
-    copies where it keeps anything."""
-    data = png(64, 48)
+    copies where it keeps anything (a JPEG; a PNG's chunk headers and rows cut by a view's
+    end)."""
+    frames = {
+        "PNG": png(64, 48),
+        "flat PNG": b"".join(stored_png(64, 48, bytes((1, 2, 3)) * 64)),
+        "JPEG": jpeg(64, 48),
+    }
+    data = frames[kind]
+    fmt = kind.split()[-1]
     buffer = bytearray(1000)
-    frame = FrameCheck(Expectation("PNG", 64, 48, ROOMY))
+    frame = FrameCheck(Expectation(fmt, 64, 48, ROOMY), enforce=False)
     for at in range(0, len(data), len(buffer)):
         piece = data[at : at + len(buffer)]
         buffer[: len(piece)] = piece
         frame.feed(memoryview(buffer)[: len(piece)])
     report = frame.finish()
-    assert (report.problem, report.sha256) == (None, hashlib.sha256(data).hexdigest())
+    assert report.sha256 == hashlib.sha256(data).hexdigest()
+    assert report.colour == ((1, 2, 3) if kind == "flat PNG" else None)
+    assert report.problem is None or report.problem.reason == "flat-colour"
