@@ -328,8 +328,8 @@ def give_up_upload(
             sv.settings.max_frames_per_assignment,
             skip=[event.user_id] if invalid is not None else (),
         )
-        if invalid is not None:
-            outbox.delete_temp_blob(session, event.session_id, event.temp_key)
+        if invalid is not None and upload is not None:
+            outbox.delete_temp_blob(session, event.session_id, upload)
     if invalid is not None:
         metrics.FRAMES_INVALID.labels(reason=invalid.reason, action="refused").inc()
     logger.warning(
