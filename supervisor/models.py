@@ -238,6 +238,8 @@ class Frame(Base):
     refused_by: Mapped[list[str]] = mapped_column(
         ARRAY(String(ID_LENGTH)), default=list, server_default="{}"
     )
+    # The temporary key of the last upload refused, so a redelivery of it changes nothing.
+    refused_key: Mapped[str | None] = mapped_column(Text)
 
 
 class FrameBucket(Base):

@@ -8,7 +8,8 @@ A frame may be held by a second user (`backup_user_id`) rendering it speculative
 workload counts those second renders against its budget. A stored frame keeps the SHA-256
 of its bytes and, when it was accepted despite failing a check, why (`flagged`). The users
 whose uploads of a frame were refused are kept on the frame, so a frame every user fails is
-accepted and flagged instead of being rendered forever. A workload keeps the output size and
+accepted and flagged instead of being rendered forever; the last refused upload is kept, so
+its redelivery is not checked and counted again. A workload keeps the output size and
 format its .blend asks for, which every upload is checked against.
 """
 
@@ -38,6 +39,7 @@ def upgrade() -> None:
             nullable=False,
         ),
     )
+    op.add_column("frames", sa.Column("refused_key", sa.Text(), nullable=True))
     op.create_index(
         "ix_frames_backup_held",
         "frames",
@@ -57,5 +59,5 @@ def downgrade() -> None:
     for column in ("output_format", "output_height", "output_width", "speculative_renders"):
         op.drop_column("workloads", column)
     op.drop_index("ix_frames_backup_held", table_name="frames")
-    for column in ("refused_by", "flagged", "sha256", "backup_at", "backup_user_id"):
+    for column in ("refused_key", "refused_by", "flagged", "sha256", "backup_at", "backup_user_id"):
         op.drop_column("frames", column)

@@ -161,9 +161,11 @@ def distribute(
         _assign_pending_runs(session, workload.id, lists)
     empty = [user for user in receivers if user not in lists]
     takers = empty
+    paces: dict[str, float] = {}
     if steal and empty and speculate:
         # In the endgame a user far slower than the farm would only hold up the tails it took.
-        slow = speculation.slow_users(session, workload.id, speculate)
+        paces = speculation.measured_paces(session, workload.id)
+        slow = speculation.slow_users(paces, speculate)
         takers = [user for user in empty if user not in slow]
     if steal and takers:
         stolen = _steal(
@@ -180,6 +182,7 @@ def distribute(
                 workload,
                 idle,
                 speculate,
+                paces=paces,
                 uploads_waiting=_uploads_waiting(session, workload.id),
             )
         )

@@ -50,6 +50,7 @@ class _FrameRow:
     user_id: str | None
     claim_key: str | None
     refusals: int = 0
+    refused_key: str | None = None
 
 
 def claim_uploads(
@@ -147,10 +148,11 @@ def _read_frames_and_users(
                 Frame.user_id,
                 Frame.claim_key,
                 func.cardinality(Frame.refused_by).label("refusals"),
+                Frame.refused_key,
             ).where(tuple_(Frame.workload_id, Frame.number).in_(list(frame_keys)))
         ):
             frames[(row.workload_id, row.number)] = _FrameRow(
-                row.state, row.user_id, row.claim_key, row.refusals
+                row.state, row.user_id, row.claim_key, row.refusals, row.refused_key
             )
     users: dict[tuple[str, str], str] = {}
     if user_keys:
@@ -171,9 +173,10 @@ def _judge(
     taken: dict[tuple[str, int], str],
     settings: Settings,
 ) -> Claim | None:
-    """The claim this upload makes; None when it is not needed (the frame is rendered, or
-    another upload holds it); Refused when it does not fit our state. Any user the
-    session has had may deliver (one that just disconnected, or whose list tail moved)."""
+    """The claim this upload makes; None when it is not needed (the frame is rendered,
+    another upload holds it, or this upload was refused already); Refused when it does not
+    fit our state. Any user the session has had may deliver (one that just disconnected, or
+    whose list tail moved)."""
     workload = workloads.get(event.session_id)
     if workload is None:
         raise Refused("unknown-session", event.session_id)
@@ -190,6 +193,8 @@ def _judge(
         return None
     if frame.state == FrameState.STORING and frame.claim_key != event.temp_key:
         return None
+    if frame.refused_key == event.temp_key:
+        return None  # a redelivery of the upload refused last: checked and counted once
     key = final_frame_key(
         workload.customer_id, workload.object_id, event.frame_number, event.extension
     )

@@ -303,6 +303,7 @@ def give_up_upload(
             return "not-ours"
         values = _released(session, event.session_id, row, event.user_id)
         if invalid is not None:
+            values["refused_key"] = upload
             sender = literal(event.user_id, String)
             values["refused_by"] = case(
                 (sender == any_(Frame.refused_by), Frame.refused_by),

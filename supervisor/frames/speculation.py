@@ -148,25 +148,28 @@ def speculate(
     receivers: Sequence[str],
     policy: Policy,
     *,
+    paces: dict[str, float],
     uploads_waiting: set[int],
 ) -> dict[str, list[int]]:
     """Give stragglers to idle `receivers` (active users holding nothing) of a workload with
-    nothing unassigned. Returns each receiver's one-frame list, to be sent by the caller."""
+    nothing unassigned, given the users' `measured_paces`. Returns each receiver's one-frame
+    list, to be sent by the caller."""
     budget = policy.budget(workload.total_frames) - workload.speculative_renders
     if budget <= 0 or not receivers:
         return {}
-    rows = session.execute(_IN_HAND, {"workload_id": workload.id}).all()
-    paces = measured_paces(session, workload.id)
     farm = farm_pace(paces.values())
     if farm is None:
         return {}
+    rows = session.execute(_IN_HAND, {"workload_id": workload.id}).all()
     held = [
         InHand(
             frame=row.number,
             user_id=row.user_id,
             elapsed=float(row.elapsed),
             pace=row.pace_seconds if row.pace_samples else None,
-            start_up=_start_up(row) if row.clock_from_list else 0.0,
+            start_up=(
+                _start_up(row.list_start_seconds, row.pace_seconds) if row.clock_from_list else 0.0
+            ),
         )
         for row in rows
         if row.backup_user_id is None and row.number not in uploads_waiting
@@ -216,14 +219,12 @@ def speculate(
     return {receiver: [frame] for receiver, frame in plan.items()}
 
 
-def _start_up(row: object) -> float:
+def _start_up(list_start_seconds: float | None, pace_seconds: float | None) -> float:
     """What a new list's first frame takes beyond a frame: its start-up (the .blend's
     download), as the user's list starts measured it, else a default."""
-    list_start = getattr(row, "list_start_seconds", None)
-    pace = getattr(row, "pace_seconds", None)
-    if list_start is None:
+    if list_start_seconds is None:
         return eta.START_UP_SECONDS
-    return max(0.0, list_start - (pace or 0.0))
+    return max(0.0, list_start_seconds - (pace_seconds or 0.0))
 
 
 def measured_paces(session: Session, workload_id: str) -> dict[str, float]:
@@ -240,16 +241,14 @@ def measured_paces(session: Session, workload_id: str) -> dict[str, float]:
     )
 
 
-def slow_users(session: Session, workload_id: str, policy: Policy) -> set[str]:
-    """Active users whose typical frame time is more than `after_paces` times the farm's:
-    in the endgame they are given no list tails, which they would finish last."""
-    if policy.extra_percent <= 0:
-        return set()
-    paces = measured_paces(session, workload_id)
+def slow_users(paces: dict[str, float], policy: Policy) -> set[str]:
+    """Of these users' typical frame times (`measured_paces`), those more than `after_paces`
+    times the farm's: in the endgame they are given no list tails, which they would finish
+    last."""
     farm = farm_pace(paces.values())
-    if farm is None:
+    if policy.extra_percent <= 0 or farm is None:
         return set()
-    return {user for user, pace in paces.items() if pace and pace > policy.after_paces * farm}
+    return {user for user, pace in paces.items() if pace > policy.after_paces * farm}
 
 
 def backup_holders(session: Session, workload_id: str) -> set[str]:

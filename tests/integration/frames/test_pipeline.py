@@ -492,3 +492,25 @@ def test_a_batch_retries_only_the_upload_whose_copy_failed(
     assert "tmp/u1/11.png" in peers.temp_blobs
     sv.peers.blob.transfer_temp_to_final = copy
     assert record_rendered_frame(sv, batch[1]) == "stored"
+
+
+# --- checks --------------------------------------------------------------------------------
+
+
+def test_an_invalid_upload_is_refused_once_however_often_it_is_delivered(
+    sv: Services, session_id: str, peers: Peers
+) -> None:
+    add_users(sv, new_users(session_id, "u1", "u2"))
+    event = rendered(session_id, "u1", 10, peers)
+    peers.temp_blobs[event.temp_key] = b"render failed: out of memory\n"
+
+    assert record_rendered_frame(sv, event) == "refused-invalid"
+    assert record_rendered_frame(sv, event) == "duplicate", "a redelivery changes nothing"
+
+    row = frame(sv, session_id, 10)
+    assert row.state != "rendered"
+    assert row.refused_by == ["u1"]
+    assert row.last_error.startswith("not-an-image")
+    assert user_row(sv, session_id, "u1").failed_frames == 1
+    assert peers.stored == {}
+    assert assignments(sv, session_id).get(10) != "u1", "not straight back to its sender"

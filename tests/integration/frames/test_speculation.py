@@ -4,6 +4,7 @@ to drop it, and the budget holds. Frames 10..20; u1 and u2 are left holding one 
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select, text
 
 from supervisor import maintenance
@@ -127,30 +128,22 @@ def test_no_second_render_without_a_straggler_or_with_speculation_off(
     assert maintenance.rebalance(sv) == {}
 
 
-def test_a_holder_that_leaves_hands_the_frame_to_its_second_holder(
-    sv: Services, session_id: str, peers: Peers
+@pytest.mark.parametrize(
+    ("leaver", "holder"),
+    [("u1", "idle"), ("idle", "u1")],
+    ids=["a holder that leaves hands it to its second", "a second holder that leaves"],
+)
+def test_when_one_of_two_holders_leaves_the_other_keeps_the_frame(
+    sv: Services, session_id: str, peers: Peers, leaver: str, holder: str
 ) -> None:
     one_frame_each(sv, session_id, peers)
     add_idle_user(sv, session_id, "idle", clock_at=None, **MEASURED)
     maintenance.rebalance(sv)
 
-    user_disconnected(sv, UserDisconnected(session_id, user_id="u1"))
+    user_disconnected(sv, UserDisconnected(session_id, user_id=leaver))
 
     row = frame(sv, session_id, 10)
-    assert (row.state, row.user_id, row.backup_user_id) == ("assigned", "idle", None)
-
-
-def test_a_second_holder_that_leaves_leaves_the_frame_with_its_holder(
-    sv: Services, session_id: str, peers: Peers
-) -> None:
-    one_frame_each(sv, session_id, peers)
-    add_idle_user(sv, session_id, "idle", clock_at=None, **MEASURED)
-    maintenance.rebalance(sv)
-
-    user_disconnected(sv, UserDisconnected(session_id, user_id="idle"))
-
-    row = frame(sv, session_id, 10)
-    assert (row.state, row.user_id, row.backup_user_id) == ("assigned", "u1", None)
+    assert (row.state, row.user_id, row.backup_user_id) == ("assigned", holder, None)
 
 
 def test_in_the_endgame_a_user_far_slower_than_the_farm_takes_no_list_tails(
