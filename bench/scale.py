@@ -263,7 +263,7 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         with sv.db.session() as session:
             if pending_count(session) == 0:
                 break
-        result = drain(sv.db, sv.publisher, sv.peers, wait_seconds=10)
+        result = drain(sv.db, sv.publisher, sv.peers)
         if result.failed:
             raise RuntimeError(f"outbox drain failed: {result}")
     out["drain_s"] = time.perf_counter() - began

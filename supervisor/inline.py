@@ -34,7 +34,6 @@ class InlineJobs:
             sv.db,
             sv.publisher,
             sv.peers,
-            wait_seconds=10,
             on_all_recorded=lambda ids: complete_workloads(sv, ids),
         )
 

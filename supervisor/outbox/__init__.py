@@ -4,11 +4,12 @@ sent only after that commit. A failed send stays in the table and is retried wit
 - `queueing`: add a message to the caller's transaction (one function per kind of message);
 - `order`: which rows are due, and which wait behind an older one;
 - `senders`: send a row to its peer (AMQP or HTTP);
-- `drainer`: one drainer at a time sends what is due and settles it in the database;
+- `drainer`: drainers claim independent lanes, send them and settle each send in the
+  database;
 - `rounds`: a burst of commits asks for one drain, which goes round until quiet.
 """
 
-from supervisor.outbox.drainer import OUTBOX_DRAIN_LOCK_ID, DrainResult, RecordsDone, drain
+from supervisor.outbox.drainer import LANE_LOCK_CLASS, DrainResult, RecordsDone, drain
 from supervisor.outbox.queueing import (
     BLOB_TEMP,
     CATALOG,
@@ -29,7 +30,7 @@ from supervisor.outbox.senders import BodyPublisher, PeerClients
 __all__ = [
     "BLOB_TEMP",
     "CATALOG",
-    "OUTBOX_DRAIN_LOCK_ID",
+    "LANE_LOCK_CLASS",
     "USER_MANAGER",
     "USER_SERVICE",
     "BodyPublisher",

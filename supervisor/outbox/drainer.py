@@ -1,5 +1,13 @@
-"""The drain: one drainer at a time sends what is due and settles each send in the
-database (deleted when sent, postponed with backoff when it failed)."""
+"""The drain: independent lanes, any number of drainers at once.
+
+A lane is what must be sent in order, or one at a time: a user's User Service messages,
+a workload's User Manager messages, a workload's catalog messages (outbox.order). A
+drainer claims lanes (a transaction-level advisory lock per lane while it claims, then a
+lease on the rows it will send, which holds the rest of each lane back from every other
+drainer) and sends them; rows without a lane (temp deletions) are claimed one by one with
+`FOR UPDATE SKIP LOCKED`. So N worker processes on N machines drain side by side, and no
+lane is ever sent by two at once. Each send is settled in the database: deleted when sent,
+postponed with backoff when it failed."""
 
 from __future__ import annotations
 
@@ -22,22 +30,42 @@ from supervisor.outbox.senders import BodyPublisher, JobOutcome, PeerClients, se
 
 logger = logging.getLogger(__name__)
 
-OUTBOX_DRAIN_LOCK_ID = 0x5E55_0B0C
+# The first key of the two-key advisory locks on lanes (the second is the lane's hash).
+LANE_LOCK_CLASS = 0x5E55_0B0C
 MAX_BACKOFF = timedelta(seconds=30)
 SEND_CONCURRENCY = 8
+# Catalog lanes send on a pool of their own, so slow temp deletions never hold them back.
+CATALOG_CONCURRENCY = 8
 SEND_CHUNK = 32
-ONE_AT_A_TIME = frozenset({CATALOG})
 _DELETE_SENT = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
+_LOCK_LANES = text(
+    "SELECT lane FROM unnest(CAST(:lanes AS text[])) AS lane "
+    "WHERE pg_try_advisory_xact_lock(:lock_class, hashtext(lane))"
+)
+# Each row of a lane is leased for as many calls as are sent before it and itself, so a
+# long lane's last rows stay held back however slowly the first ones go.
+_LEASE = text(
+    "UPDATE outbox AS o SET available_at = now() + CAST(:lease AS interval) * t.position "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:positions AS int[])) AS t(id, position) "
+    "WHERE o.id = t.id AND o.available_at <= now() RETURNING o.id"
+)
+_RELEASE = text(
+    "UPDATE outbox SET available_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) "
+    "AND available_at > now()"
+)
 
 RecordsDone = Callable[[list[str]], None]
 
 
 @dataclass
 class DrainResult:
-    locked: bool = False
     sent: int = 0
     failed: int = 0
+    # Rows claimed but not sent (behind a failure, or dropped when the drain failed).
     remaining: int = 0
+    # Lanes another drainer was claiming at that moment: its rows are left to it.
+    lanes_busy: int = 0
+    dropped: int = 0
     all_recorded: list[str] = field(default_factory=list)
 
 
@@ -47,136 +75,178 @@ def drain(
     peers: PeerClients,
     *,
     batch_size: int = 500,
-    wait_seconds: float = 0.0,
     on_all_recorded: RecordsDone | None = None,
 ) -> DrainResult:
-    """Send what is due, oldest first. One drainer at a time keeps the order per destination;
-    the first transient failure of a destination stops it until its backoff expires, and a
-    permanent one (the peer refused the message) drops that message with a log line.
-    With `wait_seconds`, a drainer waits that long for one already at work; by default it
-    returns at once with `locked` False (see drain_until_quiet).
+    """Claim the due lanes no other drainer holds and send them: each lane oldest first,
+    catalog lanes one record at a time. The first transient failure of a destination stops
+    it until its backoff expires; a permanent one (the peer refused the message) drops that
+    message with a log line.
 
     Each catalog record deleted as sent counts on its workload's `recorded_frames` in the
     same commit; `on_all_recorded` then hears of the running workloads whose every frame
     is recorded (it completes them; beat's sweep does it if this call is missed)."""
     result = DrainResult()
-    # A session-level lock belongs to one connection: pin it, or a commit hands the
-    # connection back to the pool and the unlock runs on another one, leaking the lock.
+    lease = timedelta(seconds=peers.longest_call_seconds)
+    # One connection for the whole drain: it settles many small commits.
     with (
         db.connection() as connection,
         Session(bind=connection, expire_on_commit=False) as session,
     ):
-        locked = _wait_for_drain_lock(session, wait_seconds)
-        session.commit()
-        if not locked:
-            return result
-        result.locked = True
-        try:
-            _drain_locked(db, session, publisher, peers, batch_size, result)
-        finally:
-            session.rollback()
-            session.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID})
-            session.commit()
+        jobs = _claim(session, batch_size, lease, result)
+        if jobs:
+            try:
+                _send_claimed(db, session, publisher, peers, jobs, lease, result)
+            finally:
+                session.rollback()
     if result.all_recorded and on_all_recorded is not None:
         on_all_recorded(result.all_recorded)
     return result
 
 
-def _drain_locked(
+def _claim(
+    session: Session, batch_size: int, lease: timedelta, result: DrainResult
+) -> list[list[OutboxMessage]]:
+    """The jobs this drainer now owns, one per lane (oldest first) and one per row without
+    a lane, their rows leased in one commit. A catalog lane's head alone is leased: the
+    rest follow one by one, each leased in the commit that settles the one before, so a
+    crash resends at most one record per workload (the catalog's add is not idempotent).
+
+    The lane locks are taken before the rows are read again, and held until the leases
+    commit: whatever another drainer leased before is seen, and holds the lane back."""
+    seen = session.execute(due_rows(batch_size)).all()
+    if not seen:
+        session.commit()
+        return []
+    lanes = sorted({lane for _row, lane in seen if lane is not None})
+    locked = (
+        list(session.scalars(_LOCK_LANES, {"lanes": lanes, "lock_class": LANE_LOCK_CLASS}))
+        if lanes
+        else []
+    )
+    result.lanes_busy = len(lanes) - len(locked)
+    jobs = group_jobs(session.execute(due_rows(batch_size, lanes=locked)).all())
+    heads = [job[:1] if job[0].destination == CATALOG else job for job in jobs]
+    leased = _lease(session, [row for rows in heads for row in rows], lease, restart_each=heads)
+    session.commit()
+    owned = []
+    for job in jobs:
+        # A lane stops at its first row not leased: another drainer has it.
+        taken = next((i for i, row in enumerate(job) if row.id not in leased), len(job))
+        if job[0].destination == CATALOG:
+            taken = len(job) if taken else 0
+        if taken:
+            owned.append(job[:taken])
+    return owned
+
+
+@dataclass
+class _Sent:
+    """A job's send: the rows sent in this call, what came of them, and the rest of its
+    catalog lane (sent next, once this is settled)."""
+
+    rows: list[OutboxMessage]
+    outcome: JobOutcome
+    lane_rest: list[OutboxMessage]
+
+
+def _send_claimed(
     db: Database,
     session: Session,
     publisher: BodyPublisher,
     peers: PeerClients,
-    batch_size: int,
+    jobs: list[list[OutboxMessage]],
+    lease: timedelta,
     result: DrainResult,
 ) -> None:
-    """Messages a repeat cannot harm (temp deletions, users' lists, User Manager demands)
-    go SEND_CONCURRENCY at a time on a pool. Catalog records, which a repeat would
-    duplicate, go one by one on this thread meanwhile, each deleted in its own commit right
-    after its send (with whatever the pool has finished meanwhile), so a crash resends at
-    most the one record in flight.
-
-    Each record is also leased before its send, in the commit that settles the one before:
-    a drainer whose connection was killed (and its lock with it) may still be sending it,
-    and the next lock holder must not send it too. A lease that cannot be taken (another
-    drainer has the row) skips the row. The database is used from this thread only."""
-    due = session.execute(due_rows(batch_size)).all()
-    rows = [row for row, _key in due]
-    session.commit()
+    """Idempotent messages (temp deletions, users' lists, User Manager messages) go
+    SEND_CONCURRENCY jobs at a time; catalog lanes CATALOG_CONCURRENCY at a time, a record
+    each. This thread settles what the pools finish, a chunk per commit, and hands each
+    catalog lane its next record once the one before is deleted. The database is used
+    from this thread only."""
     blocked: set[str] = set()
-    jobs = group_jobs((row, key) for row, key in due if row.destination not in ONE_AT_A_TIME)
-    one_at_a_time = [row for row in rows if row.destination in ONE_AT_A_TIME]
-    lease = timedelta(seconds=peers.longest_call_seconds)
-    finished: SimpleQueue[Future[JobOutcome]] = SimpleQueue()
-    pool = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox")
+    finished: SimpleQueue[Future[_Sent]] = SimpleQueue()
+    general = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox")
+    catalog = ThreadPoolExecutor(max_workers=CATALOG_CONCURRENCY, thread_name_prefix="catalog")
+
+    def send(rows: list[OutboxMessage], lane_rest: list[OutboxMessage]) -> _Sent:
+        return _Sent(rows, send_in_order(publisher, peers, blocked, rows), lane_rest)
+
+    def submit(rows: list[OutboxMessage], lane_rest: list[OutboxMessage]) -> None:
+        pool = catalog if rows[0].destination == CATALOG else general
+        pool.submit(send, rows, lane_rest).add_done_callback(finished.put)
+
+    claimed = sum(len(job) for job in jobs)
+    in_flight = 0
     try:
         for job in jobs:
-            pool.submit(send_in_order, publisher, peers, blocked, job).add_done_callback(
-                finished.put
-            )
-        unsettled = len(jobs)
-        leased = _lease(session, one_at_a_time[:1], lease)
-        session.commit()
-        for index, row in enumerate(one_at_a_time):
-            outcomes = _take_ready(finished)
-            unsettled -= len(outcomes)
-            failed = False
-            if row.id in leased:
-                outcome = send_in_order(publisher, peers, blocked, [row])
-                outcomes.append(outcome)
-                failed = outcome.failed is not None
-            # After a failure the destination waits for its retry: nothing more is leased.
-            following = [] if failed else one_at_a_time[index + 1 : index + 2]
-            leased = _settle(db, session, outcomes, result, lease_next=(following, lease))
-            if failed:
-                break
-        while unsettled:
-            chunk = [finished.get().result() for _ in range(min(SEND_CHUNK, unsettled))]
-            unsettled -= len(chunk)
-            _settle(db, session, chunk, result)
+            if job[0].destination == CATALOG:
+                submit(job[:1], job[1:])
+            else:
+                submit(job, [])
+            in_flight += 1
+        while in_flight:
+            ready = [finished.get().result()]
+            while len(ready) < SEND_CHUNK and not finished.empty():
+                ready.append(finished.get_nowait().result())
+            in_flight -= len(ready)
+            following = [
+                sent.lane_rest[0]
+                for sent in ready
+                if sent.lane_rest and sent.outcome.failed is None
+            ]
+            leased = _settle(db, session, ready, result, lease_next=following, lease=lease)
+            for sent in ready:
+                if sent.lane_rest and sent.lane_rest[0].id in leased:
+                    submit(sent.lane_rest[:1], sent.lane_rest[1:])
+                    in_flight += 1
     finally:
         # A drain that failed (its database went away) stops sending what it cannot
         # settle: queued jobs are dropped, only those already sending finish.
-        pool.shutdown(wait=True, cancel_futures=True)
-    result.remaining = len(rows) - result.sent
+        general.shutdown(wait=True, cancel_futures=True)
+        catalog.shutdown(wait=True, cancel_futures=True)
+    result.remaining = claimed - result.sent - result.dropped
 
 
-def _take_ready(finished: SimpleQueue[Future[JobOutcome]]) -> list[JobOutcome]:
-    """The outcomes of the jobs the pool has finished so far, without waiting."""
-    ready: list[JobOutcome] = []
-    while not finished.empty():
-        ready.append(finished.get_nowait().result())
-    return ready
-
-
-_LEASE = text(
-    "UPDATE outbox SET available_at = now() + CAST(:lease AS interval) "
-    "WHERE id = ANY(CAST(:ids AS bigint[])) AND available_at <= now() RETURNING id"
-)
-
-
-def _lease(session: Session, rows: list[OutboxMessage], lease: timedelta) -> set[int]:
-    """Hold these rows back from every other drainer for `lease` (as a retry's backoff
-    does); the ids actually leased: not those another drainer leased or deleted first."""
+def _lease(
+    session: Session,
+    rows: list[OutboxMessage],
+    lease: timedelta,
+    *,
+    restart_each: list[list[OutboxMessage]] | None = None,
+) -> set[int]:
+    """Hold these rows back from every other drainer (as a retry's backoff does); the ids
+    actually leased: not those another drainer leased or deleted first. With
+    `restart_each`, the rows are those jobs', and each row's lease lasts for the calls
+    sent before it in its job and its own."""
     if not rows:
         return set()
-    leased = session.execute(_LEASE, {"ids": [row.id for row in rows], "lease": lease})
+    if restart_each is None:
+        positions = [1] * len(rows)
+    else:
+        positions = [position for job in restart_each for position in range(1, len(job) + 1)]
+    leased = session.execute(
+        _LEASE, {"ids": [row.id for row in rows], "positions": positions, "lease": lease}
+    )
     return {row.id for row in leased}
 
 
 def _settle(
     db: Database,
     session: Session,
-    outcomes: list[JobOutcome],
+    sends: list[_Sent],
     result: DrainResult,
     *,
-    lease_next: tuple[list[OutboxMessage], timedelta] | None = None,
+    lease_next: list[OutboxMessage],
+    lease: timedelta,
 ) -> set[int]:
-    """Delete what was sent and postpone what failed, in one commit, which also leases the
-    rows of `lease_next` (returned: those leased). If the drain's own connection died
-    meanwhile (a restarted or killed backend), the sent rows are deleted through a fresh
-    one before the drain gives up, so they are not sent a second time."""
+    """Delete what was sent, postpone what failed and hand back what a failure left unsent,
+    in one commit, which also leases `lease_next` (returned: the ids leased). If the
+    drain's own connection died meanwhile (a restarted or killed backend), the sent rows
+    are deleted through a fresh one before the drain gives up, so they are not sent a
+    second time."""
+    outcomes = [sent.outcome for sent in sends]
     done = [row.id for outcome in outcomes for row in outcome.done]
+    unsent = _unsent(sends)
     leased: set[int] = set()
     try:
         if done:
@@ -186,8 +256,9 @@ def _settle(
         for outcome in outcomes:
             if outcome.failed is not None:
                 _postpone(session, *outcome.failed)
-        if lease_next is not None:
-            leased = _lease(session, *lease_next)
+        if unsent:
+            session.execute(_RELEASE, {"ids": unsent})
+        leased = _lease(session, lease_next, lease)
         session.commit()
     except OperationalError:
         if done:
@@ -202,9 +273,22 @@ def _settle(
         raise
     for outcome in outcomes:
         result.sent += outcome.sent
+        result.dropped += len(outcome.done) - outcome.sent
         if outcome.failed is not None:
             result.failed += 1
     return leased
+
+
+def _unsent(sends: list[_Sent]) -> list[int]:
+    """Rows of a job left behind its failure: their lease is given back, so they follow
+    the failed row as soon as its retry is sent."""
+    unsent = []
+    for sent in sends:
+        handled = {row.id for row in sent.outcome.done}
+        if sent.outcome.failed is not None:
+            handled.add(sent.outcome.failed[0].id)
+        unsent += [row.id for row in sent.rows if row.id not in handled]
+    return unsent
 
 
 _COUNT_RECORDS = text(
@@ -255,23 +339,6 @@ def _note_lists_delivered(session: Session, outcomes: list[JobOutcome]) -> None:
             _LISTS_DELIVERED,
             {"workload_ids": [w for w, _ in delivered], "user_ids": [u for _, u in delivered]},
         )
-
-
-def _wait_for_drain_lock(session: Session, wait_seconds: float) -> bool:
-    """A session-level advisory lock: it outlives the per-row commits of the drain."""
-    if wait_seconds <= 0:
-        return bool(
-            session.execute(
-                text("SELECT pg_try_advisory_lock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID}
-            ).scalar_one()
-        )
-    session.execute(text(f"SET LOCAL lock_timeout = '{int(wait_seconds * 1000)}ms'"))
-    try:
-        with session.begin_nested():
-            session.execute(text("SELECT pg_advisory_lock(:id)"), {"id": OUTBOX_DRAIN_LOCK_ID})
-    except OperationalError:
-        return False
-    return True
 
 
 def _postpone(session: Session, row: OutboxMessage, exc: Exception) -> None:

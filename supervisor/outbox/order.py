@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, literal_column, select
+from sqlalchemy import Select, and_, case, func, literal_column, or_, select
 from sqlalchemy.orm import aliased
 
 from supervisor.models import OutboxMessage
-from supervisor.outbox.queueing import USER_MANAGER, USER_SERVICE
+from supervisor.outbox.queueing import CATALOG, USER_MANAGER, USER_SERVICE
 
 
 def group_jobs(due: Iterable[tuple[OutboxMessage, str | None]]) -> list[list[OutboxMessage]]:
-    """One job per order key (its rows oldest first), one per row without a key."""
+    """One job per lane (its rows oldest first), one per row without a lane."""
     jobs: list[list[OutboxMessage]] = []
     by_key: dict[str, list[OutboxMessage]] = {}
     for row, key in due:
@@ -28,12 +28,16 @@ def group_jobs(due: Iterable[tuple[OutboxMessage, str | None]]) -> list[list[Out
 
 
 def _order_key(message: type[OutboxMessage] | Any) -> Any:
-    """What a destination must receive in order: a user's lists replace each other, and the
-    User Manager reads a workload's demands in sequence. Catalog records and temp deletions
-    have no order (NULL)."""
+    """A row's lane: what a destination must receive in order, or one at a time. A user's
+    lists replace each other; the User Manager reads a workload's demands in sequence; a
+    workload's catalog records go one at a time (the catalog's add is not idempotent, so a
+    crash may resend only the one in flight), which keeps that guarantee per workload and
+    lets the catalog lanes of different workloads run side by side. Temp deletions have no
+    lane (NULL)."""
     return case(
         (message.destination == USER_SERVICE, message.body["user_id"].astext),
         (message.destination == USER_MANAGER, message.workload_id),
+        (message.destination == CATALOG, func.coalesce(message.workload_id, "")),
         else_=None,
     )
 
@@ -43,10 +47,14 @@ def _keyed(message: type[OutboxMessage] | Any) -> Any:
     return message.destination + ":" + _order_key(message)
 
 
-def due_rows(limit: int) -> Select[tuple[OutboxMessage, str | None]]:
-    """Due rows, oldest first, leaving out any row queued behind an older one of the same
-    order key that waits for its retry, so a retried message is never overtaken. The heads
-    are computed once (a materialized CTE), not once per candidate row."""
+def due_rows(
+    limit: int, *, lanes: list[str] | None = None
+) -> Select[tuple[OutboxMessage, str | None]]:
+    """Due rows and their lanes, oldest first, leaving out any row queued behind an older
+    one of its lane that waits (for its retry, or leased by a drainer), so a message is
+    never overtaken. The heads are computed once (a materialized CTE), not once per
+    candidate row. With `lanes`, only those lanes and rows without one, locked `FOR UPDATE
+    SKIP LOCKED`: rows another drainer is claiming right now are left to it."""
     waiting = aliased(OutboxMessage)
     heads = (
         select(
@@ -68,11 +76,17 @@ def due_rows(limit: int) -> Select[tuple[OutboxMessage, str | None]]:
         )
         .exists()
     )
-    return (
+    query = (
         select(OutboxMessage, _keyed(OutboxMessage).label("order_key"))
         .where(OutboxMessage.available_at <= func.now(), ~behind_a_retry, ~_behind_stop_work())
         .order_by(OutboxMessage.id)
         .limit(limit)
+    )
+    if lanes is None:
+        return query
+    lane = _keyed(OutboxMessage)
+    return query.where(or_(lane.is_(None), lane.in_(lanes))).with_for_update(
+        of=OutboxMessage, skip_locked=True
     )
 
 

@@ -29,21 +29,18 @@ def drain_until_quiet(
     rounds: int = 50,
     on_all_recorded: RecordsDone | None = None,
 ) -> int:
-    """Drain while there is work or commits arrived meanwhile. A drainer that finds the
-    lock taken asks the holder (through the flag) to go round once more, and leaves."""
+    """Drain while there is work or commits arrived meanwhile. Other drainers may run at
+    the same time: each round claims the lanes no other drainer holds."""
     redis.delete(DRAIN_SCHEDULED_KEY)
     sent = 0
     for _ in range(rounds):
         redis.delete(DRAIN_AGAIN_KEY)
         result = drain(db, publisher, peers, on_all_recorded=on_all_recorded)
-        if not result.locked:
-            redis.set(DRAIN_AGAIN_KEY, 1, ex=60)
-            return sent
         sent += result.sent
         if result.failed:
             return sent
         # One more round after any send: rows held back behind a sent one are due now.
         quiet = result.sent == 0 and not result.all_recorded
-        if result.remaining == 0 and quiet and not redis.get(DRAIN_AGAIN_KEY):
+        if quiet and not redis.get(DRAIN_AGAIN_KEY):
             return sent
     return sent

@@ -1,4 +1,4 @@
-"""The outbox drain lock on a real Postgres, with a pool of several connections."""
+"""The outbox drain on a real Postgres: lanes, leases, drainers side by side, lost connections."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from supervisor.errors import PeerError
 from supervisor.models import OutboxMessage, Workload
 from supervisor.outbox import (
     CATALOG,
-    OUTBOX_DRAIN_LOCK_ID,
+    LANE_LOCK_CLASS,
     delete_temp_blob,
     drain,
     record_in_catalog,
@@ -34,29 +34,14 @@ def peer_clients(**clients: Any) -> SimpleNamespace:
     )
 
 
-def drain_locks_held(sv: Services) -> int:
-    with sv.db.session() as session:
-        return session.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND ((classid::bigint << 32) | objid::bigint) = :id"
-            ),
-            {"id": OUTBOX_DRAIN_LOCK_ID},
-        )
-
-
 def terminate_the_drainer(sv: Services) -> None:
-    """What a database restart does to a drain: the backend holding its lock goes away."""
+    """What a database restart does to a drain: every other backend of the database goes."""
     with sv.db.session() as session:
         session.execute(
             text(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
-                "locktype = 'advisory' AND granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND ((classid::bigint << 32) | objid::bigint) = :id"
-            ),
-            {"id": OUTBOX_DRAIN_LOCK_ID},
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
         )
 
 
@@ -81,30 +66,84 @@ def warm_pool(sv: Services, connections: int) -> None:
 
 
 @pytest.mark.commits
-def test_drain_releases_its_lock_on_the_connection_that_took_it(
-    sv: Services,
-) -> None:
-    warm_pool(sv, 4)
-    for round_number in range(3):
-        with sv.db.transaction() as session:
-            to_user_manager(session, "session-1", "more-users", {"user_count": round_number})
+def test_a_lane_another_drainer_is_claiming_is_left_to_it(sv: Services) -> None:
+    users = FlakyUsers(fail_once=set())
+    queue_lists(sv, ("u1", "u1-first"), ("u2", "u2-only"))
 
-        result = drain(sv.db, sv.publisher, sv.peers)
+    with sv.db.transaction() as other:
+        other.execute(
+            text("SELECT pg_advisory_xact_lock(:lock_class, hashtext('user-service:u1'))"),
+            {"lock_class": LANE_LOCK_CLASS},
+        )
+        result = drain(sv.db, sv.publisher, peer_clients(users=users))
 
-        assert (result.locked, result.sent) == (True, 1)
-        assert drain_locks_held(sv) == 0
+    assert users.delivered == [("u2", "u2-only")]
+    assert (result.sent, result.lanes_busy) == (1, 1)
+    drain(sv.db, sv.publisher, peer_clients(users=users))
+    assert users.delivered == [("u2", "u2-only"), ("u1", "u1-first")]
 
 
 @pytest.mark.commits
-def test_a_waiting_drain_gets_the_lock_once_the_holder_is_done(sv: Services) -> None:
-    warm_pool(sv, 4)
-    drain(sv.db, sv.publisher, sv.peers)
+def test_drainers_at_once_share_the_lanes_each_sent_by_one_in_order(sv: Services) -> None:
+    """Two drainers side by side: every message sent once, each workload's catalog records
+    one at a time (and oldest first), each user's lists in order, lanes in parallel."""
+    warm_pool(sv, 6)
+    lock = threading.Lock()
+    in_flight: dict[str, int] = {}
+    most_at_once = {"lanes": 0}
+    records: list[tuple[str, int]] = []
+
+    class Catalog:
+        def add_rendered_image(self, **record: Any) -> None:
+            workload = record["customer_id"]
+            with lock:
+                in_flight[workload] = in_flight.get(workload, 0) + 1
+                assert in_flight[workload] == 1, f"two records of {workload} in flight"
+                most_at_once["lanes"] = max(most_at_once["lanes"], sum(in_flight.values()))
+            time.sleep(0.005)
+            with lock:
+                in_flight[workload] -= 1
+                records.append((workload, record["frame_number"]))
+
+    users = FlakyUsers(fail_once=set())
     with sv.db.transaction() as session:
-        to_user_manager(session, "session-1", "more-users", {"user_count": 1})
+        for frame in range(10):
+            for workload in ("w1", "w2", "w3", "w4"):
+                record_in_catalog(
+                    session,
+                    workload,
+                    object_id="o",
+                    customer_id=workload,
+                    frame_number=frame,
+                    image_file_path=f"{workload}/o/{frame:03d}.png",
+                )
+            for user in ("u1", "u2"):
+                to_users(session, "w1", [user], "start-rendering", lambda _u, f=frame: {"label": f})
+    peers = peer_clients(users=users, catalog=Catalog())
+    results: list[Any] = []
 
-    result = drain(sv.db, sv.publisher, sv.peers, wait_seconds=1)
+    def drain_until_empty() -> None:
+        while True:
+            result = drain(sv.db, sv.publisher, peers, batch_size=7)
+            results.append(result)
+            with sv.db.session() as session:
+                if not session.scalar(select(func.count()).select_from(OutboxMessage)):
+                    return
+            time.sleep(0.001)
 
-    assert (result.locked, result.sent) == (True, 1)
+    drainers = [threading.Thread(target=drain_until_empty) for _ in range(2)]
+    for drainer in drainers:
+        drainer.start()
+    for drainer in drainers:
+        drainer.join(30)
+
+    assert sorted(records) == sorted((w, f) for w in ("w1", "w2", "w3", "w4") for f in range(10))
+    for workload in ("w1", "w2", "w3", "w4"):
+        assert [f for w, f in records if w == workload] == list(range(10))
+    for user in ("u1", "u2"):
+        assert [label for u, label in users.delivered if u == user] == list(range(10))
+    assert most_at_once["lanes"] > 1, "catalog lanes never ran side by side"
+    assert sum(result.sent for result in results) == 60
 
 
 class FlakyUsers:
@@ -148,6 +187,7 @@ def test_a_newer_message_never_overtakes_an_older_one_waiting_for_a_retry(
     assert users.delivered == [("u2", "u2-only"), ("u1", "u1-first"), ("u1", "u1-second")]
 
 
+@pytest.mark.commits
 def test_each_catalog_record_is_deleted_before_the_next_is_sent(sv: Services) -> None:
     """A crash may resend only the record in flight: catalog records are not idempotent."""
     seen_waiting: list[int] = []
@@ -175,10 +215,11 @@ def test_each_catalog_record_is_deleted_before_the_next_is_sent(sv: Services) ->
     assert seen_waiting == [5, 4, 3, 2, 1]
 
 
+@pytest.mark.commits
 def test_a_record_another_drainer_leased_is_left_to_it(sv: Services) -> None:
-    """What a drainer whose lock went with its killed connection may still be sending, the
-    next lock holder must not send too: each record is leased before its send, and a lease
-    taken first by another drainer makes this one skip the record."""
+    """What another drainer leased (it may be sending it, or be a drainer whose connection
+    was killed) this one must not send too, nor the rest of that workload's lane: one
+    record of a workload in flight at a time."""
     sent: list[int] = []
     ids: dict[int, int] = {}
 
@@ -203,10 +244,11 @@ def test_a_record_another_drainer_leased_is_left_to_it(sv: Services) -> None:
 
     result = drain(sv.db, sv.publisher, peer_clients(catalog=Catalog()))
 
-    assert sent == [0, 2]
-    assert result.sent == 2
+    assert sent == [0]
+    assert result.sent == 1
     with sv.db.session() as session:
-        assert [row.id for row in session.scalars(select(OutboxMessage))] == [ids[1]]
+        left = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+        assert [row.id for row in left] == [ids[1], ids[2]]
 
 
 def test_a_failed_record_leases_nothing_more(sv: Services) -> None:
