@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from supervisor import eta
 from supervisor.models import ACTIVE_STATUSES, WorkloadStatus
-from supervisor.snapshots import shared
+from supervisor.snapshots import MAX_AGE_MS, shared
 
 if TYPE_CHECKING:
     from supervisor.services import Services
@@ -106,8 +106,28 @@ def shared_eta(sv: Services, workload_id: str, status: str) -> dict[str, Any]:
     def stamped() -> dict[str, Any]:
         return {"computed_at": time.time(), "keys": compute()}
 
-    kept = json.loads(shared(sv.redis, f"supervisor:eta:{workload_id}", stamped).body)
-    return age(kept["keys"], time.time() - kept["computed_at"])
+    now = time.time()
+    kept = _fresh_here.get(workload_id)
+    if kept is None or now - kept["computed_at"] >= MAX_AGE_MS / 1000:
+        kept = json.loads(shared(sv.redis, f"supervisor:eta:{workload_id}", stamped).body)
+        _keep_here(workload_id, kept, now)
+    return age(kept["keys"], now - kept["computed_at"])
+
+
+# The last answer of each workload in this process. While it is under MAX_AGE_MS old, Redis
+# holds it as fresh and would answer it again (no one recomputes a fresh answer), so the
+# copy saves a Redis round trip per progress poll and answers the same. One entry per
+# workload polled lately.
+_fresh_here: dict[str, dict[str, Any]] = {}
+_KEPT_HERE_MAX = 1024
+
+
+def _keep_here(workload_id: str, kept: dict[str, Any], now: float) -> None:
+    if len(_fresh_here) >= _KEPT_HERE_MAX:
+        for old_id, old in list(_fresh_here.items()):
+            if now - old["computed_at"] >= MAX_AGE_MS / 1000:
+                _fresh_here.pop(old_id, None)
+    _fresh_here[workload_id] = kept
 
 
 def age(keys: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -761,3 +761,43 @@ def test_wrong_method_is_json_405(client) -> None:  # type: ignore[no-untyped-de
     response = client.get(f"{PREFIX}/start-workload")
     assert response.status_code == 405
     assert response.get_json()["message"] == "Method Not Allowed"
+
+
+@pytest.mark.parametrize(
+    ("query", "details"),
+    [
+        ({}, "customer_id is required"),
+        ({"customer_id": "cust-1", "last": "soon"}, "last: Input should be 'completed'"),
+    ],
+)
+def test_status_query_is_checked_against_its_model(client, query, details: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"{PREFIX}/get-workload-status", query_string=query)
+    assert response.status_code == 400
+    assert response.get_json() == {"message": "Invalid input", "details": details}
+
+
+@pytest.mark.parametrize(
+    ("route", "view"),
+    [("get-workload-status", "workload_status"), ("get-workload-progress", "workload_progress")],
+)
+def test_an_answer_off_the_contract_is_a_500(  # type: ignore[no-untyped-def]
+    client, monkeypatch: pytest.MonkeyPatch, route: str, view: str
+) -> None:
+    monkeypatch.setattr(workloads, view, lambda *_args, **_kwargs: {"surprise": 1})
+    response = client.get(f"{PREFIX}/{route}", query_string={"customer_id": "cust-1"})
+    assert response.status_code == 500
+    assert response.get_json() == {
+        "message": "Internal server error",
+        "details": "ResponseOffContract",
+    }
+
+
+def test_status_and_progress_stay_in_the_openapi_document(client) -> None:  # type: ignore[no-untyped-def]
+    paths = client.get(f"{PREFIX}/openapi.json").get_json()["paths"]
+    for route, parameters in (
+        ("get-workload-status", {"customer_id", "last"}),
+        ("get-workload-progress", {"customer_id"}),
+    ):
+        operation = paths[f"{PREFIX}/{route}"]["get"]
+        assert {p["name"] for p in operation["parameters"]} == parameters
+        assert "200" in operation["responses"]
