@@ -37,7 +37,6 @@ SEND_CONCURRENCY = 8
 # Catalog lanes send on a pool of their own, so slow temp deletions never hold them back.
 CATALOG_CONCURRENCY = 8
 SEND_CHUNK = 32
-_DELETE_SENT = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 _LOCK_LANES = text(
     "SELECT lane FROM unnest(CAST(:lanes AS text[])) AS lane "
     "WHERE pg_try_advisory_xact_lock(:lock_class, hashtext(lane))"
@@ -249,23 +248,22 @@ def _settle(
     unsent = _unsent(sends)
     leased: set[int] = set()
     try:
+        if done or lease_next:
+            all_in, leased = _forget_sent(session, done, [row.id for row in lease_next], lease)
+            result.all_recorded += all_in
         if done:
-            session.execute(_DELETE_SENT, {"ids": done})
-            result.all_recorded += _count_records(session, outcomes)
             _note_lists_delivered(session, outcomes)
         for outcome in outcomes:
             if outcome.failed is not None:
                 _postpone(session, *outcome.failed)
         if unsent:
             session.execute(_RELEASE, {"ids": unsent})
-        leased = _lease(session, lease_next, lease)
         session.commit()
     except OperationalError:
         if done:
             # The rollback undid the count too: the records were sent, so count them here.
             with db.transaction() as fresh:
-                fresh.execute(_DELETE_SENT, {"ids": done})
-                _count_records(fresh, outcomes)
+                _forget_sent(fresh, done, [], lease)
             logger.warning(
                 "outbox drain lost its database connection; sent messages forgotten anyway",
                 extra={"sent": len(done)},
@@ -291,28 +289,35 @@ def _unsent(sends: list[_Sent]) -> list[int]:
     return unsent
 
 
-_COUNT_RECORDS = text(
-    "UPDATE workloads AS w SET recorded_frames = w.recorded_frames + r.n "
-    "FROM (SELECT id, count(*) AS n FROM unnest(CAST(:ids AS varchar[])) AS id GROUP BY id) "
-    "AS r WHERE w.id = r.id "
-    "RETURNING w.id, w.status = 'running' AND w.recorded_frames = w.total_frames AS all_in"
+# One round trip for what most commits of a drain do: delete what was sent, count the
+# catalog records among it on their workloads (a record the catalog refused for good counts
+# too: it was logged, and waiting for it would leave the workload running for ever), and
+# lease each catalog lane's next record.
+_FORGET_SENT = text(
+    "WITH sent AS (DELETE FROM outbox WHERE id = ANY(CAST(:done AS bigint[])) "
+    " RETURNING workload_id, destination, topic), "
+    "counted AS (UPDATE workloads AS w SET recorded_frames = w.recorded_frames + r.n "
+    " FROM (SELECT workload_id, count(*) AS n FROM sent WHERE destination = :catalog "
+    "  AND topic = 'add-rendered-image' AND workload_id IS NOT NULL GROUP BY workload_id) AS r "
+    " WHERE w.id = r.workload_id "
+    " RETURNING w.id, w.status = 'running' AND w.recorded_frames = w.total_frames AS all_in), "
+    "leased AS (UPDATE outbox SET available_at = now() + CAST(:lease AS interval) "
+    " WHERE id = ANY(CAST(:next AS bigint[])) AND available_at <= now() RETURNING id) "
+    "SELECT id AS workload_id, NULL AS leased FROM counted WHERE all_in "
+    "UNION ALL SELECT NULL, id FROM leased"
 )
 
 
-def _count_records(session: Session, outcomes: list[JobOutcome]) -> list[str]:
-    """Count the catalog records just settled on their workloads; the running workloads
-    that now have every frame recorded. A record the catalog refused for good counts too:
-    it was logged, and waiting for it would leave the workload running for ever."""
-    workload_ids = [
-        row.workload_id
-        for outcome in outcomes
-        for row in outcome.done
-        if row.destination == CATALOG and row.topic == "add-rendered-image" and row.workload_id
-    ]
-    if not workload_ids:
-        return []
-    rows = session.execute(_COUNT_RECORDS, {"ids": workload_ids}).all()
-    return [row.id for row in rows if row.all_in]
+def _forget_sent(
+    session: Session, done: list[int], lease_next: list[int], lease: timedelta
+) -> tuple[list[str], set[int]]:
+    """Delete the sent rows, count their catalog records and lease `lease_next`: the
+    running workloads that now have every frame recorded, and the ids leased."""
+    rows = session.execute(
+        _FORGET_SENT, {"done": done, "next": lease_next, "lease": lease, "catalog": CATALOG}
+    ).all()
+    all_in = [row.workload_id for row in rows if row.workload_id is not None]
+    return all_in, {row.leased for row in rows if row.leased is not None}
 
 
 _LISTS_DELIVERED = text(
