@@ -40,12 +40,20 @@ def py_spy() -> str | None:
 
 @contextmanager
 def recording(
-    pid: int, name: str, *, rate: int = 100, idle: bool = True, children: bool = True
+    pid: int,
+    name: str,
+    *,
+    rate: int = 100,
+    idle: bool = True,
+    children: bool = True,
+    gil: bool = False,
 ) -> Iterator[Path | None]:
     """Record `pid` and its children with py-spy while the block runs; yields the output
     path (collapsed stacks), or None when py-spy is not available. `idle` keeps samples of
     threads waiting on I/O, so the shares are of wall time, which is what bounds a
-    throughput. `children` follows the process's children too."""
+    throughput. `gil` keeps only the thread holding the GIL: the Python CPU, without the
+    threads py-spy takes for busy while they wait in a lock or a socket. `children` follows
+    the process's children too."""
     binary = py_spy()
     if binary is None:
         log("py-spy not found; no profile")
@@ -65,6 +73,7 @@ def recording(
             "--format",
             "raw",
             *(["--idle"] if idle else []),
+            *(["--gil"] if gil else []),
             "--output",
             str(output),
         ],

@@ -3,10 +3,14 @@ where no worker takes the tasks."""
 
 from __future__ import annotations
 
+import time
+
 from supervisor.config import Settings
 from supervisor.outbox import drain
 from supervisor.services import Services
 from supervisor.workloads import complete_workloads, prepare_workload
+
+INLINE_DRAIN_WAIT_SECONDS = 10.0
 
 
 class InlineJobs:
@@ -29,13 +33,23 @@ class InlineJobs:
         by whoever calls it; here nothing is scheduled."""
 
     def drain_outbox(self) -> None:
+        """Drain until nothing is due, waiting (up to INLINE_DRAIN_WAIT_SECONDS) for lanes
+        another drainer holds: inline there is no beat to send what is left later."""
         sv = self._sv()
-        drain(
-            sv.db,
-            sv.publisher,
-            sv.peers,
-            on_all_recorded=lambda ids: complete_workloads(sv, ids),
-        )
+        deadline = time.monotonic() + INLINE_DRAIN_WAIT_SECONDS
+        while True:
+            result = drain(
+                sv.db,
+                sv.publisher,
+                sv.peers,
+                on_all_recorded=lambda ids: complete_workloads(sv, ids),
+            )
+            if result.failed or (result.sent == 0 and not result.lanes_busy):
+                return
+            if result.sent == 0:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
 
 
 def inline_services(settings: Settings) -> Services:

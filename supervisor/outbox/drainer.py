@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from queue import SimpleQueue
 
-from sqlalchemy import func, text, update
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from supervisor.db import Database
-from supervisor.models import OutboxMessage
-from supervisor.outbox.order import due_rows, group_jobs
+from supervisor.outbox.order import Due, due_rows, group_jobs
 from supervisor.outbox.queueing import CATALOG, USER_SERVICE
 from supervisor.outbox.senders import BodyPublisher, JobOutcome, PeerClients, send_in_order
 
@@ -104,7 +103,7 @@ def drain(
 
 def _claim(
     session: Session, batch_size: int, lease: timedelta, result: DrainResult
-) -> list[list[OutboxMessage]]:
+) -> list[list[Due]]:
     """The jobs this drainer now owns, one per lane (oldest first) and one per row without
     a lane, their rows leased in one commit. A catalog lane's head alone is leased: the
     rest follow one by one, each leased in the commit that settles the one before, so a
@@ -112,7 +111,7 @@ def _claim(
 
     The lane locks are taken before the rows are read again, and held until the leases
     commit: whatever another drainer leased before is seen, and holds the lane back."""
-    seen = session.execute(due_rows(batch_size)).all()
+    seen = due_rows(session, batch_size)
     if not seen:
         session.commit()
         return []
@@ -123,7 +122,7 @@ def _claim(
         else []
     )
     result.lanes_busy = len(lanes) - len(locked)
-    jobs = group_jobs(session.execute(due_rows(batch_size, lanes=locked)).all())
+    jobs = group_jobs(due_rows(session, batch_size, lanes=locked))
     heads = [job[:1] if job[0].destination == CATALOG else job for job in jobs]
     leased = _lease(session, [row for rows in heads for row in rows], lease, restart_each=heads)
     session.commit()
@@ -143,9 +142,9 @@ class _Sent:
     """A job's send: the rows sent in this call, what came of them, and the rest of its
     catalog lane (sent next, once this is settled)."""
 
-    rows: list[OutboxMessage]
+    rows: list[Due]
     outcome: JobOutcome
-    lane_rest: list[OutboxMessage]
+    lane_rest: list[Due]
 
 
 def _send_claimed(
@@ -153,7 +152,7 @@ def _send_claimed(
     session: Session,
     publisher: BodyPublisher,
     peers: PeerClients,
-    jobs: list[list[OutboxMessage]],
+    jobs: list[list[Due]],
     lease: timedelta,
     result: DrainResult,
 ) -> None:
@@ -167,10 +166,10 @@ def _send_claimed(
     general = ThreadPoolExecutor(max_workers=SEND_CONCURRENCY, thread_name_prefix="outbox")
     catalog = ThreadPoolExecutor(max_workers=CATALOG_CONCURRENCY, thread_name_prefix="catalog")
 
-    def send(rows: list[OutboxMessage], lane_rest: list[OutboxMessage]) -> _Sent:
+    def send(rows: list[Due], lane_rest: list[Due]) -> _Sent:
         return _Sent(rows, send_in_order(publisher, peers, blocked, rows), lane_rest)
 
-    def submit(rows: list[OutboxMessage], lane_rest: list[OutboxMessage]) -> None:
+    def submit(rows: list[Due], lane_rest: list[Due]) -> None:
         pool = catalog if rows[0].destination == CATALOG else general
         pool.submit(send, rows, lane_rest).add_done_callback(finished.put)
 
@@ -208,10 +207,10 @@ def _send_claimed(
 
 def _lease(
     session: Session,
-    rows: list[OutboxMessage],
+    rows: list[Due],
     lease: timedelta,
     *,
-    restart_each: list[list[OutboxMessage]] | None = None,
+    restart_each: list[list[Due]] | None = None,
 ) -> set[int]:
     """Hold these rows back from every other drainer (as a retry's backoff does); the ids
     actually leased: not those another drainer leased or deleted first. With
@@ -235,7 +234,7 @@ def _settle(
     sends: list[_Sent],
     result: DrainResult,
     *,
-    lease_next: list[OutboxMessage],
+    lease_next: list[Due],
     lease: timedelta,
 ) -> set[int]:
     """Delete what was sent, postpone what failed and hand back what a failure left unsent,
@@ -346,17 +345,18 @@ def _note_lists_delivered(session: Session, outcomes: list[JobOutcome]) -> None:
         )
 
 
-def _postpone(session: Session, row: OutboxMessage, exc: Exception) -> None:
+_POSTPONE = text(
+    "UPDATE outbox SET attempts = :attempts, last_error = :error, "
+    "available_at = now() + CAST(:backoff AS interval) WHERE id = :id"
+)
+
+
+def _postpone(session: Session, row: Due, exc: Exception) -> None:
     attempts = row.attempts + 1
     backoff = min(timedelta(seconds=2 ** min(attempts, 10)), MAX_BACKOFF)
     session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == row.id)
-        .values(
-            attempts=attempts,
-            last_error=str(exc)[:500],
-            available_at=func.now() + backoff,
-        )
+        _POSTPONE,
+        {"attempts": attempts, "error": str(exc)[:500], "backoff": backoff, "id": row.id},
     )
     logger.warning(
         "outbox send failed, will retry",

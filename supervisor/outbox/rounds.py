@@ -39,6 +39,10 @@ def drain_until_quiet(
         sent += result.sent
         if result.failed:
             return sent
+        if result.sent == 0 and result.lanes_busy:
+            # What is due is another drainer's; it goes round again for new commits, and a
+            # commit after it stops asks for a new drain. Going round here would only spin.
+            return sent
         # One more round after any send: rows held back behind a sent one are due now.
         quiet = result.sent == 0 and not result.all_recorded
         if quiet and not redis.get(DRAIN_AGAIN_KEY):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from supervisor.errors import PeerError
-from supervisor.models import OutboxMessage
+from supervisor.outbox.order import Due
 from supervisor.outbox.queueing import BLOB_TEMP, CATALOG, USER_MANAGER, USER_SERVICE
 
 logger = logging.getLogger(__name__)
@@ -29,13 +29,13 @@ class PeerClients(Protocol):
 
 @dataclass
 class JobOutcome:
-    done: list[OutboxMessage] = field(default_factory=list)
+    done: list[Due] = field(default_factory=list)
     sent: int = 0
-    failed: tuple[OutboxMessage, Exception] | None = None
+    failed: tuple[Due, Exception] | None = None
 
 
 def send_in_order(
-    publisher: BodyPublisher, peers: PeerClients, blocked: set[str], job: list[OutboxMessage]
+    publisher: BodyPublisher, peers: PeerClients, blocked: set[str], job: list[Due]
 ) -> JobOutcome:
     """Send a job's rows in order; stop at the first transient failure (the rest wait for
     it), and skip a destination another job found failing. A row its peer refused for good
@@ -61,7 +61,7 @@ def send_in_order(
     return outcome
 
 
-def _send(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> None:
+def _send(row: Due, publisher: BodyPublisher, peers: PeerClients) -> None:
     body = row.body
     if row.destination == USER_MANAGER:
         _send_to_user_manager(row, publisher, peers)
@@ -88,7 +88,7 @@ def _send(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> N
     )
 
 
-def _send_to_user_manager(row: OutboxMessage, publisher: BodyPublisher, peers: PeerClients) -> None:
+def _send_to_user_manager(row: Due, publisher: BodyPublisher, peers: PeerClients) -> None:
     """Registration and clean-up are HTTP calls, the rest AMQP; all in one order per
     workload, so `new-session` precedes the demand after it, and `cleanup-session` the
     release before it."""
@@ -100,7 +100,7 @@ def _send_to_user_manager(row: OutboxMessage, publisher: BodyPublisher, peers: P
         publisher.publish(row.body)
 
 
-def _log_dropped(row: OutboxMessage, exc: PeerError) -> None:
+def _log_dropped(row: Due, exc: PeerError) -> None:
     logger.warning(
         "outbox message refused by its peer, dropped",
         extra={

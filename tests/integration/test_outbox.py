@@ -444,3 +444,32 @@ def test_user_manager_messages_wait_for_an_older_stop_work_of_their_workload(
     ]
     with sv.db.session() as session:
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+@pytest.mark.commits
+def test_a_drainer_leaves_when_all_that_is_due_is_another_drainers(
+    sv: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the drain-again flag is always set: a drainer that finds every due lane
+    held by another must leave, not go round for ever claiming nothing."""
+    from supervisor.outbox import rounds
+
+    drains: list[int] = []
+    real_drain = rounds.drain
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        drains.append(1)
+        sv.redis.set(rounds.DRAIN_AGAIN_KEY, 1)  # commits keep arriving
+        return real_drain(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "drain", counted)
+    queue_lists(sv, ("u1", "u1-first"))
+    users = FlakyUsers(fail_once=set())
+    with sv.db.transaction() as other:
+        other.execute(
+            text("SELECT pg_advisory_xact_lock(:lock_class, hashtext('user-service:u1'))"),
+            {"lock_class": LANE_LOCK_CLASS},
+        )
+        sent = rounds.drain_until_quiet(sv.db, sv.publisher, peer_clients(users=users), sv.redis)
+
+    assert (sent, len(drains), users.delivered) == (0, 1, [])
