@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --only status    # one benchmark (repeatable)
     .venv/bin/python -m bench --only intake --profile   # + py-spy of the worker
     .venv/bin/python -m bench --only stragglers         # opt-in only, ~7 minutes
+    .venv/bin/python -m bench --only scaleout           # opt-in: 1, 2 and 4 workers
 
 The exit status is non-zero only when a benchmark crashed; missed targets are reported
 in the table and in results.json, never as a failure, so CI keeps the benchmarks working
@@ -41,7 +42,7 @@ from bench.harness import (  # noqa: E402
 
 BENCHMARKS = ("intake", "status", "scale", "transfer", "blend", "eta")
 # Run only when named with --only: too long for the default set.
-OPT_IN = ("stragglers",)
+OPT_IN = ("stragglers", "scaleout")
 
 
 def chosen(only: list[str] | None) -> list[str]:

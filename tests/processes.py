@@ -31,6 +31,17 @@ def procfile(path: Path = PROCFILE) -> dict[str, str]:
     return commands
 
 
+def command_of(name: str, commands: dict[str, str]) -> str:
+    """The Procfile command of `name`; "worker-2", "worker-3"... are more instances of
+    `worker`, so a test can run N processes of one type side by side."""
+    if name in commands:
+        return commands[name]
+    base, dash, index = name.rpartition("-")
+    if dash and index.isdigit() and base in commands:
+        return commands[base]
+    raise KeyError(f"no Procfile process type {name!r}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -43,7 +54,7 @@ class ProcfileProcess:
     def __init__(self, name: str, env: dict[str, str], log_dir: Path, *, cwd: Path = ROOT) -> None:
         self.name = name
         self.cwd = cwd
-        self.command = procfile(cwd / "Procfile")[name]
+        self.command = command_of(name, procfile(cwd / "Procfile"))
         self.env = env
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None

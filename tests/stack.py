@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "/api/session-supervisor-service"
 
 
+def worker_names(count: int) -> list[str]:
+    """Names of `count` instances of the Procfile's `worker`: worker, worker-2, ..."""
+    return ["worker", *(f"worker-{index}" for index in range(2, count + 1))]
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
