@@ -243,6 +243,34 @@ def test_store_image_refuses_off_contract_forms(
     assert list(http_sim.blobs.spool.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n\r\nimg',
+            "the body ends before its closing delimiter",
+        ),
+        (
+            b"--b0undary\r\nContent-Type: image/png\r\n\r\nimg\r\n--b0undary--\r\n",
+            "a part has no Content-Disposition header",
+        ),
+    ],
+)
+def test_store_image_refuses_malformed_bodies(
+    http_sim: Simulator, body: bytes, reason: str
+) -> None:
+    response = requests.post(
+        f"{http_sim.base_url}{BLOB}/store-image",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+        timeout=5,
+    )
+    assert response.status_code == 400
+    assert response.json() == {"message": f"malformed multipart/form-data body: {reason}"}
+    assert http_sim.state()["rendered_frames"] == []
+    assert list(http_sim.blobs.spool.iterdir()) == []
+
+
 def post_form(sim: Simulator, encoder: MultipartEncoder) -> requests.Response:
     """A store-image upload streamed from `encoder`."""
     return requests.post(
