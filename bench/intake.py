@@ -481,13 +481,17 @@ def run_scenario(
     blend: Path,
     *,
     poll_hz: float = POLL_HZ,
+    database_stats: bool = False,
 ) -> dict[str, float]:
     """Start the scenario's workloads together, poll their status meanwhile, and wait for
-    every catalog record; frames/s and CPU ms per frame by process group."""
+    every catalog record; frames/s and CPU ms per frame by process group. With
+    `database_stats`, also Postgres commits and row writes per frame, read once the
+    backends have flushed their statistics (DATABASE_STATS_SETTLE_S later)."""
     customers = [f"{tag}-{index}" for index in range(scenario.workloads)]
     for customer in customers:
         stack.simulator.add_object(customer, "obj", blend)
     poller = StatusPoller(stack.api, customers, poll_hz)
+    database_before = _database_work(stack.env["DATABASE_URL"]) if database_stats else {}
     cpu_before = cpu_groups(stack)
     began = time.time()
     poller.start()
@@ -512,6 +516,12 @@ def run_scenario(
         status = stack.wait_completed(customer, timeout=60)
         if status["workload_status"] != "completed":
             raise RuntimeError(f"intake: workload of {customer} ended {status}")
+    if database_stats:
+        time.sleep(DATABASE_STATS_SETTLE_S)
+        database_after = _database_work(stack.env["DATABASE_URL"])
+        for name, count in database_after.items():
+            figures_db = (count - database_before[name]) / scenario.total
+            database_after[name] = figures_db
     last = _last_catalog_epoch(stack, customers)
     first = _rendered_first(stack.env["DATABASE_URL"], customers)
     window = window_end - began
@@ -528,7 +538,31 @@ def run_scenario(
         figures[f"cpu:{group}"] = used / scenario.total * 1000
     figures["cpu_total_s"] = total_cpu
     figures["cpu:all processes"] = total_cpu / scenario.total * 1000
+    if database_stats:
+        figures.update({f"db:{name}": per_frame for name, per_frame in database_after.items()})
     return figures
+
+
+# A Postgres 15 backend flushes its statistics at most once a second, and an idle one
+# within ten seconds: the counts are complete this long after the last transaction.
+DATABASE_STATS_SETTLE_S = 11.0
+
+
+def _database_work(database_url: str) -> dict[str, float]:
+    """The stack database's commits and row writes so far (pg_stat_database)."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_stat_force_next_flush()"))
+            row = connection.execute(
+                text(
+                    "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted "
+                    "FROM pg_stat_database WHERE datname = current_database()"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return {"commits": float(row[0]), "row writes": float(row[1])}
 
 
 def intake_blend(tmp: Path, frames: int) -> Path:
@@ -615,7 +649,12 @@ def run(opts: Options, *, poll_hz: float = POLL_HZ, threads: int = CEILING_THREA
                     sampler = RssSampler(worker_pid, tree=True, every=0.1)
                     sampler.start()
                     figures = run_scenario(
-                        stack, scenario, f"intake-{tag}", blends[scenario.key], poll_hz=poll_hz
+                        stack,
+                        scenario,
+                        f"intake-{tag}",
+                        blends[scenario.key],
+                        poll_hz=poll_hz,
+                        database_stats=not opts.smoke,
                     )
                     rss[scenario.key].append(sampler.stop() / MiB)
                     for key, value in figures.items():
@@ -627,7 +666,8 @@ def run(opts: Options, *, poll_hz: float = POLL_HZ, threads: int = CEILING_THREA
                         f"{figures['status_polls_per_s']:.1f} status polls/s"
                     )
             if opts.profile:
-                _profiled_round(stack, worker_pid, loads[0], blends[loads[0].key], poll_hz)
+                for scenario in loads:
+                    _profiled_round(stack, worker_pid, scenario, blends[scenario.key], poll_hz)
     rows = [
         Row(
             "intake",
@@ -724,6 +764,19 @@ def _scenario_rows(
                     "servers are shared with anything else running on the machine",
                 )
             )
+    for key, values in sorted(ours.items()):
+        if key.startswith("db:"):
+            rows.append(
+                Row(
+                    "intake",
+                    f"{label}: Postgres {key[3:]} per frame",
+                    "",
+                    values,
+                    None,
+                    [],
+                    "pg_stat_database of the stack's database, start-workload -> completed",
+                )
+            )
     for key, values in sorted(ceiling.items()):
         if key.startswith("cpu:") and key != "cpu:ceiling consumer (child)":
             rows.append(
@@ -758,18 +811,25 @@ def _profiled_round(
     blend: Path,
     poll_hz: float,
 ) -> None:
-    """One more round of `scenario` under py-spy, kept out of the figures: CPU time (busy
-    samples only) of the worker and of this process, which hosts the simulator."""
+    """One more round of `scenario` under py-spy, kept out of the figures: CPU time (the
+    GIL holder's samples) of the worker and of this process, which hosts the simulator.
+    Files and summary are named after the scenario (intake-A.summary.json, ...)."""
     from bench.profiling import PROFILE_DIR, print_summary, recording, summarize
 
     summaries: dict[str, object] = {}
     with (
-        recording(worker_pid, "intake-worker-cpu", idle=False, gil=True) as worker_cpu,
         recording(
-            os.getpid(), "intake-simulator-cpu", idle=False, children=False, gil=True
+            worker_pid, f"intake-{scenario.key}-worker-cpu", idle=False, gil=True
+        ) as worker_cpu,
+        recording(
+            os.getpid(),
+            f"intake-{scenario.key}-simulator-cpu",
+            idle=False,
+            children=False,
+            gil=True,
         ) as simulator,
     ):
-        run_scenario(stack, scenario, "intake-profiled-cpu", blend, poll_hz=poll_hz)
+        run_scenario(stack, scenario, f"intake-profiled-{scenario.key}", blend, poll_hz=poll_hz)
     if worker_cpu is not None and worker_cpu.exists():
         summaries["worker (CPU time)"] = summarize(worker_cpu)
         summaries["worker tasks (CPU time)"] = summarize(worker_cpu, within="fast_trace_task")
@@ -779,10 +839,11 @@ def _profiled_round(
     if simulator is not None and simulator.exists():
         summaries["bench process: simulator (CPU time)"] = summarize(simulator)
     for title, summary in summaries.items():
-        print_summary(f"intake {title}", summary)
+        print_summary(f"intake {scenario.label} {title}", summary)
     if summaries:
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-        (PROFILE_DIR / "intake.summary.json").write_text(json.dumps(summaries, indent=2))
+        summary_path = PROFILE_DIR / f"intake-{scenario.key}.summary.json"
+        summary_path.write_text(json.dumps(summaries, indent=2))
 
 
 if __name__ == "__main__":
