@@ -751,45 +751,24 @@ def _scenario_rows(
             note,
         ),
     ]
-    for key, values in sorted(ours.items()):
-        if key.startswith("cpu:") and key != "cpu:worker":
-            rows.append(
-                Row(
-                    "intake",
-                    f"{label}: CPU ms per frame, {key[4:]}",
-                    "ms",
-                    values,
-                    None,
-                    [],
-                    "servers are shared with anything else running on the machine",
-                )
-            )
-    for key, values in sorted(ours.items()):
-        if key.startswith("db:"):
-            rows.append(
-                Row(
-                    "intake",
-                    f"{label}: Postgres {key[3:]} per frame",
-                    "",
-                    values,
-                    None,
-                    [],
-                    "pg_stat_database of the stack's database, start-workload -> completed",
-                )
-            )
-    for key, values in sorted(ceiling.items()):
-        if key.startswith("cpu:") and key != "cpu:ceiling consumer (child)":
-            rows.append(
-                Row(
-                    "intake",
-                    f"{label}: ceiling CPU ms per frame, {key[4:]}",
-                    "ms",
-                    values,
-                    None,
-                    [],
-                    ceiling_note,
-                )
-            )
+    # (figures, key prefix, key already shown, measure's name, unit, note)
+    listed = (
+        (ours, "cpu:", "cpu:worker", "CPU ms per frame, {}", "ms", "servers are shared"),
+        (ours, "db:", None, "Postgres {} per frame", "", "pg_stat_database, start -> completed"),
+        (
+            ceiling,
+            "cpu:",
+            "cpu:ceiling consumer (child)",
+            "ceiling CPU ms per frame, {}",
+            "ms",
+            ceiling_note,
+        ),
+    )
+    for figures, prefix, shown, measure, unit, about in listed:
+        for key, values in sorted(figures.items()):
+            if key.startswith(prefix) and key != shown:
+                name = measure.format(key.removeprefix(prefix))
+                rows.append(Row("intake", f"{label}: {name}", unit, values, None, [], about))
     rows.append(
         Row(
             "intake",
