@@ -295,10 +295,13 @@ def _unsent(sends: list[_Sent]) -> list[int]:
 _FORGET_SENT = text(
     "WITH sent AS (DELETE FROM outbox WHERE id = ANY(CAST(:done AS bigint[])) "
     " RETURNING workload_id, destination, topic), "
+    "recorded AS (SELECT workload_id, count(*) AS n FROM sent WHERE destination = :catalog "
+    " AND topic = 'add-rendered-image' AND workload_id IS NOT NULL GROUP BY workload_id), "
+    # In id order, as the pipeline locks them (assignment.lock_workloads): no deadlock.
+    "locked AS (SELECT id FROM workloads WHERE id IN (SELECT workload_id FROM recorded) "
+    " ORDER BY id FOR UPDATE), "
     "counted AS (UPDATE workloads AS w SET recorded_frames = w.recorded_frames + r.n "
-    " FROM (SELECT workload_id, count(*) AS n FROM sent WHERE destination = :catalog "
-    "  AND topic = 'add-rendered-image' AND workload_id IS NOT NULL GROUP BY workload_id) AS r "
-    " WHERE w.id = r.workload_id "
+    " FROM recorded AS r JOIN locked AS l ON l.id = r.workload_id WHERE w.id = r.workload_id "
     " RETURNING w.id, w.status = 'running' AND w.recorded_frames = w.total_frames AS all_in), "
     "leased AS (UPDATE outbox SET available_at = now() + CAST(:lease AS interval) "
     " WHERE id = ANY(CAST(:next AS bigint[])) AND available_at <= now() RETURNING id) "

@@ -473,3 +473,68 @@ def test_a_drainer_leaves_when_all_that_is_due_is_another_drainers(
         sent = rounds.drain_until_quiet(sv.db, sv.publisher, peer_clients(users=users), sv.redis)
 
     assert (sent, len(drains), users.delivered) == (0, 1, [])
+
+
+@pytest.mark.commits
+def test_a_settle_locks_its_workloads_in_id_order_as_the_pipeline_does(sv: Services) -> None:
+    """The pipeline locks workload rows in id order; a settle counting records on several
+    workloads must too, or the two deadlock. While a pipeline transaction holds the first
+    workload, a settle waits for it holding none of the others."""
+    from datetime import timedelta
+
+    from supervisor.outbox.drainer import _forget_sent
+
+    workload_ids = [f"w{index}" for index in range(8)]
+    with sv.db.transaction() as session:
+        for workload_id in workload_ids:
+            session.add(
+                Workload(
+                    id=workload_id,
+                    customer_id=workload_id,
+                    object_id="o",
+                    status="running",
+                    target_user_count=1,
+                    total_frames=1,
+                    rendered_frames=1,
+                )
+            )
+        session.flush()
+        for workload_id in workload_ids:
+            record_in_catalog(
+                session,
+                workload_id,
+                object_id="o",
+                customer_id=workload_id,
+                frame_number=1,
+                image_file_path=f"{workload_id}/o/001.png",
+            )
+    with sv.db.session() as session:
+        sent = list(session.scalars(select(OutboxMessage.id)))
+    completed: list[list[str]] = []
+
+    def settle() -> None:
+        with sv.db.transaction() as session:
+            completed.append(_forget_sent(session, sent, [], timedelta(seconds=60))[0])
+
+    with sv.db.session() as pipeline, sv.db.session() as prober:
+        pipeline.execute(text("SELECT id FROM workloads WHERE id = 'w0' FOR UPDATE"))
+        settler = threading.Thread(target=settle)
+        settler.start()
+        time.sleep(0.5)
+        free = []
+        for workload_id in workload_ids[1:]:
+            try:
+                with prober.begin_nested():
+                    prober.execute(
+                        text("SELECT id FROM workloads WHERE id = :id FOR UPDATE NOWAIT"),
+                        {"id": workload_id},
+                    )
+                free.append(workload_id)
+            except OperationalError:
+                pass
+        prober.rollback()
+        pipeline.rollback()
+    settler.join(10)
+
+    assert free == workload_ids[1:], "the settle took later workloads before the first"
+    assert sorted(completed[0]) == workload_ids
