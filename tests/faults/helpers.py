@@ -163,6 +163,10 @@ def _log_lines_about(log: str, temp_key: str) -> list[str]:
 
 
 CRASH_WINDOW_S = 1.0
+# A request the killed worker wrote before it died may be read by the simulator after
+# kill() returned; the scenarios start the worker again no sooner than this after a kill,
+# so nothing a live worker sends arrives in between.
+IN_FLIGHT_GRACE_S = 0.2
 _SEND_TROUBLE = ("add-rendered-image failed", "outbox drain lost", "outbox send failed")
 
 
@@ -181,7 +185,9 @@ def _duplicates_report(run: Run, duplicated: list[int]) -> str:
     lines = worker_log.read_text(errors="replace").splitlines() if worker_log.exists() else []
     trouble = [line[:400] for line in lines if any(t in line for t in _SEND_TROUBLE)]
     return (
-        f"faults: {run.faults}\narrivals: {arrivals}\n"
+        f"faults: {run.faults}\n"
+        f"kills at: {[round(crash - run.started, 3) for crash in run.crashes]}\n"
+        f"arrivals: {arrivals}\n"
         f"worker send trouble ({len(trouble)} lines):\n" + "\n".join(trouble[:40])
     )
 
@@ -189,8 +195,9 @@ def _duplicates_report(run: Run, duplicated: list[int]) -> str:
 def _resent_after_a_crash(run: Run, duplicated: list[int]) -> list[int]:
     """The duplicates a crash explains: the catalog is not idempotent and the outbox sends at
     least once, so a record whose send was in flight when the process was killed (its first
-    copy arrived within CRASH_WINDOW_S before the kill) is sent again. At most one per crash:
-    catalog records go one at a time, each deleted right after its send."""
+    copy arrived within CRASH_WINDOW_S before the kill, or read by the simulator just after
+    it, within IN_FLIGHT_GRACE_S) is sent again. At most one per crash: a workload's catalog
+    records go one at a time, each deleted right after its send."""
     if not duplicated or not run.crashes:
         return []
     stack = run.stack
@@ -205,7 +212,8 @@ def _resent_after_a_crash(run: Run, duplicated: list[int]) -> list[int]:
         in_flight = [
             n
             for n in duplicated
-            if n not in explained and crash - CRASH_WINDOW_S <= arrivals[n] <= crash
+            if n not in explained
+            and crash - CRASH_WINDOW_S <= arrivals[n] <= crash + IN_FLIGHT_GRACE_S
         ]
         explained.extend(in_flight[:1])
     return explained
