@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,21 @@ Reply = tuple[int, Any]
 Responder = Callable[[Seen], Reply]
 
 
+class _Server(ThreadingHTTPServer):
+    """Keeps what went wrong while answering in `errors` instead of printing it: the
+    server's threads share stderr with the CLI under test, whose output the tests read (a
+    client hanging up before a body was written printed a BrokenPipeError traceback there)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.errors: list[BaseException] = []
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if error is not None:
+            self.errors.append(error)
+
+
 class FakeApi:
     """Routes under the API prefix answered from `replies`; every request kept in `seen`."""
 
@@ -37,7 +53,7 @@ class FakeApi:
         self.replies: dict[tuple[str, str], Responder] = {}
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server = _Server(self._handler_class())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
