@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +24,7 @@ from supervisor.outbox import (
     to_user_manager,
     to_users,
 )
+from supervisor.outbox.drainer import _forget_sent
 from supervisor.services import Services
 
 
@@ -54,6 +56,22 @@ def queue_record(session: Session, frame: int) -> None:
         frame_number=frame,
         image_file_path=f"c/o/{frame:03d}.png",
     )
+
+
+def add_one_frame_workload(session: Session, workload_id: str, *, customer_id: str) -> None:
+    """A running workload whose one frame is rendered, its catalog record still to go."""
+    session.add(
+        Workload(
+            id=workload_id,
+            customer_id=customer_id,
+            object_id="o",
+            status="running",
+            target_user_count=1,
+            total_frames=1,
+            rendered_frames=1,
+        )
+    )
+    session.flush()
 
 
 def warm_pool(sv: Services, connections: int) -> None:
@@ -308,18 +326,7 @@ def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
             terminate_the_drainer(sv)
 
     with sv.db.transaction() as session:
-        session.add(
-            Workload(
-                id="session-1",
-                customer_id="c",
-                object_id="o",
-                status="running",
-                target_user_count=1,
-                total_frames=1,
-                rendered_frames=1,
-            )
-        )
-        session.flush()
+        add_one_frame_workload(session, "session-1", customer_id="c")
         queue_record(session, 7)
     peers = peer_clients(users=None, catalog=Catalog(), blob=None)
 
@@ -480,25 +487,10 @@ def test_a_settle_locks_its_workloads_in_id_order_as_the_pipeline_does(sv: Servi
     """The pipeline locks workload rows in id order; a settle counting records on several
     workloads must too, or the two deadlock. While a pipeline transaction holds the first
     workload, a settle waits for it holding none of the others."""
-    from datetime import timedelta
-
-    from supervisor.outbox.drainer import _forget_sent
-
     workload_ids = [f"w{index}" for index in range(8)]
     with sv.db.transaction() as session:
         for workload_id in workload_ids:
-            session.add(
-                Workload(
-                    id=workload_id,
-                    customer_id=workload_id,
-                    object_id="o",
-                    status="running",
-                    target_user_count=1,
-                    total_frames=1,
-                    rendered_frames=1,
-                )
-            )
-        session.flush()
+            add_one_frame_workload(session, workload_id, customer_id=workload_id)
         for workload_id in workload_ids:
             record_in_catalog(
                 session,
