@@ -183,6 +183,10 @@ class UserPool:
         self._users: dict[str, SimUser] = {}
         self._idle: deque[str] = deque()
         self._arriving: deque[str] = deque()
+        # A leaf lock: a user's event is routed with the user's lock held and asks
+        # is_forgotten, while release holds the pool's lock and takes users' locks, so the
+        # forgotten set cannot be guarded by the pool's lock.
+        self._forgotten_lock = threading.Lock()
         self._forgotten: set[str] = set()
         self.dropped: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.dropped_counts: Counter[str] = Counter()
@@ -272,12 +276,13 @@ class UserPool:
             connected = sorted(
                 u.user_id for u in self._users.values() if u.connected and not u.disconnected
             )
-            self._forgotten.update(connected)
+            with self._forgotten_lock:
+                self._forgotten.update(connected)
             self._idle.clear()
         return connected
 
     def is_forgotten(self, user_id: str | None) -> bool:
-        with self._lock:
+        with self._forgotten_lock:
             return user_id in self._forgotten
 
     def release(self, session_id: str, user_ids: list[str]) -> list[str]:
@@ -289,11 +294,12 @@ class UserPool:
                 user = self._users.get(user_id)
                 if user is None:
                     continue
-                forgotten = user_id in self._forgotten
                 with user.lock:
-                    if user.disconnected or (user.session_id != session_id and not forgotten):
-                        continue
-                    self._forgotten.discard(user_id)
+                    with self._forgotten_lock:
+                        forgotten = user_id in self._forgotten
+                        if user.disconnected or (user.session_id != session_id and not forgotten):
+                            continue
+                        self._forgotten.discard(user_id)
                     self._to_idle(user)
                 moved.append(user_id)
         return moved
@@ -308,14 +314,14 @@ class UserPool:
 
     def users_of(self, session_id: str) -> list[str]:
         """The users the User Manager maps to a session (not those it forgot in a restart)."""
-        with self._lock:
+        with self._lock, self._forgotten_lock:
             users = [u for u in self._users.values() if u.user_id not in self._forgotten]
         return sorted(u.user_id for u in users if u.session_id == session_id and not u.disconnected)
 
     def assignments(self) -> dict[str, list[str]]:
         """The users of every session, as the User Manager maps them (disconnected ones are
         forgotten, and so are all those a restart lost)."""
-        with self._lock:
+        with self._lock, self._forgotten_lock:
             users = [u for u in self._users.values() if u.user_id not in self._forgotten]
         result: dict[str, list[str]] = {}
         for user in sorted(users, key=lambda u: u.user_id):
