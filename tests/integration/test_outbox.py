@@ -530,3 +530,67 @@ def test_a_settle_locks_its_workloads_in_id_order_as_the_pipeline_does(sv: Servi
 
     assert free == workload_ids[1:], "the settle took later workloads before the first"
     assert sorted(completed[0]) == workload_ids
+
+
+def hold_lane(sv: Services, lane: str, release: threading.Event) -> threading.Thread:
+    """Another drainer's claim on `lane`, held until `release` is set; started and holding
+    when this returns."""
+    holding = threading.Event()
+
+    def hold() -> None:
+        with sv.db.transaction() as other:
+            other.execute(
+                text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:lane))"),
+                {"lock_class": LANE_LOCK_CLASS, "lane": lane},
+            )
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    return holder
+
+
+@pytest.mark.commits
+def test_an_inline_drain_waits_for_a_lane_another_drainer_holds(
+    sv: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inline there is no beat to send later what another drainer held back."""
+    users = FlakyUsers(fail_once=set())
+    monkeypatch.setattr(sv, "peers", peer_clients(users=users))
+    queue_lists(sv, ("u1", "u1-first"), ("u2", "u2-only"))
+    release = threading.Event()
+    holder = hold_lane(sv, "user-service:u1", release)
+    threading.Timer(0.3, release.set).start()
+
+    sv.jobs.drain_outbox()
+    holder.join(5)
+
+    assert users.delivered == [("u2", "u2-only"), ("u1", "u1-first")]
+
+
+@pytest.mark.commits
+def test_an_inline_drain_gives_up_on_a_lane_held_past_its_wait(
+    sv: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supervisor import inline
+
+    monkeypatch.setattr(inline, "INLINE_DRAIN_WAIT_SECONDS", 0.2)
+    users = FlakyUsers(fail_once=set())
+    monkeypatch.setattr(sv, "peers", peer_clients(users=users))
+    queue_lists(sv, ("u1", "u1-first"), ("u2", "u2-only"))
+    release = threading.Event()
+    holder = hold_lane(sv, "user-service:u1", release)
+    try:
+        started = time.monotonic()
+        sv.jobs.drain_outbox()
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(5)
+
+    assert users.delivered == [("u2", "u2-only")]
+    assert 0.2 <= waited < 5
+    with sv.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
