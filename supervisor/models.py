@@ -126,6 +126,10 @@ class Workload(Base):
     registrations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     unbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the User Manager last got this workload's `cleanup-session` (the outbox drain
+    # sets it): an ended workload's grace period runs from then if it is later than
+    # `finished_at`, since users the User Manager hands over come after what we sent.
+    cleanup_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

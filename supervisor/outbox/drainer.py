@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from supervisor.db import Database
 from supervisor.outbox.order import Due, due_rows, group_jobs
-from supervisor.outbox.queueing import CATALOG, USER_SERVICE
+from supervisor.outbox.queueing import CATALOG, CLEANUP_SESSION, USER_SERVICE
 from supervisor.outbox.senders import BodyPublisher, JobOutcome, PeerClients, send_in_order
 
 logger = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ def _settle(
     unsent = _unsent(sends)
     leased: set[int] = set()
     try:
+        _note_cleanups_sent(session, outcomes)
         if done or lease_next:
             all_in, leased = _forget_sent(session, done, [row.id for row in lease_next], lease)
             result.all_recorded += all_in
@@ -346,6 +347,31 @@ def _note_lists_delivered(session: Session, outcomes: list[JobOutcome]) -> None:
             _LISTS_DELIVERED,
             {"workload_ids": [w for w, _ in delivered], "user_ids": [u for _, u in delivered]},
         )
+
+
+# Locks in id order, as every other locker of several workloads does: no deadlock.
+_CLEANUPS_SENT = text(
+    "UPDATE workloads SET cleanup_sent_at = now() WHERE id IN (SELECT id FROM workloads "
+    " WHERE id = ANY(CAST(:workload_ids AS varchar[])) ORDER BY id FOR UPDATE)"
+)
+
+
+def _note_cleanups_sent(session: Session, outcomes: list[JobOutcome]) -> None:
+    """An ended workload's grace period runs from its last `cleanup-session` (end_grace).
+    Committed before the row is deleted: end_grace sees the row queued or the new time,
+    never neither. A commit of its own, as it locks workloads rarely (once per ending)
+    and is not worth a lock order with the records' count."""
+    cleaned = sorted(
+        {
+            row.workload_id
+            for outcome in outcomes
+            for row in outcome.done
+            if row.topic == CLEANUP_SESSION and row.workload_id is not None
+        }
+    )
+    if cleaned:
+        session.execute(_CLEANUPS_SENT, {"workload_ids": cleaned})
+        session.commit()
 
 
 _POSTPONE = text(

@@ -17,6 +17,7 @@ USER_SERVICE = "user-service"
 CATALOG = "catalog"
 BLOB_TEMP = "blob-temp"
 DESTINATIONS = (USER_MANAGER, USER_SERVICE, CATALOG, BLOB_TEMP)
+CLEANUP_SESSION = "cleanup-session"
 
 
 def to_user_manager(session: Session, workload_id: str, topic: str, data: dict[str, Any]) -> None:
@@ -39,7 +40,7 @@ def register_with_user_manager(session: Session, workload_id: str, user_count: i
 
 def cleanup_user_manager_session(session: Session, workload_id: str) -> None:
     """Queue `cleanup-session` (HTTP), after whatever the workload sent the User Manager."""
-    to_user_manager(session, workload_id, "cleanup-session", {})
+    to_user_manager(session, workload_id, CLEANUP_SESSION, {})
 
 
 def to_users(

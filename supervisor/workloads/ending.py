@@ -8,13 +8,20 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from supervisor import outbox, timeline
 from supervisor.errors import NoActiveWorkload
 from supervisor.keys import validate_id
-from supervisor.models import ACTIVE_STATUSES, ENDED_STATUSES, Frame, Workload, WorkloadStatus
+from supervisor.models import (
+    ACTIVE_STATUSES,
+    ENDED_STATUSES,
+    Frame,
+    OutboxMessage,
+    Workload,
+    WorkloadStatus,
+)
 from supervisor.workloads.demand import active_user_ids, drop_demand, release_users
 from supervisor.workloads.handoff import send_outbox_soon, unbind_after_grace
 
@@ -153,20 +160,29 @@ def stop_and_delete(sv: Services, customer_id: str) -> str:
 
 def end_grace(sv: Services, workload_id: str) -> bool:
     """Once an ended workload's grace period is over: stop routing its session to us, and
-    forget a stopped one for good. False while the grace period runs (or nothing to do)."""
-    grace = timedelta(seconds=sv.settings.unbind_grace_seconds)
-    with sv.db.session() as session:
-        row = session.execute(
-            select(Workload.status, Workload.finished_at, Workload.unbound_at).where(
-                Workload.id == workload_id
-            )
-        ).one_or_none()
-    if row is None or row.status not in ENDED_STATUSES or row.unbound_at is not None:
-        return False
-    if row.finished_at is not None and row.finished_at > datetime.now(UTC) - grace:
-        return False
-    sv.bindings.unbind(workload_id)
+    forget a stopped one for good. False while the grace period runs (or nothing to do).
+
+    The period runs from the ending or, if later, from the last `cleanup-session` sent, and
+    not while a User Manager message of the workload is still queued: the User Manager hands
+    users over after reading what we sent, however late the outbox sent it. The unbind task
+    comes at the end of the first count; beat's backstop (overdue_unbindings) after that.
+
+    The unbinding happens under the row's lock: a prepare that bound the session meanwhile
+    waits for it, then finds the row gone or unbound and unbinds again (prepare_workload)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=sv.settings.unbind_grace_seconds)
     with sv.db.transaction() as session:
+        row = session.execute(
+            select(Workload.status, Workload.unbound_at, _quiet_since())
+            .where(Workload.id == workload_id)
+            .with_for_update()
+        ).one_or_none()
+        if row is None or row.status not in ENDED_STATUSES or row.unbound_at is not None:
+            return False
+        if row.quiet_since is not None and row.quiet_since > cutoff:
+            return False
+        if session.scalar(select(_user_manager_pending(workload_id))):
+            return False
+        sv.bindings.unbind(workload_id)
         if row.status == WorkloadStatus.STOPPED:
             delete_workload(session, workload_id)
         else:
@@ -180,8 +196,22 @@ def end_grace(sv: Services, workload_id: str) -> bool:
     return True
 
 
+def _quiet_since() -> ColumnElement[datetime | None]:
+    """When an ended workload last spoke to the User Manager (GREATEST skips a NULL)."""
+    return func.greatest(Workload.finished_at, Workload.cleanup_sent_at).label("quiet_since")
+
+
+def _user_manager_pending(workload_id: ColumnElement[str] | str) -> ColumnElement[bool]:
+    """Whether a User Manager message of the workload is still in the outbox."""
+    return exists().where(
+        OutboxMessage.workload_id == workload_id,
+        OutboxMessage.destination == outbox.USER_MANAGER,
+    )
+
+
 def overdue_unbindings(sv: Services, now: datetime | None = None) -> list[str]:
-    """Ended workloads still bound after their grace period (their unbind task was lost)."""
+    """Ended workloads still bound after their grace period (their unbind task was lost,
+    or came while the outbox still held their messages)."""
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=sv.settings.unbind_grace_seconds)
     with sv.db.session() as session:
         return list(
@@ -191,6 +221,8 @@ def overdue_unbindings(sv: Services, now: datetime | None = None) -> list[str]:
                     Workload.status.in_(ENDED_STATUSES),
                     Workload.unbound_at.is_(None),
                     Workload.finished_at < cutoff,
+                    or_(Workload.cleanup_sent_at.is_(None), Workload.cleanup_sent_at < cutoff),
+                    ~_user_manager_pending(Workload.id),
                 )
                 .limit(1000)
             )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from supervisor import timeline
 from supervisor.blendfile import read_scene_range
@@ -26,7 +27,7 @@ from supervisor.keys import validate_id
 from supervisor.models import Workload, WorkloadStatus
 from supervisor.workloads.demand import demand_missing_users
 from supervisor.workloads.ending import fail_workload
-from supervisor.workloads.handoff import send_outbox_soon
+from supervisor.workloads.handoff import send_outbox_soon, unbind_quietly
 
 if TYPE_CHECKING:
     from supervisor.services import Services
@@ -122,25 +123,43 @@ def prepare_workload(sv: Services, workload_id: str) -> None:
     sv.bindings.bind(workload_id)
     with sv.db.transaction() as session:
         workload = session.scalars(
-            select(Workload)
-            .where(Workload.id == workload_id, Workload.status == WorkloadStatus.INITIALIZED)
-            .with_for_update()
+            select(Workload).where(Workload.id == workload_id).with_for_update()
         ).one_or_none()
-        if workload is None:
-            return
-        workload.status = WorkloadStatus.RUNNING
-        workload.started_at = func.now()
-        workload.progress_at = func.now()
-        demanded = demand_missing_users(session, workload, force=True, register=True)
-        timeline.note(
-            session,
-            workload_id,
-            timeline.Kind.STARTED,
-            frames=workload.total_frames,
-            detail=f"scene {workload.scene_name}, {demanded} users asked for",
+        demanded: int | None = None
+        if workload is not None and workload.status == WorkloadStatus.INITIALIZED:
+            demanded = _run(session, workload)
+        else:
+            # An unbinding runs under this lock (end_grace): a workload gone or unbound now
+            # was unbound before our bind, which is then left to undo. One merely ended is
+            # unbound after it, at the end of its grace period.
+            orphaned = workload is None or workload.unbound_at is not None
+    if demanded is None:
+        logger.info(
+            "prepare skipped after binding: workload no longer waiting",
+            extra={"workload_id": workload_id, "unbinding": orphaned},
         )
+        if orphaned:
+            unbind_quietly(sv, workload_id)
+        return
     logger.info("workload running", extra={"workload_id": workload_id, "users_demanded": demanded})
     send_outbox_soon(sv)
+
+
+def _run(session: Session, workload: Workload) -> int:
+    """Mark a prepared workload running, register and demand its first users; return how
+    many were asked for."""
+    workload.status = WorkloadStatus.RUNNING
+    workload.started_at = func.now()
+    workload.progress_at = func.now()
+    demanded = demand_missing_users(session, workload, force=True, register=True)
+    timeline.note(
+        session,
+        workload.id,
+        timeline.Kind.STARTED,
+        frames=workload.total_frames,
+        detail=f"scene {workload.scene_name}, {demanded} users asked for",
+    )
+    return demanded
 
 
 def _create_frames(sv: Services, workload_id: str, job: _PrepareInput) -> None:

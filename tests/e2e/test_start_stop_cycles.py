@@ -30,19 +30,29 @@ CYCLES = int(os.environ.get("START_STOP_CYCLES", "200"))
 CUSTOMERS = 4
 
 
+def _running(session: requests.Session, stack: Stack, customer: str) -> bool:
+    answer = session.get(
+        f"{stack.api}/get-workload-status", params={"customer_id": customer}, timeout=30
+    )
+    return answer.ok and answer.json()["status"]["workload_status"] == "running"
+
+
 def _cycles(stack: Stack, customer: str, count: int) -> int:
     """Start and stop `count` workloads of one customer, each stopped after a random 0 to
-    0.6 s: some before the worker prepared them, some registered, some holding users."""
+    0.6 s: some before the worker prepared them, some registered, some holding users. Every
+    tenth waits until it runs first, so some register however slow the worker is."""
     session = requests.Session()
     rng = random.Random(customer)
     stopped = 0
-    for _ in range(count):
+    for cycle in range(count):
         started = session.post(
             f"{stack.api}/start-workload",
             data={"customer_id": customer, "object_id": "obj"},
             timeout=30,
         )
         assert started.status_code == 200, started.text
+        if cycle % 10 == 0:
+            wait_until(lambda: _running(session, stack, customer), 30, f"{customer} running")
         time.sleep(rng.uniform(0, 0.6))
         answer = session.post(
             f"{stack.api}/stop-and-delete-workload", data={"customer_id": customer}, timeout=30
@@ -100,16 +110,28 @@ def test_quick_start_stop_cycles_leave_nothing_registered_or_bound(
             ),
         )
 
-        def clean() -> bool:
-            mapped = {s: v["users"] for s, v in simulator.user_manager_sessions().items()}
-            return (
-                simulator.listed_sessions() == {}
-                and not any(mapped.values())
-                and broker.recorded_keys() in (set(), None)
-                and _rows(stack.env["DATABASE_URL"]) == 0
-            )
+        left: dict[str, object] = {}
 
-        wait_until(clean, 120, "every session cleaned up, released, unbound and forgotten", 1)
+        def clean() -> bool:
+            left.clear()
+            listed = simulator.listed_sessions()
+            mapped = {s: v["users"] for s, v in simulator.user_manager_sessions().items()}
+            keys = broker.recorded_keys()
+            rows = _rows(stack.env["DATABASE_URL"])
+            if listed:
+                left["listed"] = listed
+            if any(mapped.values()):
+                left["mapped"] = {s: users for s, users in mapped.items() if users}
+            if keys:
+                left["bound"] = keys
+            if rows:
+                left["rows"] = rows
+            return not left
+
+        try:
+            wait_until(clean, 120, "every session cleaned up, released, unbound and forgotten", 1)
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}; left: {left}") from None
         settled = time.monotonic() - began
         registrations = sum(
             1 for entry in simulator.demand_log() if entry["topic"] == "update-user-count"
