@@ -39,6 +39,7 @@ from supervisor.models import (
 from supervisor.refusals import Refused
 from supervisor.workloads import demand_missing_users, end_late_users, send_outbox_soon
 from supervisor.workloads.demand import active_user_ids
+from supervisor.workloads.ending import release_with_registration
 
 if TYPE_CHECKING:
     from supervisor.messages import Event
@@ -90,6 +91,30 @@ def add_users(sv: Services, event: NewUsers) -> dict[str, Any]:
     )
     send_outbox_soon(sv)
     return {"added": len(added), "refused": refused, "assigned": granted, "missing": missing}
+
+
+def return_users_of_forgotten_sessions(sv: Services, events: list[NewUsers]) -> None:
+    """Users handed to sessions we have forgotten (the User Manager answered after the grace
+    period, or we read the answer that late) go back: left assigned, no supervisor would
+    get them again. Each session is one we bound (its id came in the routing key), so a
+    release only names our own sessions. One registration, release and clean-up per session
+    and batch, and no `stop-work` (we never gave them work): a flood of such messages costs
+    three outbox rows a session, however long its lists."""
+    returned: dict[str, dict[str, None]] = {}
+    for event in events:
+        returned.setdefault(event.session_id, {}).update(dict.fromkeys(event.user_ids))
+    returned = {session_id: users for session_id, users in returned.items() if users}
+    if not returned:
+        return
+    with sv.db.transaction() as session:
+        for session_id, user_ids in returned.items():
+            release_with_registration(session, session_id, list(user_ids))
+    for session_id, user_ids in returned.items():
+        logger.warning(
+            "users returned: session forgotten",
+            extra={"workload_id": session_id, "users": len(user_ids)},
+        )
+    send_outbox_soon(sv)
 
 
 def _activate(

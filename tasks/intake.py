@@ -20,8 +20,8 @@ from celery import Celery, bootsteps
 from kombu import Connection, Consumer, Message
 from kombu.mixins import ConsumerMixin
 
-from supervisor import inbox
-from supervisor.messages import Event, parse
+from supervisor import inbox, users
+from supervisor.messages import Event, NewUsers, parse
 from supervisor.messaging import IntakeTopology
 from supervisor.refusals import Refused, refuse
 from supervisor.services import Services
@@ -116,8 +116,11 @@ class IntakeConsumer(ConsumerMixin):
                 message.requeue()
             return
         batched: list[int] = []
+        forgotten: list[NewUsers] = []
         for (message, event), inbox_id in zip(parsed, inbox_ids, strict=True):
             if inbox_id is None:
+                if isinstance(event, NewUsers):
+                    forgotten.append(event)
                 self._refuse(sv, message, Refused("unknown-session", event.session_id))
             elif event.topic in names.BATCHED_TOPICS:
                 batched.append(inbox_id)
@@ -127,6 +130,8 @@ class IntakeConsumer(ConsumerMixin):
                 self._dispatch(names.TASK_FOR_TOPIC[event.topic], [inbox_id])
         if batched:
             self._dispatch(names.FRAMES_RENDERED, [batched])
+        if forgotten:
+            self._return_users(sv, forgotten)
         for message, _ in parsed:
             if not message.acknowledged:
                 message.ack()
@@ -140,6 +145,16 @@ class IntakeConsumer(ConsumerMixin):
             body=message.body,
         )
         message.ack()
+
+    def _return_users(self, sv: Services, events: list[NewUsers]) -> None:
+        """Their messages are dead-lettered all the same: a record of what came back."""
+        try:
+            users.return_users_of_forgotten_sessions(sv, events)
+        except Exception:
+            logger.exception(
+                "could not return the users of forgotten sessions",
+                extra={"messages": len(events)},
+            )
 
     def _dispatch(self, task: str, args: list[Any], countdown: float | None = None) -> None:
         """Hand recorded events to a task; if that fails, beat re-dispatches them."""

@@ -65,13 +65,18 @@ def _end(session: Session, workload: Workload, status: WorkloadStatus) -> list[s
 
 
 def end_late_users(session: Session, workload: Workload, user_ids: list[str]) -> None:
-    """Users handed to a workload that has ended go straight back. The User Manager may
-    have dropped our registration already, and it ignores unregistered supervisors, so the
-    release is wrapped in a registration and a clean-up."""
-    outbox.register_with_user_manager(session, workload.id, 0)
+    """Users handed to a workload that has ended go straight back."""
     outbox.to_users(session, workload.id, user_ids, "stop-work", lambda _user: {})
-    outbox.to_user_manager(session, workload.id, "users-released", {"user_list": user_ids})
-    outbox.cleanup_user_manager_session(session, workload.id)
+    release_with_registration(session, workload.id, user_ids)
+
+
+def release_with_registration(session: Session, session_id: str, user_ids: list[str]) -> None:
+    """Release users to a User Manager that may have dropped our registration already: it
+    ignores unregistered supervisors, so the release is wrapped in a registration and a
+    clean-up."""
+    outbox.register_with_user_manager(session, session_id, 0)
+    outbox.to_user_manager(session, session_id, "users-released", {"user_list": user_ids})
+    outbox.cleanup_user_manager_session(session, session_id)
 
 
 def complete_workloads(sv: Services, workload_ids: list[str]) -> list[str]:

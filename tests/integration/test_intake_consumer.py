@@ -276,6 +276,38 @@ def test_malformed_messages_are_dead_lettered_and_the_consumer_survives(
     amqp_supervisor.bindings.unbind(ghost)
 
 
+def test_users_handed_to_a_forgotten_session_go_back_to_the_user_manager(
+    amqp_supervisor: Services, consumer, peers: Peers
+) -> None:  # type: ignore[no-untyped-def]
+    """Its row is gone (forgotten after the grace period) but its binding is not yet: the
+    users are released, wrapped in a registration and a clean-up, and the message is kept."""
+    forgotten = uuid.uuid4().hex
+    amqp_supervisor.bindings.bind(forgotten)
+    try:
+        publish(
+            amqp_supervisor,
+            session_routing_key(forgotten),
+            {"topic": "new-users", "data": {"user_list": ["u1", "u2"]}},
+        )
+        wait_for(lambda: peers.calls("/api/user-manager/session-supervisor/cleanup-session"))
+    finally:
+        amqp_supervisor.bindings.unbind(forgotten)
+
+    assert amqp_supervisor.publisher.bodies == [
+        {
+            "topic": "users-released",
+            "supervisor-id": forgotten,
+            "data": {"user_list": ["u1", "u2"]},
+        }
+    ]
+    [registration] = peers.calls("/api/user-manager/session-supervisor/new-session")
+    assert registration.form() == {"user_count": "0", "session_supervisor_id": forgotten}
+    [cleanup] = peers.calls("/api/user-manager/session-supervisor/cleanup-session")
+    assert cleanup.form() == {"session_supervisor_id": forgotten}
+    [kept] = dead_letters(amqp_supervisor)
+    assert kept["reason"].split(":")[0] == "unknown-session"
+
+
 def test_an_event_that_cannot_be_handed_off_stays_recorded_for_beat(
     amqp_supervisor: Services, consumer, session_id: str
 ) -> None:  # type: ignore[no-untyped-def]
