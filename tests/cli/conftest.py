@@ -37,6 +37,7 @@ def api() -> Iterator[FakeApi]:
         yield fake
     finally:
         fake.stop()
+    assert fake.faults() == [], "the fake API failed while answering"
 
 
 @pytest.fixture

@@ -77,6 +77,10 @@ class FakeApi:
         self.server.server_close()
         self._thread.join(timeout=5)
 
+    def faults(self) -> list[BaseException]:
+        """What failed while answering, but a client that hung up first (the CLI may)."""
+        return [e for e in self.server.errors if not isinstance(e, ConnectionError)]
+
     def _answer(self, seen: Seen) -> Reply:
         with self.lock:
             self.seen.append(seen)
