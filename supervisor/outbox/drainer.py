@@ -197,12 +197,31 @@ def _send_claimed(
                 if sent.lane_rest and sent.lane_rest[0].id in leased:
                     submit(sent.lane_rest[:1], sent.lane_rest[1:])
                     in_flight += 1
+    except OperationalError:
+        # Sends that finished after the failed settle went out too: forget them as well.
+        _stop_sending(general, catalog)
+        _forget_after_loss(db, _finished_outcomes(finished), lease)
+        raise
     finally:
-        # A drain that failed (its database went away) stops sending what it cannot
-        # settle: queued jobs are dropped, only those already sending finish.
-        general.shutdown(wait=True, cancel_futures=True)
-        catalog.shutdown(wait=True, cancel_futures=True)
+        _stop_sending(general, catalog)
     result.remaining = claimed - result.sent - result.dropped
+
+
+def _stop_sending(*pools: ThreadPoolExecutor) -> None:
+    """A drain that failed (its database went away) stops sending what it cannot settle:
+    queued jobs are dropped, only those already sending finish."""
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finished_outcomes(finished: SimpleQueue[Future[_Sent]]) -> list[JobOutcome]:
+    """What the stopped pools sent that was never settled (a dropped job was not sent)."""
+    outcomes = []
+    while not finished.empty():
+        future = finished.get_nowait()
+        if not future.cancelled() and future.exception() is None:
+            outcomes.append(future.result().outcome)
+    return outcomes
 
 
 def _lease(
@@ -247,7 +266,8 @@ def _settle(
     unsent = _unsent(sends)
     leased: set[int] = set()
     try:
-        _note_cleanups_sent(session, outcomes)
+        if _note_cleanups_sent(session, outcomes):
+            session.commit()
         if done or lease_next:
             all_in, leased = _forget_sent(session, done, [row.id for row in lease_next], lease)
             result.all_recorded += all_in
@@ -260,14 +280,7 @@ def _settle(
             session.execute(_RELEASE, {"ids": unsent})
         session.commit()
     except OperationalError:
-        if done:
-            # The rollback undid the count too: the records were sent, so count them here.
-            with db.transaction() as fresh:
-                _forget_sent(fresh, done, [], lease)
-            logger.warning(
-                "outbox drain lost its database connection; sent messages forgotten anyway",
-                extra={"sent": len(done)},
-            )
+        _forget_after_loss(db, outcomes, lease)
         raise
     for outcome in outcomes:
         result.sent += outcome.sent
@@ -275,6 +288,22 @@ def _settle(
         if outcome.failed is not None:
             result.failed += 1
     return leased
+
+
+def _forget_after_loss(db: Database, outcomes: list[JobOutcome], lease: timedelta) -> None:
+    """The drain's connection died: what was sent is deleted (and its records counted, as
+    the rollback undid that too) through a fresh connection, so it is not sent again."""
+    done = [row.id for outcome in outcomes for row in outcome.done]
+    if not done:
+        return
+    with db.transaction() as fresh:
+        _note_cleanups_sent(fresh, outcomes)
+    with db.transaction() as fresh:
+        _forget_sent(fresh, done, [], lease)
+    logger.warning(
+        "outbox drain lost its database connection; sent messages forgotten anyway",
+        extra={"sent": len(done)},
+    )
 
 
 def _unsent(sends: list[_Sent]) -> list[int]:
@@ -356,11 +385,11 @@ _CLEANUPS_SENT = text(
 )
 
 
-def _note_cleanups_sent(session: Session, outcomes: list[JobOutcome]) -> None:
+def _note_cleanups_sent(session: Session, outcomes: list[JobOutcome]) -> bool:
     """An ended workload's grace period runs from its last `cleanup-session` (end_grace).
-    Committed before the row is deleted: end_grace sees the row queued or the new time,
-    never neither. A commit of its own, as it locks workloads rarely (once per ending)
-    and is not worth a lock order with the records' count."""
+    The caller commits it before the row is deleted: end_grace sees the row queued or the
+    new time, never neither. A commit of its own, as it locks workloads rarely (once per
+    ending) and is not worth a lock order with the records' count. True if it wrote."""
     cleaned = sorted(
         {
             row.workload_id
@@ -371,7 +400,7 @@ def _note_cleanups_sent(session: Session, outcomes: list[JobOutcome]) -> None:
     )
     if cleaned:
         session.execute(_CLEANUPS_SENT, {"workload_ids": cleaned})
-        session.commit()
+    return bool(cleaned)
 
 
 _POSTPONE = text(

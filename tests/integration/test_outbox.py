@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -336,6 +337,54 @@ def test_a_record_sent_before_the_drain_loses_its_connection_still_counts(
     with sv.db.session() as session:
         assert session.get(Workload, "session-1").recorded_frames == 1
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+
+
+@pytest.mark.commits
+def test_a_record_whose_send_ends_after_the_drain_lost_its_connection_is_not_sent_again(
+    sv: Services,
+) -> None:
+    """Two workloads' records go side by side. One send kills the drain's connection; the
+    other finishes only after the drain failed to settle the first (seen in the fault
+    suite: that record was sent again when its lease ran out)."""
+    settle_failed = threading.Event()
+    calls: list[str] = []
+
+    class SettleFailure(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "lost its database connection" in record.getMessage():
+                settle_failed.set()
+
+    class Catalog:
+        def add_rendered_image(self, **record: Any) -> None:
+            calls.append(record["customer_id"])
+            if record["customer_id"] == "killer":
+                terminate_the_drainer(sv)
+            else:
+                assert settle_failed.wait(10), "the drain never failed"
+
+    with sv.db.transaction() as session:
+        for workload, customer in (("session-1", "killer"), ("session-2", "late")):
+            record_in_catalog(
+                session,
+                workload,
+                object_id="o",
+                customer_id=customer,
+                frame_number=7,
+                image_file_path=f"{customer}/o/007.png",
+            )
+    peers = peer_clients(users=None, catalog=Catalog(), blob=None)
+    handler = SettleFailure()
+    logging.getLogger("supervisor.outbox.drainer").addHandler(handler)
+    try:
+        with pytest.raises(OperationalError):
+            drain(sv.db, sv.publisher, peers)
+    finally:
+        logging.getLogger("supervisor.outbox.drainer").removeHandler(handler)
+
+    with sv.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 0
+    drain(sv.db, sv.publisher, peers)
+    assert sorted(calls) == ["killer", "late"]
 
 
 def test_catalog_records_do_not_wait_for_slow_deletions(sv: Services) -> None:
