@@ -18,6 +18,19 @@ from sqlalchemy.pool import NullPool
 
 RECYCLE_SECONDS = 1800
 
+# Guards each Database's per-process set-up: a threaded web worker's first requests come
+# on several threads at once. Made anew in a forked child, where a copy held by a thread
+# of the parent at the fork would never be released.
+_setup_lock = threading.Lock()
+
+
+def _new_setup_lock() -> None:
+    global _setup_lock
+    _setup_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_setup_lock)
+
 
 class _ReadConnection:
     """One thread's connection for `read_row`, with its cursor kept between calls."""
@@ -64,13 +77,20 @@ class Database:
         self._read_connections: set[_ReadConnection] = set()
 
     def _check_pid(self) -> None:
-        if self._pid != os.getpid():
+        """In a new process, forget the parent's engines. The pid is set last, so a thread
+        that sees it current sees the rest reset."""
+        if self._pid == os.getpid():
+            return
+        with _setup_lock:
+            if self._pid == os.getpid():
+                return
             for engine in (self._engine, self._reader):
                 if engine is not None:
                     engine.dispose(close=False)
             self._engine = self._reader = None
             self._sessions = None
             # The parent's connections are left alone: closing them would end its sessions.
+            self._lock = threading.Lock()
             self._thread = threading.local()
             self._read_connections = set()
             self._pid = os.getpid()
@@ -78,15 +98,21 @@ class Database:
     @property
     def engine(self) -> Engine:
         self._check_pid()
-        if self._engine is None:
-            self._engine = self._make_engine(
-                pool_size=self._pool_size,
-                max_overflow=self._pool_size,
-                pool_pre_ping=True,
-                pool_recycle=RECYCLE_SECONDS,
-            )
-            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        return self._engine
+        engine = self._engine
+        if engine is None:
+            with _setup_lock:
+                if self._engine is None:
+                    made = self._make_engine(
+                        pool_size=self._pool_size,
+                        max_overflow=self._pool_size,
+                        pool_pre_ping=True,
+                        pool_recycle=RECYCLE_SECONDS,
+                    )
+                    # Before the engine: a thread that sees the engine finds its sessions.
+                    self._sessions = sessionmaker(made, expire_on_commit=False)
+                    self._engine = made
+                engine = self._engine
+        return engine
 
     @property
     def reader(self) -> Engine:
@@ -94,9 +120,15 @@ class Database:
         BEGIN and ROLLBACK. Each thread keeps the one it gets (see read_row), so there is
         no pool to check out from and nothing to pre-ping."""
         self._check_pid()
-        if self._reader is None:
-            self._reader = self._make_engine(poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        return self._reader
+        reader = self._reader
+        if reader is None:
+            with _setup_lock:
+                if self._reader is None:
+                    self._reader = self._make_engine(
+                        poolclass=NullPool, isolation_level="AUTOCOMMIT"
+                    )
+                reader = self._reader
+        return reader
 
     def _make_engine(self, **options: Any) -> Engine:
         engine = create_engine(self.url, **options)
@@ -113,8 +145,9 @@ class Database:
 
     def session(self) -> Session:
         self.engine  # noqa: B018 (builds the engine and session factory for this process)
-        assert self._sessions is not None
-        return self._sessions()
+        sessions = self._sessions
+        assert sessions is not None
+        return sessions()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psycopg
 import pytest
@@ -201,3 +203,36 @@ def test_read_row_raises_what_is_not_a_dead_connection(sv: Services) -> None:
     with pytest.raises(psycopg.errors.DivisionByZero):
         sv.db.read_row("SELECT 1 / 0", {})
     assert _backend(sv) == before, "an error of the statement keeps the connection"
+
+
+def test_a_process_first_sessions_on_several_threads_at_once_all_work(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A threaded web worker's first requests come together (CI: one got an
+    AssertionError, the engine set and its session factory not yet). The factory is made
+    slow here, so a thread that does not wait for the set-up is caught."""
+    made: list[object] = []
+    real_sessionmaker = db_module.sessionmaker
+
+    def slow_sessionmaker(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        made.append(real_sessionmaker(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(db_module, "sessionmaker", slow_sessionmaker)
+    database = db_module.Database(database_url)
+    threads = 4
+    barrier = threading.Barrier(threads)
+
+    def first_query(_: int) -> int:
+        barrier.wait()
+        with database.session() as session:
+            return session.scalar(text("SELECT 1"))
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            answers = list(pool.map(first_query, range(threads)))
+    finally:
+        database.dispose()
+    assert answers == [1] * threads
+    assert len(made) == 1, "one engine and session factory per process"
